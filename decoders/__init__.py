@@ -1,0 +1,1 @@
+"""Frame formats: one module per format, each exposing one ``DECODER``; see README.md."""

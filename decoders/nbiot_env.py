@@ -1,0 +1,151 @@
+"""cityflux NB-IoT environmental frame v1 (32 bytes, big-endian) into env_readings.
+
+A fixed layout, so the whole batch decodes with one ``np.frombuffer`` over a structured dtype;
+byte table in decoders/README.md. Invalid-value markers (0x7FFF signed, 0xFFFF unsigned,
+0x7F for RSSI) produce no reading rather than a fake number.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from decoders.base import Decoder
+from decoders.crc import crc16_ccitt_false
+from decoders.tables import ENV_READINGS
+from ingest.batch import Decoded, FrameBatch, Reject, TableRows
+
+MAGIC = 0xCE
+VERSION = 1
+
+# Field by field, offsets in bytes; all multi-byte fields big-endian (network order).
+FRAME = np.dtype([
+    ("magic", "u1"),         # 0   0xCE
+    ("version", "u1"),       # 1   0x01
+    ("imei", ">u8"),         # 2   IMEI (15 decimal digits) as an unsigned integer
+    ("time", ">u4"),         # 10  measurement time, seconds since the Unix epoch (UTC)
+    ("seq", ">u2"),          # 14  frame counter, wraps at 65535
+    ("temperature", ">i2"),  # 16  0.01 °C, 0x7FFF = invalid
+    ("humidity", ">u2"),     # 18  0.01 %RH, 0xFFFF = invalid
+    ("pm2_5", ">u2"),        # 20  0.1 µg/m³, 0xFFFF = invalid
+    ("pm10", ">u2"),         # 22  0.1 µg/m³, 0xFFFF = invalid
+    ("noise", ">u2"),        # 24  0.1 dB(A), 0xFFFF = invalid
+    ("battery", ">u2"),      # 26  mV, 0xFFFF = invalid
+    ("rssi", "i1"),          # 28  dBm, 0x7F = invalid
+    ("status", "u1"),        # 29  bit0 T/RH fault, bit1 PM fault, bit2 noise fault, bit3 low battery
+    ("crc", ">u2"),          # 30  CRC-16/CCITT-FALSE over bytes 0..29
+])
+assert FRAME.itemsize == 32
+
+# (metric name, field, scale, invalid marker)
+METRICS: tuple[tuple[bytes, str, float, int], ...] = (
+    (b"temperature", "temperature", 0.01, 0x7FFF),
+    (b"humidity", "humidity", 0.01, 0xFFFF),
+    (b"pm2_5", "pm2_5", 0.1, 0xFFFF),
+    (b"pm10", "pm10", 0.1, 0xFFFF),
+    (b"noise", "noise", 0.1, 0xFFFF),
+    (b"battery", "battery", 1.0, 0xFFFF),
+    (b"rssi", "rssi", 1.0, 0x7F),
+    (b"status", "status", 1.0, -1),
+)
+
+
+def imei_bytes(imei: npt.NDArray[np.uint64]) -> npt.NDArray[np.bytes_]:
+    """15-digit zero-padded decimal IMEIs as bytes, vectorised (no per-frame formatting)."""
+    digits = np.empty((imei.shape[0], 15), dtype=np.uint8)
+    rest = imei.astype(np.uint64)
+    for pos in range(14, -1, -1):
+        digits[:, pos] = (rest % 10).astype(np.uint8) + ord("0")
+        rest = rest // 10
+    return digits.view("S15").ravel()
+
+
+def encode_frame(imei: int, time_s: int, seq: int, *, temperature: float, humidity: float,
+                 pm2_5: float, pm10: float, noise: float, battery: int, rssi: int,
+                 status: int = 0) -> bytes:
+    """Build one frame (used by the simulator and tests)."""
+    from decoders.crc import crc16_ccitt_false_bytes
+
+    rec = np.zeros(1, dtype=FRAME)
+    rec["magic"], rec["version"], rec["imei"], rec["time"], rec["seq"] = (
+        MAGIC, VERSION, imei, time_s, seq)
+    rec["temperature"] = round(temperature * 100)
+    rec["humidity"] = round(humidity * 100)
+    rec["pm2_5"] = round(pm2_5 * 10)
+    rec["pm10"] = round(pm10 * 10)
+    rec["noise"] = round(noise * 10)
+    rec["battery"], rec["rssi"], rec["status"] = battery, rssi, status
+    raw = rec.tobytes()
+    crc = crc16_ccitt_false_bytes(raw[:30])
+    return raw[:30] + crc.to_bytes(2, "big")
+
+
+class NbiotEnvDecoder:
+    """Decoder for the 32-byte NB-IoT environmental frame."""
+
+    name = "nbiot-env"
+    content_formats = (42,)  # application/octet-stream, chosen by the device's profile
+    tables = (ENV_READINGS,)
+
+    def decode_batch(self, batch: FrameBatch) -> Decoded:
+        """Validate length, magic, version, CRC and device; emit one row per valid metric."""
+        n = len(batch)
+        rejects: list[Reject] = []
+        lengths = np.fromiter(map(len, batch.payloads), dtype=np.int64, count=n)
+        good = np.flatnonzero(lengths == FRAME.itemsize)
+        for i in np.flatnonzero(lengths != FRAME.itemsize).tolist():
+            size = int(lengths[i])
+            reason = (f"truncated: need {FRAME.itemsize} bytes, got {size}"
+                      if size < FRAME.itemsize else
+                      f"too_long: expected {FRAME.itemsize} bytes, got {size}")
+            rejects.append(Reject(i, reason))
+        raw = b"".join([batch.payloads[i] for i in good.tolist()])
+        rec = np.frombuffer(raw, dtype=FRAME)
+        as_bytes = np.frombuffer(raw, dtype=np.uint8).reshape(-1, FRAME.itemsize)
+        crc = crc16_ccitt_false(as_bytes[:, :30])
+        devices = imei_bytes(rec["imei"])
+        hints = np.array([batch.device_hints[i] for i in good.tolist()], dtype=np.bytes_)
+        bad_magic = rec["magic"] != MAGIC
+        bad_version = ~bad_magic & (rec["version"] != VERSION)
+        bad_crc = ~bad_magic & ~bad_version & (crc != rec["crc"])
+        mismatch = ~bad_magic & ~bad_version & ~bad_crc & (hints != b"") & (hints != devices)
+        ok = ~(bad_magic | bad_version | bad_crc | mismatch)
+        for j in np.flatnonzero(~ok).tolist():
+            i = int(good[j])
+            if bad_magic[j]:
+                reason = f"bad_magic: expected {MAGIC:02X} got {int(rec['magic'][j]):02X}"
+            elif bad_version[j]:
+                reason = f"unsupported_version: {int(rec['version'][j])}"
+            elif bad_crc[j]:
+                reason = f"crc_mismatch expected={int(crc[j]):04X} got={int(rec['crc'][j]):04X}"
+            else:
+                reason = (f"device_mismatch: topic names {hints[j].decode(errors='replace')!r},"
+                          f" frame carries IMEI {devices[j].decode()}")
+            rejects.append(Reject(i, reason))
+        rejects.sort(key=lambda r: r.index)
+        rec, devices, frames = rec[ok], devices[ok], good[ok].astype(np.int32)
+        m = len(METRICS)
+        values = np.empty((rec.shape[0], m), dtype=np.float64)
+        valid = np.ones((rec.shape[0], m), dtype=np.bool_)
+        for k, (_, field, scale, invalid) in enumerate(METRICS):
+            col = rec[field]
+            values[:, k] = col * scale
+            if invalid >= 0:
+                valid[:, k] = col.astype(np.int64) != invalid
+        flat = valid.ravel()
+        names = np.array([name for name, *_ in METRICS], dtype="S16")
+        rows = TableRows(
+            table=ENV_READINGS.name,
+            columns={
+                "time": np.repeat(rec["time"].astype(np.int64) * 1_000_000, m)[flat],
+                "metric": np.tile(names, rec.shape[0])[flat],
+                "value": values.ravel()[flat],
+            },
+            devices=np.repeat(devices, m)[flat],
+            frame_index=np.repeat(frames, m)[flat],
+        )
+        return Decoded(rows={ENV_READINGS.name: rows}, rejects=rejects,
+                       frames_ok=int(ok.sum()))
+
+
+DECODER: Decoder = NbiotEnvDecoder()

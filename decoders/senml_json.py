@@ -1,0 +1,129 @@
+"""SenML JSON (RFC 8428, application/senml+json, CoAP Content-Format 110) into env_readings.
+
+Base fields (bn, bt, bu, bv, bs, bver) are resolved into every record that follows them in
+the pack (RFC 8428 §4.6). Times below 2**28 are relative to the receive time (§4.5.3).
+Numeric values (``v``), booleans (``vb`` as 0/1) and sums (``s``, stored as ``<name>.sum``)
+become readings; string and data values (``vs``, ``vd``) are not metrics and are skipped.
+The metric is the record's ``n``; the device is the one the transport names, or else the
+base name without its trailing separator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+from decoders.base import Decoder
+from decoders.rows import EnvReadingsBuilder
+from decoders.tables import ENV_READINGS
+from ingest.batch import Decoded, FrameBatch, Reject
+
+# RFC 8428 §4.5.3: values of t below 2**28 are relative to the current time.
+RELATIVE_TIME_LIMIT = 2**28
+# RFC 8428 §4.5.1: a name starts with a letter or digit and uses only these characters.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*\Z")
+MAX_TIME_S = 7_258_118_400  # 2200-01-01: anything later is a device clock error
+
+
+class SenMLError(ValueError):
+    """A pack that is valid JSON but not valid SenML."""
+
+
+def _number(rec: dict[str, object], key: str, i: int) -> float | None:
+    val = rec.get(key)
+    if val is None:
+        return None
+    if isinstance(val, bool) or not isinstance(val, int | float):
+        raise SenMLError(f"record {i}: {key!r} must be a number")
+    return float(val)
+
+
+def parse_pack(pack: object, received_s: float, device_hint: str
+               ) -> list[tuple[str, str, float, float]]:
+    """Resolve a SenML pack into (device, metric, time_s, value) tuples; raise SenMLError."""
+    if not isinstance(pack, list):
+        raise SenMLError("pack must be a JSON array of records")
+    if not pack:
+        raise SenMLError("empty pack")
+    out: list[tuple[str, str, float, float]] = []
+    bn, bt, bv, bs = "", 0.0, 0.0, 0.0
+    for i, rec in enumerate(pack):
+        if not isinstance(rec, dict):
+            raise SenMLError(f"record {i}: must be a JSON object")
+        if "bn" in rec:
+            if not isinstance(rec["bn"], str):
+                raise SenMLError(f"record {i}: 'bn' must be a string")
+            bn = rec["bn"]
+        bt = _number(rec, "bt", i) if "bt" in rec else bt  # type: ignore[assignment]
+        bv = _number(rec, "bv", i) if "bv" in rec else bv  # type: ignore[assignment]
+        bs = _number(rec, "bs", i) if "bs" in rec else bs  # type: ignore[assignment]
+        n = rec.get("n", "")
+        if not isinstance(n, str):
+            raise SenMLError(f"record {i}: 'n' must be a string")
+        name = bn + n
+        if not _NAME_RE.match(name):
+            raise SenMLError(f"record {i}: invalid name {name!r}")
+        t = _number(rec, "t", i) or 0.0
+        time_s = bt + t
+        if time_s < RELATIVE_TIME_LIMIT:
+            time_s += received_s
+        if not 0 <= time_s < MAX_TIME_S:
+            raise SenMLError(f"record {i}: time {time_s!r} out of range")
+        device = device_hint or bn.rstrip(":/.-_")
+        if not device:
+            raise SenMLError(f"record {i}: no device (no topic device id and no 'bn')")
+        metric = n or name
+        v = _number(rec, "v", i)
+        vb = rec.get("vb")
+        s = _number(rec, "s", i)
+        if v is not None:
+            value = bv + v
+        elif isinstance(vb, bool):
+            value = float(vb)
+        elif "vb" in rec:
+            raise SenMLError(f"record {i}: 'vb' must be a boolean")
+        else:
+            value = math.nan  # a record with only vs/vd/s: no plain value
+        if not math.isnan(value):
+            if not math.isfinite(value):
+                raise SenMLError(f"record {i}: value must be finite")
+            out.append((device, metric, time_s, value))
+        if s is not None:
+            out.append((device, metric + ".sum", time_s, bs + s))
+    return out
+
+
+class SenMLJsonDecoder:
+    """Decoder for SenML JSON packs, one pack per frame."""
+
+    name = "senml-json"
+    content_formats = (110,)
+    tables = (ENV_READINGS,)
+
+    def decode_batch(self, batch: FrameBatch) -> Decoded:
+        """Parse every pack; a bad pack is rejected whole, its neighbours are kept."""
+        rows = EnvReadingsBuilder()
+        rejects: list[Reject] = []
+        for i, payload in enumerate(batch.payloads):
+            try:
+                pack = json.loads(payload)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                rejects.append(Reject(i, f"json_invalid: {exc}"))
+                continue
+            except RecursionError:
+                rejects.append(Reject(i, "json_invalid: nested too deeply"))
+                continue
+            try:
+                readings = parse_pack(pack, batch.received_us[i] / 1e6, batch.device_hints[i])
+            except SenMLError as exc:
+                rejects.append(Reject(i, f"senml_invalid: {exc}"))
+                continue
+            for device, metric, time_s, value in readings:
+                rows.add(round(time_s * 1e6), device.encode(), metric.encode(), value, i)
+        out = Decoded(rejects=rejects, frames_ok=len(batch) - len(rejects))
+        out.rows[ENV_READINGS.name] = rows.build()
+        return out
+
+
+DECODER: Decoder = SenMLJsonDecoder()

@@ -1,0 +1,1 @@
+"""cityflux ingest: configuration, transports (MQTT, CoAP), the batching pipeline, metrics, CLI."""

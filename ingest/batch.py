@@ -1,0 +1,118 @@
+"""The one shape data has between stages: raw frames with their ack handles, and typed rows.
+
+A frame travels: listener -> ``FrameBatch`` -> decoder -> ``Decoded`` (``TableRows`` per table and
+``Reject``s) -> registry (fills ``device_id``) -> writer (one transaction) -> ``AckSink.release``.
+See docs/design/0001-batch-and-ack-after-commit.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Int64Array = npt.NDArray[np.int64]
+Int32Array = npt.NDArray[np.int32]
+BoolArray = npt.NDArray[np.bool_]
+BytesArray = npt.NDArray[np.bytes_]
+
+
+class AckSink(Protocol):
+    """Releases the transport-level acknowledgements of frames once their batch is durable.
+
+    Contract: ``release`` is called exactly once per batch, from the event-loop thread, after
+    the transaction holding every row (and dead letter) of the batch has committed, with
+    ``ok=True``; or with ``ok=False`` when the service stops before the batch could be stored,
+    in which case the transport must not acknowledge (the device or broker will redeliver).
+    """
+
+    def release(self, ack_ids: Sequence[int], ok: bool) -> None:
+        """Acknowledge (ok) or abandon (not ok) the frames with these transport ids."""
+        ...
+
+
+class NoAck:
+    """Ack sink for transports without acknowledgements (MQTT QoS 0, CoAP NON, replays)."""
+
+    def release(self, ack_ids: Sequence[int], ok: bool) -> None:
+        """Nothing to acknowledge."""
+
+
+@dataclass(slots=True)
+class FrameBatch:
+    """Raw frames for one decoder, in arrival order, with what the transport knew of each."""
+
+    decoder: str
+    transport: str
+    payloads: list[bytes] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    """Topic (MQTT) or path (CoAP) each frame arrived on."""
+    device_hints: list[str] = field(default_factory=list)
+    """Device id named by the transport (topic level, CoAP path), '' when none."""
+    received_us: list[int] = field(default_factory=list)
+    """Receive time, µs since the Unix epoch (UTC)."""
+    ack_ids: list[int] = field(default_factory=list)
+    """Transport ack handle per frame (MQTT packet id for QoS 1), -1 when nothing to ack."""
+    ack_sink: AckSink = field(default_factory=NoAck)
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def append(self, payload: bytes, source: str, device_hint: str, received_us: int,
+               ack_id: int = -1) -> None:
+        """Add one frame."""
+        self.payloads.append(payload)
+        self.sources.append(source)
+        self.device_hints.append(device_hint)
+        self.received_us.append(received_us)
+        self.ack_ids.append(ack_id)
+
+
+@dataclass(slots=True)
+class TableRows:
+    """Typed numpy columns for one target table, as produced by a decoder.
+
+    ``devices`` carries each row's external device id (bytes); the registry turns it into the
+    ``device_id`` column. ``frame_index`` points every row back at its frame in the batch.
+    ``nulls`` holds a boolean mask (True = NULL) for nullable columns that have NULLs.
+    """
+
+    table: str
+    columns: dict[str, npt.NDArray[np.generic]]
+    devices: BytesArray
+    frame_index: Int32Array
+    nulls: dict[str, BoolArray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.frame_index.shape[0])
+
+    def take(self, keep: BoolArray | Int64Array) -> TableRows:
+        """The subset of rows selected by a boolean mask or an index array."""
+        return TableRows(
+            table=self.table,
+            columns={k: v[keep] for k, v in self.columns.items()},
+            devices=self.devices[keep],
+            frame_index=self.frame_index[keep],
+            nulls={k: v[keep] for k, v in self.nulls.items()},
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class Reject:
+    """A frame that cannot be stored, with a precise, stable reason (goes to dead letters)."""
+
+    index: int
+    reason: str
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What a decoder made of a batch: rows per table, and the frames it rejected."""
+
+    rows: dict[str, TableRows] = field(default_factory=dict)
+    rejects: list[Reject] = field(default_factory=list)
+    frames_ok: int = 0
+    """Frames decoded without reject (a frame may yield zero rows, e.g. a heartbeat)."""

@@ -1,0 +1,1 @@
+"""Storage: schema and migrations, binary COPY encoding, the batch writer, dead letters."""
