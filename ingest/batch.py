@@ -52,6 +52,8 @@ class FrameBatch:
     """Topic (MQTT) or path (CoAP) each frame arrived on."""
     device_hints: list[str] = field(default_factory=list)
     """Device id named by the transport (topic level, CoAP path), '' when none."""
+    kind_hints: list[str] = field(default_factory=list)
+    """Device kind named by the transport (used when auto-provisioning), '' when none."""
     received_us: list[int] = field(default_factory=list)
     """Receive time, µs since the Unix epoch (UTC)."""
     ack_ids: list[int] = field(default_factory=list)
@@ -61,12 +63,13 @@ class FrameBatch:
     def __len__(self) -> int:
         return len(self.payloads)
 
-    def append(self, payload: bytes, source: str, device_hint: str, received_us: int,
-               ack_id: int = -1) -> None:
+    def append(self, payload: bytes, source: str, device_hint: str, kind_hint: str,
+               received_us: int, ack_id: int = -1) -> None:
         """Add one frame."""
         self.payloads.append(payload)
         self.sources.append(source)
         self.device_hints.append(device_hint)
+        self.kind_hints.append(kind_hint)
         self.received_us.append(received_us)
         self.ack_ids.append(ack_id)
 

@@ -1,0 +1,1 @@
+"""Device registry: external identities to compact internal ids, profiles, credentials, status."""

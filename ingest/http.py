@@ -1,0 +1,33 @@
+"""Operator HTTP endpoint (FastAPI): /metrics, /healthz, /readyz, served inside the service loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ingest.metrics import Metrics
+
+
+def create_app(metrics: Metrics, ready: Callable[[], dict[str, bool]]) -> FastAPI:
+    """The operator API; ``ready`` reports each dependency's state for /readyz."""
+    app = FastAPI(title="cityflux", description="Smart-city device ingest: operator API",
+                  version="0.1.0")
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    def get_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", summary="Liveness: the process serves requests")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: broker and database connected, not draining")
+    def readyz(response: Response) -> dict[str, object]:
+        checks = ready()
+        ok = all(checks.values())
+        response.status_code = 200 if ok else 503
+        return {"status": "ready" if ok else "not ready", "checks": checks}
+
+    return app

@@ -1,0 +1,235 @@
+"""MQTT source: paho-mqtt 2.x driven by the asyncio loop, acknowledging QoS 1 after commit.
+
+Why paho with our own loop integration rather than aiomqtt: paho's parser is the fastest
+pure-Python one (bench/README.md has the figures measured here), and its ``manual_ack`` mode
+lets PUBACK wait for the database commit. The socket is watched with ``loop.add_reader``, so
+callbacks run on the service's loop thread and no lock is needed between the listener and
+the pipeline (paho's examples/loop_asyncio.py shows the same integration).
+
+Contract: ``run`` returns only after ``stop``; after ``stop`` no frame is submitted. A frame is
+acknowledged (PUBACK) only through ``release(ok=True)``, i.e. after its batch committed; frames
+not acknowledged when the process dies are redelivered by the broker (persistent session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ingest.config import MqttConfig, MqttProtocol, QoS
+from ingest.metrics import Metrics
+from ingest.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+TRANSPORT = "mqtt"
+
+
+class MqttListener:
+    """Subscribes to uplink topics and feeds the pipeline; an ``AckSink`` for its frames."""
+
+    def __init__(self, cfg: MqttConfig, pipeline: Pipeline, metrics: Metrics) -> None:
+        self._cfg = cfg
+        self._pipeline = pipeline
+        self._metrics = metrics
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
+        self._reading = False
+        self._paused = False
+        self._stopping = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._client = self._make_client()
+        pipeline.add_source(self)
+
+    # -- paho wiring ----------------------------------------------------------------------
+    def _make_client(self) -> paho.Client:
+        cfg = self._cfg
+        v5 = cfg.protocol is MqttProtocol.V5
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+            clean_session=None if v5 else cfg.qos is QoS.AT_MOST_ONCE,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            manual_ack=cfg.qos is QoS.AT_LEAST_ONCE, reconnect_on_failure=False)
+        if cfg.username is not None:
+            client.username_pw_set(
+                cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        return client
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._attach, sock)
+
+    def _attach(self, sock: socket.socket) -> None:
+        self._sock = sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        if not self._paused:
+            self._start_reading()
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        if self._reading:
+            self._loop.remove_reader(sock)
+        self._loop.remove_writer(sock)
+        self._reading = False
+        self._sock = None
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._watch_writes, sock)
+
+    def _watch_writes(self, sock: socket.socket) -> None:
+        if sock.fileno() >= 0 and self._client.want_write():
+            assert self._loop is not None
+            self._loop.add_writer(sock, self._client.loop_write)
+
+    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_writer(sock)
+
+    def _start_reading(self) -> None:
+        if self._sock is not None and not self._reading:
+            assert self._loop is not None
+            self._loop.add_reader(self._sock, self._read)
+            self._reading = True
+
+    def _read(self) -> None:
+        # Read everything the socket has: paho parses one packet per loop_read call.
+        self._client.loop_read(max_packets=1000)
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            log.error("MQTT broker %s:%d refused the connection: %s; retrying",
+                      self._cfg.host, self._cfg.port, reason)
+            return
+        cfg = self._cfg
+        subs = [(f"$share/{cfg.shared_group}/{t}" if cfg.shared_group else t) for t in cfg.topics]
+        if cfg.protocol is MqttProtocol.V5:
+            client.subscribe([(t, SubscribeOptions(qos=int(cfg.qos))) for t in subs])
+        else:
+            client.subscribe([(t, int(cfg.qos)) for t in subs])
+        log.info("MQTT connected to %s:%d (session present: %s), subscribed to %s",
+                 cfg.host, cfg.port, flags.session_present, ", ".join(subs))
+        self._metrics.mqtt_connected.set(1)
+        self._connected.set()
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        self._metrics.mqtt_connected.set(0)
+        self._connected.clear()
+        if not self._stopping.is_set():
+            log.warning("MQTT connection lost (%s); unacknowledged frames will be redelivered",
+                        reason)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        topic = msg.topic
+        parts = topic.rsplit("/", 3)
+        if len(parts) == 4:
+            kind, device, fmt = parts[1], parts[2], parts[3]
+        else:
+            kind, device, fmt = "", "", "unknown"
+        self._pipeline.submit(fmt, TRANSPORT, self, msg.payload, topic, device, kind,
+                              msg.mid if msg.qos == 1 else -1)
+
+    # -- AckSink and backpressure -----------------------------------------------------------
+    def release(self, ack_ids: Sequence[int], ok: bool) -> None:
+        """PUBACK the frames of a committed batch; send nothing for an abandoned one."""
+        if not ok:
+            return
+        ack = self._client.ack
+        for mid in ack_ids:
+            if mid >= 0:
+                ack(mid, 1)
+
+    def pause(self) -> None:
+        """Stop reading the socket; the broker keeps the rest of the stream."""
+        self._paused = True
+        if self._reading and self._sock is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(self._sock)
+            self._reading = False
+
+    def resume(self) -> None:
+        """Read the socket again."""
+        self._paused = False
+        self._start_reading()
+
+    @property
+    def connected(self) -> bool:
+        """True while connected and subscribed."""
+        return self._connected.is_set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _connect_properties(self) -> Properties | None:
+        if self._cfg.protocol is not MqttProtocol.V5:
+            return None
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = (self._cfg.session_expiry_s
+                                       if self._cfg.qos is QoS.AT_LEAST_ONCE else 0)
+        props.ReceiveMaximum = self._cfg.receive_maximum
+        return props
+
+    async def run(self) -> None:
+        """Connect, keep the connection (reconnecting with backoff) until ``stop``."""
+        self._loop = asyncio.get_running_loop()
+        cfg, delay = self._cfg, 0.2
+        clean = (cfg.qos is QoS.AT_MOST_ONCE) if cfg.protocol is MqttProtocol.V5 else 3
+        self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=clean,
+                                   properties=self._connect_properties())
+        while not self._stopping.is_set():
+            if not self._client.is_connected() and self._sock is None:
+                try:
+                    await asyncio.to_thread(self._client.reconnect)
+                    delay = 0.2
+                except OSError as exc:
+                    log.warning("MQTT broker %s:%d unreachable (%s); retrying in %.1f s",
+                                cfg.host, cfg.port, exc, delay)
+                    await self._sleep(delay)
+                    delay = min(delay * 2, cfg.reconnect_max_s)
+                    continue
+            self._client.loop_misc()
+            await self._sleep(1.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def wait_connected(self, timeout: float) -> None:
+        """Until connected and subscribed (raises TimeoutError)."""
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    def stop_reading(self) -> None:
+        """First step of a graceful stop: take no new frames (the broker keeps them)."""
+        self.pause()
+
+    async def stop(self) -> None:
+        """Flush pending acknowledgements, disconnect (keeping the session), end ``run``."""
+        self.stop_reading()
+        self._stopping.set()
+        for _ in range(100):  # let queued PUBACKs reach the socket
+            if not self._client.want_write():
+                break
+            self._client.loop_write()
+            await asyncio.sleep(0.01)
+        self._client.disconnect()
+        self._client.loop_write()
+        if self._sock is not None:
+            self._on_socket_close(self._client, None, self._sock)
+        self._metrics.mqtt_connected.set(0)

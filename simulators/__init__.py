@@ -1,0 +1,1 @@
+"""Device-fleet simulators: produce real wire formats for demos, load tests and replays."""

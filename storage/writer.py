@@ -1,0 +1,217 @@
+"""The batch writer: one transaction per batch, binary COPY from numpy columns, idempotent.
+
+Idempotence: each telemetry table has a unique natural key. The writer COPYs straight into
+the table inside a savepoint (the fast path); if the batch repeats a stored key (a redelivered
+frame), the savepoint is rolled back and the rows go through a per-connection staging table
+with ``INSERT … ON CONFLICT DO NOTHING``. Redeliveries are rare, so the common case runs at
+raw COPY speed. See docs/design/0002-idempotent-copy.md.
+
+Failures: a lost connection (DB outage) is retried with exponential backoff until it works or
+the service stops (nothing is acknowledged meanwhile); data the server refuses is returned to
+the caller, which dead-letters it, so a batch is never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import psycopg
+from psycopg import errors, sql
+
+from decoders.base import ColumnType, TableSpec
+from ingest.batch import TableRows
+from storage import dead_letters
+from storage.pgbinary import encode_rows
+
+log = logging.getLogger(__name__)
+
+Columns = Mapping[str, np.ndarray]
+
+
+class WriteMethod(StrEnum):
+    """How rows reach PostgreSQL: binary COPY (fast) or multi-row INSERT (for servers, such
+    as TimescaleDB under PGlite, that cannot take COPY FROM STDIN)."""
+
+    COPY = "copy"
+    INSERT = "insert"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff for a lost database connection."""
+
+    initial_s: float = 0.1
+    max_s: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt`` (0-based)."""
+        return min(self.max_s, self.initial_s * math.pow(2, attempt))
+
+
+class StorageRejectedError(RuntimeError):
+    """The server refused the batch's data (not a connection problem)."""
+
+
+@dataclass(slots=True)
+class TableWrite:
+    """Rows for one table, with ``device_id`` filled in."""
+
+    spec: TableSpec
+    rows: TableRows
+
+
+def _py_values(spec_cols: Sequence[tuple[str, ColumnType]], data: Columns,
+               nulls: Mapping[str, np.ndarray], n: int) -> list[tuple[object, ...]]:
+    """Row tuples for the INSERT method (compatibility path only; COPY is per column)."""
+    out_cols: list[list[object]] = []
+    for name, typ in spec_cols:
+        arr = data[name]
+        if typ is ColumnType.TIMESTAMPTZ:
+            vals: list[object] = [
+                np.datetime64(int(v), "us").astype("datetime64[us]").item().isoformat() + "+00:00"
+                for v in arr.tolist()]
+        elif typ is ColumnType.TEXT:
+            vals = [v.decode() if isinstance(v, bytes) else str(v) for v in arr.tolist()]
+        else:
+            vals = arr.tolist()
+        null = nulls.get(name)
+        if null is not None:
+            vals = [None if isnull else v for v, isnull in zip(vals, null.tolist(), strict=True)]
+        out_cols.append(vals)
+    return list(zip(*out_cols, strict=True)) if out_cols else [() for _ in range(n)]
+
+
+class BatchWriter:
+    """Writes one batch (telemetry rows and dead letters) per transaction, on one connection.
+
+    Contract: ``write`` returns only after the transaction committed; it is idempotent per
+    batch (calling it twice with the same rows stores them once); it is not safe to call
+    concurrently on one instance (use one writer per connection).
+    """
+
+    def __init__(self, conninfo: str, method: WriteMethod = WriteMethod.COPY,
+                 retry: RetryPolicy | None = None, insert_chunk_rows: int = 200,
+                 on_retry: Callable[[Exception], None] | None = None) -> None:
+        self._conninfo = conninfo
+        self.method = method
+        self._retry = retry or RetryPolicy()
+        self._chunk = insert_chunk_rows
+        self._on_retry = on_retry
+        self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        self._staged: set[str] = set()
+        self.dedup_fallbacks = 0
+
+    async def connection(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+        """The open connection, connecting (with backoff) if needed."""
+        attempt = 0
+        while self._conn is None or self._conn.closed:
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(self._conninfo)
+                self._staged.clear()
+            except psycopg.OperationalError as exc:
+                self._report_retry(exc, attempt)
+                await asyncio.sleep(self._retry.delay(attempt))
+                attempt += 1
+        return self._conn
+
+    def _report_retry(self, exc: Exception, attempt: int) -> None:
+        if self._on_retry is not None:
+            self._on_retry(exc)
+        log.warning("database unavailable (%s); retrying in %.1f s, holding acknowledgements",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    self._retry.delay(attempt))
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def write(self, tables: Sequence[TableWrite], dead: Columns | None = None,
+                    dead_nulls: Mapping[str, np.ndarray] | None = None) -> None:
+        """Store the batch in one transaction; retry on connection loss until it commits.
+
+        Raises ``StorageRejectedError`` when the server refuses the data itself.
+        """
+        attempt = 0
+        while True:
+            conn = await self.connection()
+            try:
+                async with conn.transaction():
+                    for tw in tables:
+                        if len(tw.rows):
+                            await self._write_table(conn, tw)
+                    if dead is not None and len(dead["reason"]):
+                        await self._write_plain(conn, "dead_letters",
+                                                [(c.name, c.type) for c in dead_letters.COLUMNS],
+                                                dead, dead_nulls or {})
+                return
+            except (psycopg.OperationalError, errors.DeadlockDetected,
+                    errors.SerializationFailure) as exc:
+                if not conn.closed and not isinstance(exc, errors.DeadlockDetected
+                                                      | errors.SerializationFailure):
+                    await conn.close()
+                self._report_retry(exc, attempt)
+                await asyncio.sleep(self._retry.delay(attempt))
+                attempt += 1
+            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+                raise StorageRejectedError(str(exc).strip().splitlines()[0]) from exc
+
+    async def _write_table(self, conn: psycopg.AsyncConnection[tuple[object, ...]],
+                           tw: TableWrite) -> None:
+        cols = [(c.name, c.type) for c in tw.spec.columns]
+        data = dict(tw.rows.columns)
+        try:
+            async with conn.transaction():  # savepoint: the fast path
+                await self._write_plain(conn, tw.spec.name, cols, data, tw.rows.nulls,
+                                        on_conflict=self.method is WriteMethod.INSERT)
+        except errors.UniqueViolation:
+            self.dedup_fallbacks += 1
+            await self._write_dedup(conn, tw.spec, cols, data, tw.rows.nulls)
+
+    async def _write_plain(self, conn: psycopg.AsyncConnection[tuple[object, ...]], table: str,
+                           cols: Sequence[tuple[str, ColumnType]], data: Columns,
+                           nulls: Mapping[str, np.ndarray], on_conflict: bool = False) -> None:
+        names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in cols)
+        if self.method is WriteMethod.COPY:
+            from decoders.base import Column
+
+            payload = encode_rows([Column(n, t) for n, t in cols], data, nulls)
+            stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
+                sql.Identifier(table), names)
+            async with conn.cursor().copy(stmt) as copy:
+                await copy.write(payload)
+            return
+        n = int(next(iter(data.values())).shape[0])
+        rows = _py_values(cols, data, nulls, n)
+        conflict = sql.SQL(" ON CONFLICT DO NOTHING" if on_conflict else "")
+        for start in range(0, n, self._chunk):
+            chunk = rows[start:start + self._chunk]
+            placeholders = sql.SQL(", ").join(
+                sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(cols)))
+                for _ in chunk)
+            stmt = sql.SQL("INSERT INTO {} ({}) VALUES {}{}").format(
+                sql.Identifier(table), names, placeholders, conflict)
+            await conn.execute(stmt, [v for row in chunk for v in row])
+
+    async def _write_dedup(self, conn: psycopg.AsyncConnection[tuple[object, ...]],
+                           spec: TableSpec, cols: Sequence[tuple[str, ColumnType]],
+                           data: Columns, nulls: Mapping[str, np.ndarray]) -> None:
+        stage = f"_stage_{spec.name}"
+        if spec.name not in self._staged:
+            await conn.execute(sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS").format(
+                    sql.Identifier(stage), sql.Identifier(spec.name)))
+            self._staged.add(spec.name)
+        await self._write_plain(conn, stage, cols, data, nulls)
+        names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in cols)
+        await conn.execute(sql.SQL(
+            "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+                sql.Identifier(spec.name), names, names, sql.Identifier(stage)))
+        await conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(stage)))
