@@ -107,7 +107,7 @@ class SenMLJsonDecoder:
         rejects: list[Reject] = []
         for i, payload in enumerate(batch.payloads):
             try:
-                pack = json.loads(payload)
+                pack = json.loads(payload.decode("utf-8"))  # RFC 8428 §6: UTF-8 only
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 rejects.append(Reject(i, f"json_invalid: {exc}"))
                 continue
