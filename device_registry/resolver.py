@@ -37,7 +37,7 @@ class DeviceResolver:
     """Holds the in-memory ``DeviceIndex`` and resolves batches against it.
 
     Contract: ``resolve`` never queries per frame; it queries only to auto-provision devices
-    it has never seen (one INSERT per batch, idempotent).
+    it has never seen (one INSERT per batch, idempotent). Connections are in autocommit mode.
     """
 
     def __init__(self, policy: UnknownDevicePolicy) -> None:
@@ -73,7 +73,6 @@ class DeviceResolver:
                 "RETURNING external_id, id, status = 'active', (xmax = 0)",
                 ([k.decode() for k in new], [k.decode() or "unknown" for k in new_kinds]))
             rows = await cur.fetchall()
-            await conn.commit()
             self.index.upsert(np.array([r[0].encode() for r in rows], dtype=np.bytes_),  # type: ignore[attr-defined]
                               np.array([r[1] for r in rows], dtype=np.int32),
                               np.array([r[2] for r in rows], dtype=np.bool_))

@@ -180,7 +180,14 @@ class Pipeline:
             for i in range(n):
                 dead.add(i, f"unknown_format: no decoder named {fmt!r}")
         else:
-            decoded = decoder.decode_batch(batch)
+            try:
+                decoded = decoder.decode_batch(batch)
+            except Exception as exc:  # a decoder bug must not lose the batch or stop the service
+                log.exception("decoder %s raised on a batch of %d frames; dead-lettering them",
+                              fmt, n)
+                decoded = Decoded()
+                for i in range(n):
+                    dead.add(i, f"decoder_error: {type(exc).__name__}: {exc}")
             for rej in decoded.rejects:
                 dead.add(rej.index, rej.reason)
         writes = await self._resolve(batch, decoded, dead, writer)
@@ -207,11 +214,12 @@ class Pipeline:
         bad_frames: dict[int, str] = {}
         resolved: list[tuple[str, TableRows, np.ndarray]] = []
         async with self._resolve_lock:  # provisioning must not race between workers
-            conn = await writer.connection()
             for table, rows in decoded.rows.items():
                 if not len(rows):
                     continue
-                res = await self._resolver.resolve(conn, rows.devices, kinds[rows.frame_index])
+                res = await writer.retrying(
+                    lambda conn, rows=rows: self._resolver.resolve(  # type: ignore[misc]
+                        conn, rows.devices, kinds[rows.frame_index]))
                 if res.provisioned:
                     self._metrics.devices_provisioned.inc(res.provisioned)
                 for j in np.flatnonzero(~res.ok).tolist():

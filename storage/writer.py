@@ -16,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 import numpy as np
 import psycopg
 from psycopg import errors, sql
+from psycopg.pq import TransactionStatus
 
-from decoders.base import ColumnType, TableSpec
+from decoders.base import Column, ColumnType, TableSpec
 from ingest.batch import TableRows
 from storage import dead_letters
 from storage.pgbinary import encode_rows
@@ -32,6 +34,8 @@ from storage.pgbinary import encode_rows
 log = logging.getLogger(__name__)
 
 Columns = Mapping[str, np.ndarray]
+Conn = psycopg.AsyncConnection[tuple[object, ...]]
+R = TypeVar("R")
 
 
 class WriteMethod(StrEnum):
@@ -103,16 +107,19 @@ class BatchWriter:
         self._retry = retry or RetryPolicy()
         self._chunk = insert_chunk_rows
         self._on_retry = on_retry
-        self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        self._conn: Conn | None = None
         self._staged: set[str] = set()
         self.dedup_fallbacks = 0
 
-    async def connection(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    async def connection(self) -> Conn:
         """The open connection, connecting (with backoff) if needed."""
         attempt = 0
         while self._conn is None or self._conn.closed:
             try:
-                self._conn = await psycopg.AsyncConnection.connect(self._conninfo)
+                # autocommit: every transaction is explicit (conn.transaction()), so a batch's
+                # commit is a real COMMIT and never a savepoint inside a forgotten transaction
+                self._conn = await psycopg.AsyncConnection.connect(self._conninfo,
+                                                                   autocommit=True)
                 self._staged.clear()
             except psycopg.OperationalError as exc:
                 self._report_retry(exc, attempt)
@@ -133,37 +140,49 @@ class BatchWriter:
             await self._conn.close()
             self._conn = None
 
-    async def write(self, tables: Sequence[TableWrite], dead: Columns | None = None,
-                    dead_nulls: Mapping[str, np.ndarray] | None = None) -> None:
-        """Store the batch in one transaction; retry on connection loss until it commits.
+    async def retrying(self, op: Callable[[Conn], Awaitable[R]]) -> R:
+        """Run ``op`` on the connection; on connection loss reconnect, back off and rerun it.
 
+        ``op`` must be safe to rerun (everything it does is in one transaction, or idempotent).
         Raises ``StorageRejectedError`` when the server refuses the data itself.
         """
         attempt = 0
         while True:
             conn = await self.connection()
             try:
-                async with conn.transaction():
-                    for tw in tables:
-                        if len(tw.rows):
-                            await self._write_table(conn, tw)
-                    if dead is not None and len(dead["reason"]):
-                        await self._write_plain(conn, "dead_letters",
-                                                [(c.name, c.type) for c in dead_letters.COLUMNS],
-                                                dead, dead_nulls or {})
-                return
+                return await op(conn)
             except (psycopg.OperationalError, errors.DeadlockDetected,
                     errors.SerializationFailure) as exc:
-                if not conn.closed and not isinstance(exc, errors.DeadlockDetected
-                                                      | errors.SerializationFailure):
+                transient = isinstance(exc, errors.DeadlockDetected | errors.SerializationFailure)
+                if not transient and not conn.closed:
                     await conn.close()
                 self._report_retry(exc, attempt)
                 await asyncio.sleep(self._retry.delay(attempt))
                 attempt += 1
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+                if not conn.closed:
+                    await conn.rollback()
                 raise StorageRejectedError(str(exc).strip().splitlines()[0]) from exc
 
-    async def _write_table(self, conn: psycopg.AsyncConnection[tuple[object, ...]],
+    async def write(self, tables: Sequence[TableWrite], dead: Columns | None = None,
+                    dead_nulls: Mapping[str, np.ndarray] | None = None) -> None:
+        """Store the batch in one transaction; retry on connection loss until it commits."""
+
+        async def op(conn: Conn) -> None:
+            assert conn.info.transaction_status is TransactionStatus.IDLE, \
+                "a batch must start its own transaction"
+            async with conn.transaction():
+                for tw in tables:
+                    if len(tw.rows):
+                        await self._write_table(conn, tw)
+                if dead is not None and len(dead["reason"]):
+                    await self._write_plain(conn, "dead_letters",
+                                            [(c.name, c.type) for c in dead_letters.COLUMNS],
+                                            dead, dead_nulls or {})
+
+        await self.retrying(op)
+
+    async def _write_table(self, conn: Conn,
                            tw: TableWrite) -> None:
         cols = [(c.name, c.type) for c in tw.spec.columns]
         data = dict(tw.rows.columns)
@@ -175,13 +194,11 @@ class BatchWriter:
             self.dedup_fallbacks += 1
             await self._write_dedup(conn, tw.spec, cols, data, tw.rows.nulls)
 
-    async def _write_plain(self, conn: psycopg.AsyncConnection[tuple[object, ...]], table: str,
+    async def _write_plain(self, conn: Conn, table: str,
                            cols: Sequence[tuple[str, ColumnType]], data: Columns,
                            nulls: Mapping[str, np.ndarray], on_conflict: bool = False) -> None:
         names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in cols)
         if self.method is WriteMethod.COPY:
-            from decoders.base import Column
-
             payload = encode_rows([Column(n, t) for n, t in cols], data, nulls)
             stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
                 sql.Identifier(table), names)
@@ -200,7 +217,7 @@ class BatchWriter:
                 sql.Identifier(table), names, placeholders, conflict)
             await conn.execute(stmt, [v for row in chunk for v in row])
 
-    async def _write_dedup(self, conn: psycopg.AsyncConnection[tuple[object, ...]],
+    async def _write_dedup(self, conn: Conn,
                            spec: TableSpec, cols: Sequence[tuple[str, ColumnType]],
                            data: Columns, nulls: Mapping[str, np.ndarray]) -> None:
         stage = f"_stage_{spec.name}"
