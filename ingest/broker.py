@@ -29,7 +29,7 @@ max_queued_messages 1000000
 max_queued_bytes 0
 max_inflight_messages 0
 max_packet_size 1048576
-log_dest file {log}
+log_dest stderr
 """
 
 AMQTT_CONF = """\
@@ -62,8 +62,7 @@ class EmbeddedBroker:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if self.kind == "mosquitto":
             conf = self.work_dir / "mosquitto.conf"
-            conf.write_text(MOSQUITTO_CONF.format(port=self.port,
-                                                  log=self.work_dir / "mosquitto.log"))
+            conf.write_text(MOSQUITTO_CONF.format(port=self.port))
             cmd = [shutil.which("mosquitto") or "mosquitto", "-c", str(conf)]
         else:
             conf = self.work_dir / "amqtt.yaml"

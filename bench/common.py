@@ -1,0 +1,90 @@
+"""Shared bench plumbing: a private broker tuned for queueing, preloading, medians."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ingest.broker import MOSQUITTO_CONF
+from storage.embedded import free_port
+
+BENCH_BROKER_CONF = MOSQUITTO_CONF + "queue_qos0_messages true\n"
+
+
+class BenchBroker:
+    """A private mosquitto that queues QoS 0 and 1 for offline persistent sessions."""
+
+    def __init__(self, work: Path) -> None:
+        self.port = free_port()
+        work.mkdir(parents=True, exist_ok=True)
+        conf = work / "mosquitto.conf"
+        conf.write_text(BENCH_BROKER_CONF.format(port=self.port))
+        self._proc = subprocess.Popen(["mosquitto", "-c", str(conf)],
+                                      stderr=(work / "mosquitto.log").open("wb"))
+        time.sleep(0.3)
+
+    def stop(self) -> None:
+        """Terminate it."""
+        self._proc.terminate()
+        self._proc.wait(10)
+
+
+def create_session(port: int, client_id: str, topic: str, qos: int) -> None:
+    """Connect once with a persistent session and subscribe, then leave (frames queue up)."""
+    done = threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=MQTTProtocolVersion.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    client.on_subscribe = lambda *a: done.set()
+    client.connect("127.0.0.1", port, clean_start=False, properties=props)
+    client.subscribe(topic, qos)
+    client.loop_start()
+    done.wait(10)
+    client.disconnect()
+    client.loop_stop()
+
+
+def preload(port: int, messages: list[tuple[str, bytes]], qos: int) -> None:
+    """Publish every message and wait until the broker has them all."""
+    acked = 0
+    lock = threading.Lock()
+
+    def on_publish(*_: object) -> None:
+        nonlocal acked
+        with lock:
+            acked += 1
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"preload-{time.time_ns()}",
+                         protocol=MQTTProtocolVersion.MQTTv5)
+    client.max_inflight_messages_set(5000)
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    deadline = time.monotonic() + 300
+    # QoS 1 to the broker so none is dropped; in chunks, because paho rescans its whole
+    # outgoing queue on every PUBACK (quadratic with a long queue).
+    for start in range(0, len(messages), 5000):
+        for topic, payload in messages[start:start + 5000]:
+            client.publish(topic, payload, qos=1)
+        while acked < min(start + 5000, len(messages)) and time.monotonic() < deadline:
+            time.sleep(0.002)
+    client.disconnect()
+    client.loop_stop()
+    _ = qos
+
+
+def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
+    """Median and all values of ``runs`` calls."""
+    values = [fn() for _ in range(runs)]
+    return statistics.median(values), values

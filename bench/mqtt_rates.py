@@ -1,0 +1,129 @@
+"""MQTT receive rates: bare paho subscriber vs cityflux's listener vs cityflux end to end.
+
+Method: a persistent session is created, N frames are preloaded into the broker while the
+subscriber is away, then the subscriber connects and drains them; the rate is N / time from
+first frame to last (end to end: to the last commit). The publisher is never the bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from decoders.nbiot_env import encode_frame
+from ingest.app import Service
+from ingest.config import MqttConfig, QoS, load_settings
+from ingest.metrics import Metrics
+from ingest.mqtt import MqttListener
+from ingest.pipeline import Pausable
+from ingest.topics import uplink
+
+from .common import create_session, preload
+
+TOPIC = "bench/up/+/+/+"
+
+
+def messages(n: int, devices: int = 1000, base_imei: int = 862000000000000
+             ) -> list[tuple[str, bytes]]:
+    """N single-reading-set NB-IoT env frames over ``devices`` devices."""
+    out = []
+    for i in range(n):
+        d, seq = i % devices, i // devices
+        imei = base_imei + d
+        out.append((uplink("env", str(imei), "nbiot-env", "bench"),
+                    encode_frame(imei, 1_767_225_600 + seq * 60, seq & 0xFFFF, temperature=21,
+                                 humidity=50, pm2_5=10, pm10=20, noise=40, battery=3600,
+                                 rssi=-80)))
+    return out
+
+
+def bare_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: str) -> float:
+    """Messages/s of a bare paho subscriber (in its own process)."""
+    cid = f"bare-{tag}-{time.time_ns()}"
+    create_session(port, cid, TOPIC, qos)
+    preload(port, list(msgs), qos)
+    out = subprocess.run([sys.executable, "-m", "bench.bare_subscriber", str(port), cid, TOPIC,
+                          str(qos), str(len(msgs))], capture_output=True, text=True, check=True,
+                         timeout=600)
+    return len(msgs) / float(out.stdout.strip())
+
+
+class _CountingPipeline(Pausable):
+    """Stands in for the pipeline to time the listener alone: counts, acks every 5,000."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen, self.first = n, 0, 0.0
+        self.done = asyncio.Event()
+        self._pending: list[int] = []
+        self._sink: MqttListener | None = None
+
+    def add_source(self, source: Pausable) -> None:
+        """Part of the pipeline interface the listener uses."""
+
+    def submit(self, fmt: str, transport: str, ack_sink: MqttListener, payload: bytes,
+               source: str, device: str, kind: str, ack_id: int = -1) -> None:
+        """Count and batch the acks like the real pipeline."""
+        if self.seen == 0:
+            self.first = time.perf_counter()
+        self.seen += 1
+        self._pending.append(ack_id)
+        if len(self._pending) >= 5000 or self.seen >= self.n:
+            ack_sink.release(self._pending, True)
+            self._pending = []
+        if self.seen >= self.n:
+            self.done.set()
+
+
+async def _listener_rate(port: int, cid: str, n: int, qos: int) -> float:
+    cfg = MqttConfig(host="127.0.0.1", port=port, client_id=cid, topics=[TOPIC],
+                     qos=QoS(qos))  # type: ignore[call-arg]
+    pipe = _CountingPipeline(n)
+    listener = MqttListener(cfg, pipe, Metrics())  # type: ignore[arg-type]
+    task = asyncio.create_task(listener.run())
+    await asyncio.wait_for(pipe.done.wait(), 600)
+    elapsed = time.perf_counter() - pipe.first
+    await listener.stop()
+    await task
+    return n / elapsed
+
+
+def listener_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: str) -> float:
+    """Messages/s of cityflux's MQTT listener alone (acks released per 5,000 frames)."""
+    cid = f"lst-{tag}-{time.time_ns()}"
+    create_session(port, cid, TOPIC, qos)
+    preload(port, list(msgs), qos)
+    return asyncio.run(_listener_rate(port, cid, len(msgs), qos))
+
+
+async def _e2e_rate(port: int, pg_url: str, cid: str, n: int, qos: int) -> tuple[float, int]:
+    settings = load_settings(None, mqtt={"host": "127.0.0.1", "port": port, "client_id": cid,
+                                         "topics": [TOPIC], "qos": qos},
+                             database={"url": pg_url, "timescaledb": "off"},
+                             http={"port": 0}, log_level="WARNING")
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    await service.started.wait()
+    assert service.pipeline is not None
+    pipe = service.pipeline
+    start = 0.0
+    while pipe.stats.received < n or pipe.inflight:
+        if start == 0.0 and pipe.inflight:
+            start = time.perf_counter()
+        await asyncio.sleep(0.002)
+    elapsed = time.perf_counter() - start
+    stored = pipe.stats.stored_frames
+    service.stop()
+    await task
+    return n / elapsed, stored
+
+
+def e2e_rate(port: int, pg_url: str, msgs: Sequence[tuple[str, bytes]], qos: int,
+             tag: str) -> tuple[float, int]:
+    """Frames/s from MQTT to committed rows, and how many were stored."""
+    cid = f"e2e-{tag}-{time.time_ns()}"
+    create_session(port, cid, TOPIC, qos)
+    preload(port, list(msgs), qos)
+    return asyncio.run(_e2e_rate(port, pg_url, cid, len(msgs), qos))

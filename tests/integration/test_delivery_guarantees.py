@@ -1,0 +1,134 @@
+"""Nothing acknowledged is lost: SIGKILL mid-stream, SIGTERM drain, a database outage.
+
+The broker's own acknowledgements to the publisher are the reference: every frame the
+broker acknowledged must end up in the database exactly once. The service runs as a real
+`cityflux serve` subprocess where the test kills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import psycopg
+
+from decoders.tables import ALL_TABLES
+from storage.embedded import EmbeddedPostgres
+from storage.migrate import TimescaleMode, migrate
+from tests.helpers import (
+    env_messages,
+    frames_stored,
+    publish,
+    query,
+    running,
+    settings_for,
+    start_serve,
+    wait_until,
+)
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> int:
+    proc.send_signal(sig)
+    return proc.wait(60)
+
+
+async def test_qos1_frame_is_acknowledged_only_after_commit(
+        pg_url: str, broker, topic_prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Commits blocked by a table lock: the killed service had acked nothing, so the broker
+    redelivers every frame to its successor."""
+    settings = settings_for(pg_url, broker, topic_prefix)
+    migrate(pg_url, ALL_TABLES, TimescaleMode.OFF)
+    log = tmp_path / "serve.log"
+    proc = start_serve(settings, log)
+    await asyncio.sleep(0)
+    locker = await asyncio.to_thread(psycopg.connect, pg_url)
+    try:
+        await wait_until(lambda: "subscribed" in log.read_text(), 30, "service subscribed")
+        locker.execute("LOCK TABLE env_readings IN ACCESS EXCLUSIVE MODE")
+        msgs = env_messages(topic_prefix, devices=4, per_device=5)
+        assert await asyncio.to_thread(publish, broker, msgs) == 20
+        await asyncio.sleep(1.0)  # the service has the frames and waits on the lock
+        assert _stop(proc, signal.SIGKILL) == -signal.SIGKILL
+    finally:
+        locker.rollback()
+        locker.close()
+    assert frames_stored(pg_url) == 0
+    proc = start_serve(settings, log)
+    try:
+        await wait_until(lambda: frames_stored(pg_url) == 20, 30, "redelivered frames stored")
+    finally:
+        assert _stop(proc, signal.SIGTERM) == 0
+    assert query(pg_url, "SELECT count(*) FROM env_readings") == [(160,)]
+
+
+async def test_sigkill_mid_stream_loses_no_acknowledged_frame(
+        pg_url: str, broker, topic_prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(pg_url, broker, topic_prefix)
+    log = tmp_path / "serve.log"
+    proc = start_serve(settings, log)
+    await wait_until(lambda: "subscribed" in log.read_text(), 30, "service subscribed")
+    # 1,500 frames at 300/s: while the service is down (~2 s) the broker queues < 1,000,
+    # Mosquitto's default max_queued_messages (deploy/mosquitto.conf raises it).
+    msgs = env_messages(topic_prefix, devices=50, per_device=30)
+    sent = asyncio.create_task(asyncio.to_thread(publish, broker, msgs, 1, 300.0))
+    await wait_until(lambda: frames_stored(pg_url) >= 300, 30, "300 frames stored")
+    assert _stop(proc, signal.SIGKILL) == -signal.SIGKILL
+    stored_at_kill = frames_stored(pg_url)
+    proc = start_serve(settings, log)
+    try:
+        acked = await sent
+        assert acked == 1500
+        await wait_until(lambda: frames_stored(pg_url) == 1500, 60, "all 1,500 frames stored")
+    finally:
+        assert _stop(proc, signal.SIGTERM) == 0
+    assert 300 <= stored_at_kill < 1500
+    # exactly once: 8 readings per frame, no duplicates (the unique key would refuse them)
+    assert query(pg_url, "SELECT count(*) FROM env_readings") == [(1500 * 8,)]
+    assert query(pg_url, "SELECT count(*) FROM dead_letters") == [(0,)]
+
+
+async def test_sigterm_drains_commits_and_acknowledges(
+        pg_url: str, broker, topic_prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(pg_url, broker, topic_prefix)
+    log = tmp_path / "serve.log"
+    proc = start_serve(settings, log)
+    await wait_until(lambda: "subscribed" in log.read_text(), 30, "service subscribed")
+    msgs = env_messages(topic_prefix, devices=20, per_device=40)
+    sent = asyncio.create_task(asyncio.to_thread(publish, broker, msgs, 1, 400.0))
+    await wait_until(lambda: frames_stored(pg_url) >= 200, 30, "200 frames stored")
+    assert _stop(proc, signal.SIGTERM) == 0
+    text = log.read_text()
+    assert "stopping: draining" in text
+    assert "stopped cleanly" in text
+    proc = start_serve(settings, log)
+    try:
+        assert await sent == 800
+        await wait_until(lambda: frames_stored(pg_url) == 800, 60, "all 800 frames stored")
+    finally:
+        assert _stop(proc, signal.SIGTERM) == 0
+
+
+async def test_database_outage_mid_stream_loses_nothing(
+        embedded_pg: EmbeddedPostgres, broker, topic_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    url = embedded_pg.url
+    settings = settings_for(url, broker, topic_prefix,
+                            database={"retry_initial_ms": 50, "retry_max_ms": 500})
+    msgs = env_messages(topic_prefix, devices=20, per_device=40)
+    async with running(settings) as svc:
+        assert svc.pipeline is not None
+        stop = threading.Event()
+        sent = asyncio.create_task(asyncio.to_thread(publish, broker, msgs, 1, 200.0, stop))
+        await wait_until(lambda: svc.pipeline.stats.stored_frames >= 100, 30, "100 stored")
+        await asyncio.to_thread(embedded_pg.stop, "immediate")
+        await asyncio.sleep(2.0)  # frames keep arriving; nothing can commit
+        held = svc.pipeline.inflight
+        await asyncio.to_thread(embedded_pg.start)
+        assert await sent == 800
+        await wait_until(lambda: svc.pipeline.stats.stored_frames == 800, 60, "all 800 stored")
+        retries = svc.metrics.db_retries._value.get()  # noqa: SLF001
+    assert held > 0
+    assert retries > 0
+    assert frames_stored(url) == 800
