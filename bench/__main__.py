@@ -9,6 +9,7 @@ import platform
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,14 @@ def run(quick: bool) -> dict[str, Any]:
     runs = 1 if quick else 3
     n_msgs = 30_000 if quick else 100_000
     n_rows = 200_000 if quick else 1_000_000
-    out: dict[str, Any] = {"machine": f"{platform.node()} {os.cpu_count()} cores "
-                                      f"{platform.python_implementation()} "
-                                      f"{platform.python_version()}",
-                           "runs": runs, "quick": quick, "started": time.strftime("%FT%TZ")}
+    out: dict[str, Any] = {
+        "machine": f"{platform.node()} {os.cpu_count()} cores "
+        f"{platform.python_implementation()} "
+        f"{platform.python_version()}",
+        "runs": runs,
+        "quick": quick,
+        "started": time.strftime("%FT%TZ"),
+    }
     with tempfile.TemporaryDirectory(prefix="cityflux-bench-") as tmp_s:
         tmp = Path(tmp_s)
         url, drop = _database(tmp)
@@ -62,20 +67,28 @@ def run(quick: bool) -> dict[str, Any]:
             copy_rates.prepare(url)
             batches = [copy_rates.make_batches(n_rows, 5000, r) for r in range(runs)]
             out["encode_rows_per_s"], _ = median_of(
-                runs, lambda: copy_rates.encode_rate(batches[0]))
+                runs, lambda: copy_rates.encode_rate(batches[0])
+            )
             raw, raws = median_of(runs, lambda: copy_rates.raw_copy_rate(url, batches[0]))
             wr, wrs = median_of(runs, lambda: copy_rates.writer_rate(url, batches[0]))
-            out.update(raw_copy_rows_per_s=raw, writer_rows_per_s=wr,
-                       writer_vs_raw_copy=wr / raw, raw_copy_runs=raws, writer_runs=wrs)
+            out.update(
+                raw_copy_rows_per_s=raw,
+                writer_rows_per_s=wr,
+                writer_vs_raw_copy=wr / raw,
+                raw_copy_runs=raws,
+                writer_runs=wrs,
+            )
             msgs = mqtt_rates.messages(n_msgs)
             for qos in (0, 1):
-                bare, bares = median_of(runs, lambda q=qos: mqtt_rates.bare_rate(
-                    broker.port, msgs, q, "b"))
-                lst, lsts = median_of(runs, lambda q=qos: mqtt_rates.listener_rate(
-                    broker.port, msgs, q, "l"))
-                results = []
+                bare, bares = median_of(
+                    runs, partial(mqtt_rates.bare_rate, broker.port, msgs, qos, "b")
+                )
+                lst, lsts = median_of(
+                    runs, partial(mqtt_rates.listener_rate, broker.port, msgs, qos, "l")
+                )
+                results: list[int] = []
 
-                def e2e(q: int = qos) -> float:
+                def e2e(q: int = qos, results: list[int] = results) -> float:
                     with psycopg.connect(url, autocommit=True) as conn:
                         conn.execute("TRUNCATE env_readings")
                     rate, stored = mqtt_rates.e2e_rate(broker.port, url, msgs, q, "e")
@@ -84,10 +97,14 @@ def run(quick: bool) -> dict[str, Any]:
 
                 e2e_med, e2es = median_of(runs, e2e)
                 out[f"qos{qos}"] = {
-                    "bare_subscriber_msgs_per_s": bare, "listener_msgs_per_s": lst,
-                    "listener_vs_bare": lst / bare, "e2e_msgs_per_s": e2e_med,
-                    "e2e_vs_bare": e2e_med / bare, "e2e_readings_per_s": e2e_med * 8,
-                    "stored_per_run": results, "lost": sum(n_msgs - s for s in results),
+                    "bare_subscriber_msgs_per_s": bare,
+                    "listener_msgs_per_s": lst,
+                    "listener_vs_bare": lst / bare,
+                    "e2e_msgs_per_s": e2e_med,
+                    "e2e_vs_bare": e2e_med / bare,
+                    "e2e_readings_per_s": e2e_med * 8,
+                    "stored_per_run": results,
+                    "lost": sum(n_msgs - s for s in results),
                     "runs": {"bare": bares, "listener": lsts, "e2e": e2es},
                 }
         finally:
@@ -100,15 +117,19 @@ def _print(res: dict[str, Any]) -> None:
     print(f"machine: {res['machine']}   runs per figure: {res['runs']} (median)")
     print(f"binary COPY encoder:        {res['encode_rows_per_s']:>12,.0f} rows/s")
     print(f"raw binary COPY (baseline): {res['raw_copy_rows_per_s']:>12,.0f} rows/s")
-    print(f"cityflux BatchWriter:       {res['writer_rows_per_s']:>12,.0f} rows/s  "
-          f"({res['writer_vs_raw_copy']:.2f} × raw COPY)")
+    print(
+        f"cityflux BatchWriter:       {res['writer_rows_per_s']:>12,.0f} rows/s  "
+        f"({res['writer_vs_raw_copy']:.2f} × raw COPY)"
+    )
     for q in ("qos0", "qos1"):
         r = res[q]
-        print(f"MQTT {q}: bare paho {r['bare_subscriber_msgs_per_s']:>9,.0f} msg/s | "
-              f"cityflux listener {r['listener_msgs_per_s']:>9,.0f} "
-              f"({r['listener_vs_bare']:.2f} ×) | end to end {r['e2e_msgs_per_s']:>9,.0f} "
-              f"({r['e2e_vs_bare']:.2f} ×, {r['e2e_readings_per_s']:,.0f} readings/s) "
-              f"lost={r['lost']}")
+        print(
+            f"MQTT {q}: bare paho {r['bare_subscriber_msgs_per_s']:>9,.0f} msg/s | "
+            f"cityflux listener {r['listener_msgs_per_s']:>9,.0f} "
+            f"({r['listener_vs_bare']:.2f} ×) | end to end {r['e2e_msgs_per_s']:>9,.0f} "
+            f"({r['e2e_vs_bare']:.2f} ×, {r['e2e_readings_per_s']:,.0f} readings/s) "
+            f"lost={r['lost']}"
+        )
 
 
 def main() -> None:
@@ -120,7 +141,8 @@ def main() -> None:
     res = run(args.quick)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / ("quick.json" if args.quick else "latest.json")).write_text(
-        json.dumps(res, indent=2) + "\n")
+        json.dumps(res, indent=2) + "\n"
+    )
     if args.json:
         print(json.dumps(res))
     else:

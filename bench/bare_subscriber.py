@@ -17,8 +17,13 @@ from paho.mqtt.properties import Properties
 
 def main() -> None:
     """Drain COUNT messages and print the elapsed seconds."""
-    port, client_id, topic, qos, count = (int(sys.argv[1]), sys.argv[2], sys.argv[3],
-                                          int(sys.argv[4]), int(sys.argv[5]))
+    port, client_id, topic, qos, count = (
+        int(sys.argv[1]),
+        sys.argv[2],
+        sys.argv[3],
+        int(sys.argv[4]),
+        int(sys.argv[5]),
+    )
     seen = 0
     start = 0.0
 
@@ -30,8 +35,9 @@ def main() -> None:
         if seen >= count:
             client.disconnect()
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=MQTTProtocolVersion.MQTTv5)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+    )
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
     props.ReceiveMaximum = 65535

@@ -28,8 +28,9 @@ class BenchBroker:
         work.mkdir(parents=True, exist_ok=True)
         conf = work / "mosquitto.conf"
         conf.write_text(BENCH_BROKER_CONF.format(port=self.port))
-        self._proc = subprocess.Popen(["mosquitto", "-c", str(conf)],
-                                      stderr=(work / "mosquitto.log").open("wb"))
+        self._proc = subprocess.Popen(
+            ["mosquitto", "-c", str(conf)], stderr=(work / "mosquitto.log").open("wb")
+        )
         time.sleep(0.3)
 
     def stop(self) -> None:
@@ -41,8 +42,9 @@ class BenchBroker:
 def create_session(port: int, client_id: str, topic: str, qos: int) -> None:
     """Connect once with a persistent session and subscribe, then leave (frames queue up)."""
     done = threading.Event()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=MQTTProtocolVersion.MQTTv5)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+    )
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
     client.on_subscribe = lambda *a: done.set()
@@ -64,8 +66,11 @@ def preload(port: int, messages: list[tuple[str, bytes]], qos: int) -> None:
         with lock:
             acked += 1
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"preload-{time.time_ns()}",
-                         protocol=MQTTProtocolVersion.MQTTv5)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"preload-{time.time_ns()}",
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
     client.max_inflight_messages_set(5000)
     client.max_queued_messages_set(0)
     client.on_publish = on_publish
@@ -75,7 +80,7 @@ def preload(port: int, messages: list[tuple[str, bytes]], qos: int) -> None:
     # QoS 1 to the broker so none is dropped; in chunks, because paho rescans its whole
     # outgoing queue on every PUBACK (quadratic with a long queue).
     for start in range(0, len(messages), 5000):
-        for topic, payload in messages[start:start + 5000]:
+        for topic, payload in messages[start : start + 5000]:
             client.publish(topic, payload, qos=1)
         while acked < min(start + 5000, len(messages)) and time.monotonic() < deadline:
             time.sleep(0.002)

@@ -19,8 +19,9 @@ from storage.migrate import TimescaleMode, migrate
 from storage.pgbinary import encode_rows
 from storage.writer import BatchWriter, TableWrite
 
-METRICS = np.array([b"temperature", b"humidity", b"pm2_5", b"pm10", b"noise", b"battery",
-                    b"rssi", b"status"])
+METRICS = np.array(
+    [b"temperature", b"humidity", b"pm2_5", b"pm10", b"noise", b"battery", b"rssi", b"status"]
+)
 
 
 def make_batches(rows: int, batch: int, run: int) -> list[TableWrite]:
@@ -31,11 +32,15 @@ def make_batches(rows: int, batch: int, run: int) -> list[TableWrite]:
         frame = i // 8
         tr = TableRows(
             table="env_readings",
-            columns={"time": 1_767_225_600_000_000 + (frame // 1000 + run * 10_000_000)
-                     * 60_000_000,
-                     "device_id": (frame % 1000).astype(np.int32) + 1,
-                     "metric": METRICS[i % 8], "value": (i % 997) * 0.1},
-            devices=np.empty(0, dtype="S1"), frame_index=frame.astype(np.int32))
+            columns={
+                "time": 1_767_225_600_000_000 + (frame // 1000 + run * 10_000_000) * 60_000_000,
+                "device_id": (frame % 1000).astype(np.int32) + 1,
+                "metric": METRICS[i % 8],
+                "value": (i % 997) * 0.1,
+            },
+            devices=np.empty(0, dtype="S1"),
+            frame_index=frame.astype(np.int32),
+        )
         out.append(TableWrite(ENV_READINGS, tr))
     return out
 
@@ -54,8 +59,9 @@ def raw_copy_rate(url: str, batches: list[TableWrite]) -> float:
     with psycopg.connect(url) as conn:
         start = time.perf_counter()
         for payload in payloads:
-            with conn.cursor().copy("COPY env_readings (time, device_id, metric, value) "
-                                    "FROM STDIN (FORMAT binary)") as copy:
+            with conn.cursor().copy(
+                "COPY env_readings (time, device_id, metric, value) FROM STDIN (FORMAT binary)"
+            ) as copy:
                 copy.write(payload)
             conn.commit()
         return rows / (time.perf_counter() - start)

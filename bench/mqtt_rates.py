@@ -26,17 +26,31 @@ from .common import create_session, preload
 TOPIC = "bench/up/+/+/+"
 
 
-def messages(n: int, devices: int = 1000, base_imei: int = 862000000000000
-             ) -> list[tuple[str, bytes]]:
+def messages(
+    n: int, devices: int = 1000, base_imei: int = 862000000000000
+) -> list[tuple[str, bytes]]:
     """N single-reading-set NB-IoT env frames over ``devices`` devices."""
     out = []
     for i in range(n):
         d, seq = i % devices, i // devices
         imei = base_imei + d
-        out.append((uplink("env", str(imei), "nbiot-env", "bench"),
-                    encode_frame(imei, 1_767_225_600 + seq * 60, seq & 0xFFFF, temperature=21,
-                                 humidity=50, pm2_5=10, pm10=20, noise=40, battery=3600,
-                                 rssi=-80)))
+        out.append(
+            (
+                uplink("env", str(imei), "nbiot-env", "bench"),
+                encode_frame(
+                    imei,
+                    1_767_225_600 + seq * 60,
+                    seq & 0xFFFF,
+                    temperature=21,
+                    humidity=50,
+                    pm2_5=10,
+                    pm10=20,
+                    noise=40,
+                    battery=3600,
+                    rssi=-80,
+                ),
+            )
+        )
     return out
 
 
@@ -45,13 +59,26 @@ def bare_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: str) 
     cid = f"bare-{tag}-{time.time_ns()}"
     create_session(port, cid, TOPIC, qos)
     preload(port, list(msgs), qos)
-    out = subprocess.run([sys.executable, "-m", "bench.bare_subscriber", str(port), cid, TOPIC,
-                          str(qos), str(len(msgs))], capture_output=True, text=True, check=True,
-                         timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.bare_subscriber",
+            str(port),
+            cid,
+            TOPIC,
+            str(qos),
+            str(len(msgs)),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     return len(msgs) / float(out.stdout.strip())
 
 
-class _CountingPipeline(Pausable):
+class _CountingPipeline:
     """Stands in for the pipeline to time the listener alone: counts, acks every 5,000."""
 
     def __init__(self, n: int) -> None:
@@ -63,8 +90,23 @@ class _CountingPipeline(Pausable):
     def add_source(self, source: Pausable) -> None:
         """Part of the pipeline interface the listener uses."""
 
-    def submit(self, fmt: str, transport: str, ack_sink: MqttListener, payload: bytes,
-               source: str, device: str, kind: str, ack_id: int = -1) -> None:
+    def pause(self) -> None:
+        """Never paused in this bench."""
+
+    def resume(self) -> None:
+        """Never paused in this bench."""
+
+    def submit(
+        self,
+        fmt: str,
+        transport: str,
+        ack_sink: MqttListener,
+        payload: bytes,
+        source: str,
+        device: str,
+        kind: str,
+        ack_id: int = -1,
+    ) -> None:
         """Count and batch the acks like the real pipeline."""
         if self.seen == 0:
             self.first = time.perf_counter()
@@ -78,8 +120,7 @@ class _CountingPipeline(Pausable):
 
 
 async def _listener_rate(port: int, cid: str, n: int, qos: int) -> float:
-    cfg = MqttConfig(host="127.0.0.1", port=port, client_id=cid, topics=[TOPIC],
-                     qos=QoS(qos))  # type: ignore[call-arg]
+    cfg = MqttConfig(host="127.0.0.1", port=port, client_id=cid, topics=[TOPIC], qos=QoS(qos))
     pipe = _CountingPipeline(n)
     listener = MqttListener(cfg, pipe, Metrics())  # type: ignore[arg-type]
     task = asyncio.create_task(listener.run())
@@ -99,10 +140,13 @@ def listener_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: s
 
 
 async def _e2e_rate(port: int, pg_url: str, cid: str, n: int, qos: int) -> tuple[float, int]:
-    settings = load_settings(None, mqtt={"host": "127.0.0.1", "port": port, "client_id": cid,
-                                         "topics": [TOPIC], "qos": qos},
-                             database={"url": pg_url, "timescaledb": "off"},
-                             http={"port": 0}, log_level="WARNING")
+    settings = load_settings(
+        None,
+        mqtt={"host": "127.0.0.1", "port": port, "client_id": cid, "topics": [TOPIC], "qos": qos},
+        database={"url": pg_url, "timescaledb": "off"},
+        http={"port": 0},
+        log_level="WARNING",
+    )
     service = Service(settings)
     task = asyncio.create_task(service.run())
     await service.started.wait()
@@ -120,8 +164,9 @@ async def _e2e_rate(port: int, pg_url: str, cid: str, n: int, qos: int) -> tuple
     return n / elapsed, stored
 
 
-def e2e_rate(port: int, pg_url: str, msgs: Sequence[tuple[str, bytes]], qos: int,
-             tag: str) -> tuple[float, int]:
+def e2e_rate(
+    port: int, pg_url: str, msgs: Sequence[tuple[str, bytes]], qos: int, tag: str
+) -> tuple[float, int]:
     """Frames/s from MQTT to committed rows, and how many were stored."""
     cid = f"e2e-{tag}-{time.time_ns()}"
     create_session(port, cid, TOPIC, qos)

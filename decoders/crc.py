@@ -28,7 +28,7 @@ def crc16_ccitt_false(data: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint16]:
     crc = np.full(data.shape[0], 0xFFFF, dtype=np.uint16)
     for col in range(data.shape[1]):
         idx = ((crc >> 8) ^ data[:, col]).astype(np.uint8)
-        crc = (crc << 8) ^ _CCITT[idx]
+        crc = ((crc << 8) ^ _CCITT[idx]).astype(np.uint16)
     return crc
 
 

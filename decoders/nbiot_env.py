@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from decoders.base import Decoder
-from decoders.crc import crc16_ccitt_false
+from decoders.base import Decoder, TableSpec
+from decoders.crc import crc16_ccitt_false, crc16_ccitt_false_bytes
 from decoders.tables import ENV_READINGS
 from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
@@ -19,22 +19,24 @@ MAGIC = 0xCE
 VERSION = 1
 
 # Field by field, offsets in bytes; all multi-byte fields big-endian (network order).
-FRAME = np.dtype([
-    ("magic", "u1"),         # 0   0xCE
-    ("version", "u1"),       # 1   0x01
-    ("imei", ">u8"),         # 2   IMEI (15 decimal digits) as an unsigned integer
-    ("time", ">u4"),         # 10  measurement time, seconds since the Unix epoch (UTC)
-    ("seq", ">u2"),          # 14  frame counter, wraps at 65535
-    ("temperature", ">i2"),  # 16  0.01 °C, 0x7FFF = invalid
-    ("humidity", ">u2"),     # 18  0.01 %RH, 0xFFFF = invalid
-    ("pm2_5", ">u2"),        # 20  0.1 µg/m³, 0xFFFF = invalid
-    ("pm10", ">u2"),         # 22  0.1 µg/m³, 0xFFFF = invalid
-    ("noise", ">u2"),        # 24  0.1 dB(A), 0xFFFF = invalid
-    ("battery", ">u2"),      # 26  mV, 0xFFFF = invalid
-    ("rssi", "i1"),          # 28  dBm, 0x7F = invalid
-    ("status", "u1"),        # 29  bit0 T/RH fault, bit1 PM fault, bit2 noise fault, bit3 low battery
-    ("crc", ">u2"),          # 30  CRC-16/CCITT-FALSE over bytes 0..29
-])
+FRAME = np.dtype(
+    [
+        ("magic", "u1"),  # 0   0xCE
+        ("version", "u1"),  # 1   0x01
+        ("imei", ">u8"),  # 2   IMEI (15 decimal digits) as an unsigned integer
+        ("time", ">u4"),  # 10  measurement time, seconds since the Unix epoch (UTC)
+        ("seq", ">u2"),  # 14  frame counter, wraps at 65535
+        ("temperature", ">i2"),  # 16  0.01 °C, 0x7FFF = invalid
+        ("humidity", ">u2"),  # 18  0.01 %RH, 0xFFFF = invalid
+        ("pm2_5", ">u2"),  # 20  0.1 µg/m³, 0xFFFF = invalid
+        ("pm10", ">u2"),  # 22  0.1 µg/m³, 0xFFFF = invalid
+        ("noise", ">u2"),  # 24  0.1 dB(A), 0xFFFF = invalid
+        ("battery", ">u2"),  # 26  mV, 0xFFFF = invalid
+        ("rssi", "i1"),  # 28  dBm, 0x7F = invalid
+        ("status", "u1"),  # 29  bit0 T/RH, bit1 PM, bit2 noise sensor fault; bit3 low battery
+        ("crc", ">u2"),  # 30  CRC-16/CCITT-FALSE over bytes 0..29
+    ]
+)
 assert FRAME.itemsize == 32
 
 # (metric name, field, scale, invalid marker)
@@ -60,15 +62,29 @@ def imei_bytes(imei: npt.NDArray[np.uint64]) -> npt.NDArray[np.bytes_]:
     return digits.view("S15").ravel()
 
 
-def encode_frame(imei: int, time_s: int, seq: int, *, temperature: float, humidity: float,
-                 pm2_5: float, pm10: float, noise: float, battery: int, rssi: int,
-                 status: int = 0) -> bytes:
+def encode_frame(
+    imei: int,
+    time_s: int,
+    seq: int,
+    *,
+    temperature: float,
+    humidity: float,
+    pm2_5: float,
+    pm10: float,
+    noise: float,
+    battery: int,
+    rssi: int,
+    status: int = 0,
+) -> bytes:
     """Build one frame (used by the simulator and tests)."""
-    from decoders.crc import crc16_ccitt_false_bytes
-
     rec = np.zeros(1, dtype=FRAME)
     rec["magic"], rec["version"], rec["imei"], rec["time"], rec["seq"] = (
-        MAGIC, VERSION, imei, time_s, seq)
+        MAGIC,
+        VERSION,
+        imei,
+        time_s,
+        seq,
+    )
     rec["temperature"] = round(temperature * 100)
     rec["humidity"] = round(humidity * 100)
     rec["pm2_5"] = round(pm2_5 * 10)
@@ -84,8 +100,9 @@ class NbiotEnvDecoder:
     """Decoder for the 32-byte NB-IoT environmental frame."""
 
     name = "nbiot-env"
-    content_formats = (42,)  # application/octet-stream, chosen by the device's profile
-    tables = (ENV_READINGS,)
+    # application/octet-stream; which binary decoder applies comes from the device's profile
+    content_formats: tuple[int, ...] = (42,)
+    tables: tuple[TableSpec, ...] = (ENV_READINGS,)
 
     def decode_batch(self, batch: FrameBatch) -> Decoded:
         """Validate length, magic, version, CRC and device; emit one row per valid metric."""
@@ -95,9 +112,11 @@ class NbiotEnvDecoder:
         good = np.flatnonzero(lengths == FRAME.itemsize)
         for i in np.flatnonzero(lengths != FRAME.itemsize).tolist():
             size = int(lengths[i])
-            reason = (f"truncated: need {FRAME.itemsize} bytes, got {size}"
-                      if size < FRAME.itemsize else
-                      f"too_long: expected {FRAME.itemsize} bytes, got {size}")
+            reason = (
+                f"truncated: need {FRAME.itemsize} bytes, got {size}"
+                if size < FRAME.itemsize
+                else f"too_long: expected {FRAME.itemsize} bytes, got {size}"
+            )
             rejects.append(Reject(i, reason))
         raw = b"".join([batch.payloads[i] for i in good.tolist()])
         rec = np.frombuffer(raw, dtype=FRAME)
@@ -119,8 +138,10 @@ class NbiotEnvDecoder:
             elif bad_crc[j]:
                 reason = f"crc_mismatch expected={int(crc[j]):04X} got={int(rec['crc'][j]):04X}"
             else:
-                reason = (f"device_mismatch: topic names {hints[j].decode(errors='replace')!r},"
-                          f" frame carries IMEI {devices[j].decode()}")
+                reason = (
+                    f"device_mismatch: topic names {hints[j].decode(errors='replace')!r},"
+                    f" frame carries IMEI {devices[j].decode()}"
+                )
             rejects.append(Reject(i, reason))
         rejects.sort(key=lambda r: r.index)
         rec, devices, frames = rec[ok], devices[ok], good[ok].astype(np.int32)
@@ -144,8 +165,7 @@ class NbiotEnvDecoder:
             devices=np.repeat(devices, m)[flat],
             frame_index=np.repeat(frames, m)[flat],
         )
-        return Decoded(rows={ENV_READINGS.name: rows}, rejects=rejects,
-                       frames_ok=int(ok.sum()))
+        return Decoded(rows={ENV_READINGS.name: rows}, rejects=rejects, frames_ok=int(ok.sum()))
 
 
 DECODER: Decoder = NbiotEnvDecoder()

@@ -43,11 +43,13 @@ class EnvReadingsBuilder:
             table=ENV_READINGS.name,
             columns={
                 "time": np.array(self._times, dtype=np.int64),
-                "metric": np.array(self._metrics, dtype=np.bytes_) if self._metrics
+                "metric": np.array(self._metrics, dtype=np.bytes_)
+                if self._metrics
                 else np.empty(0, dtype="S1"),
                 "value": np.array(self._values, dtype=np.float64),
             },
-            devices=np.array(self._devices, dtype=np.bytes_) if self._devices
+            devices=np.array(self._devices, dtype=np.bytes_)
+            if self._devices
             else np.empty(0, dtype="S1"),
             frame_index=np.array(self._frames, dtype=np.int32),
         )

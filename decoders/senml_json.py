@@ -14,7 +14,7 @@ import json
 import math
 import re
 
-from decoders.base import Decoder
+from decoders.base import Decoder, TableSpec
 from decoders.rows import EnvReadingsBuilder
 from decoders.tables import ENV_READINGS
 from ingest.batch import Decoded, FrameBatch, Reject
@@ -39,8 +39,9 @@ def _number(rec: dict[str, object], key: str, i: int) -> float | None:
     return float(val)
 
 
-def parse_pack(pack: object, received_s: float, device_hint: str
-               ) -> list[tuple[str, str, float, float]]:
+def parse_pack(
+    pack: object, received_s: float, device_hint: str
+) -> list[tuple[str, str, float, float]]:
     """Resolve a SenML pack into (device, metric, time_s, value) tuples; raise SenMLError."""
     if not isinstance(pack, list):
         raise SenMLError("pack must be a JSON array of records")
@@ -98,8 +99,8 @@ class SenMLJsonDecoder:
     """Decoder for SenML JSON packs, one pack per frame."""
 
     name = "senml-json"
-    content_formats = (110,)
-    tables = (ENV_READINGS,)
+    content_formats: tuple[int, ...] = (110,)
+    tables: tuple[TableSpec, ...] = (ENV_READINGS,)
 
     def decode_batch(self, batch: FrameBatch) -> Decoded:
         """Parse every pack; a bad pack is rejected whole, its neighbours are kept."""

@@ -39,14 +39,19 @@ class _Sorted:
 class DeviceIndex:
     """External id -> internal id (``UNKNOWN``/``DISABLED`` markers), resolved a batch at a time."""
 
-    def __init__(self, keys: BytesArray | None = None, ids: Int32Array | None = None,
-                 active: npt.NDArray[np.bool_] | None = None) -> None:
+    def __init__(
+        self,
+        keys: BytesArray | None = None,
+        ids: Int32Array | None = None,
+        active: npt.NDArray[np.bool_] | None = None,
+    ) -> None:
         keys = keys if keys is not None else np.empty(0, dtype="S1")
         ids = ids if ids is not None else np.empty(0, dtype=np.int32)
         active = active if active is not None else np.ones(ids.shape[0], dtype=np.bool_)
         self._main = _Sorted(keys, ids.astype(np.int32), active)
-        self._delta = _Sorted(np.empty(0, dtype="S1"), np.empty(0, dtype=np.int32),
-                              np.empty(0, dtype=np.bool_))
+        self._delta = _Sorted(
+            np.empty(0, dtype="S1"), np.empty(0, dtype=np.int32), np.empty(0, dtype=np.bool_)
+        )
 
     def __len__(self) -> int:
         return int(self._main.keys.shape[0] + self._delta.keys.shape[0])
@@ -77,6 +82,8 @@ class DeviceIndex:
         self._main = _Sorted(
             np.concatenate([self._main.keys[keep].astype(np.bytes_), self._delta.keys]),
             np.concatenate([self._main.ids[keep], self._delta.ids]),
-            np.concatenate([self._main.active[keep], self._delta.active]))
-        self._delta = _Sorted(np.empty(0, dtype="S1"), np.empty(0, dtype=np.int32),
-                              np.empty(0, dtype=np.bool_))
+            np.concatenate([self._main.active[keep], self._delta.active]),
+        )
+        self._delta = _Sorted(
+            np.empty(0, dtype="S1"), np.empty(0, dtype=np.int32), np.empty(0, dtype=np.bool_)
+        )

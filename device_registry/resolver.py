@@ -56,9 +56,12 @@ class DeviceResolver:
         log.info("device registry: %d devices loaded", len(rows))
         return len(rows)
 
-    async def resolve(self, conn: psycopg.AsyncConnection[tuple[object, ...]],
-                      devices: npt.NDArray[np.bytes_], kinds: npt.NDArray[np.bytes_]
-                      ) -> Resolution:
+    async def resolve(
+        self,
+        conn: psycopg.AsyncConnection[tuple[object, ...]],
+        devices: npt.NDArray[np.bytes_],
+        kinds: npt.NDArray[np.bytes_],
+    ) -> Resolution:
         """Resolve external ids; auto-provision unknown ones when the policy says so."""
         ids = self.index.resolve(devices)
         provisioned = 0
@@ -71,12 +74,20 @@ class DeviceResolver:
                 "SELECT * , 'auto' FROM unnest(%s::text[], %s::text[]) "
                 "ON CONFLICT (external_id) DO UPDATE SET updated_at = devices.updated_at "
                 "RETURNING external_id, id, status = 'active', (xmax = 0)",
-                ([k.decode() for k in new], [k.decode() or "unknown" for k in new_kinds]))
+                ([k.decode() for k in new], [k.decode() or "unknown" for k in new_kinds]),
+            )
             rows = await cur.fetchall()
-            self.index.upsert(np.array([r[0].encode() for r in rows], dtype=np.bytes_),  # type: ignore[attr-defined]
-                              np.array([r[1] for r in rows], dtype=np.int32),
-                              np.array([r[2] for r in rows], dtype=np.bool_))
+            self.index.upsert(
+                np.array([r[0].encode() for r in rows], dtype=np.bytes_),  # type: ignore[attr-defined]
+                np.array([r[1] for r in rows], dtype=np.int32),
+                np.array([r[2] for r in rows], dtype=np.bool_),
+            )
             provisioned = sum(1 for r in rows if r[3])
             ids = self.index.resolve(devices)
-        return Resolution(ids=ids, ok=ids >= 0, unknown=ids == UNKNOWN, disabled=ids == DISABLED,
-                          provisioned=provisioned)
+        return Resolution(
+            ids=ids,
+            ok=ids >= 0,
+            unknown=ids == UNKNOWN,
+            disabled=ids == DISABLED,
+            provisioned=provisioned,
+        )

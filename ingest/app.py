@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -21,6 +23,16 @@ from storage.migrate import migrate
 from storage.writer import BatchWriter, RetryPolicy
 
 log = logging.getLogger(__name__)
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal capture: the service owns SIGTERM/SIGINT and stops
+    the HTTP endpoint last, after draining."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave signal handling to the service."""
+        yield
 
 
 @dataclass
@@ -54,33 +66,54 @@ class Service:
         """Migrate, start every stage, run until ``stop``, then drain and commit."""
         s = self.settings
         conninfo = s.database.url.get_secret_value()
-        self.backend = await asyncio.to_thread(migrate, conninfo, self.decoders.tables(),
-                                               s.database.timescaledb)
+        self.backend = await asyncio.to_thread(
+            migrate, conninfo, self.decoders.tables(), s.database.timescaledb
+        )
         self.metrics.storage_info.labels(self.backend.value).set(1)
         retry = RetryPolicy(s.database.retry_initial_ms / 1000, s.database.retry_max_ms / 1000)
-        writers = [BatchWriter(conninfo, s.database.write_method, retry,
-                               on_retry=lambda _e: self.metrics.db_retries.inc())
-                   for _ in range(s.database.writers)]
+        writers = [
+            BatchWriter(
+                conninfo,
+                s.database.write_method,
+                retry,
+                on_retry=lambda _e: self.metrics.db_retries.inc(),
+            )
+            for _ in range(s.database.writers)
+        ]
         resolver = DeviceResolver(s.pipeline.unknown_devices)
         await resolver.load(await writers[0].connection())
-        self.pipeline = Pipeline(self.decoders, resolver, writers, self.metrics,
-                                 batch_max_frames=s.pipeline.batch_max_frames,
-                                 flush_interval_ms=s.pipeline.flush_interval_ms,
-                                 max_inflight_frames=s.pipeline.max_inflight_frames)
+        self.pipeline = Pipeline(
+            self.decoders,
+            resolver,
+            writers,
+            self.metrics,
+            batch_max_frames=s.pipeline.batch_max_frames,
+            flush_interval_ms=s.pipeline.flush_interval_ms,
+            max_inflight_frames=s.pipeline.max_inflight_frames,
+        )
         self.mqtt = MqttListener(s.mqtt, self.pipeline, self.metrics)
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(self.metrics, self.readiness), host=s.http.host, port=s.http.port,
-            log_level="warning", lifespan="off"))
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server = _HttpServer(
+            uvicorn.Config(
+                create_app(self.metrics, self.readiness),
+                host=s.http.host,
+                port=s.http.port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
         async with asyncio.TaskGroup() as tg:
             pipe_task = tg.create_task(self.pipeline.run(), name="ingest.pipeline")
             mqtt_task = tg.create_task(self.mqtt.run(), name="ingest.mqtt")
             http_task = tg.create_task(server.serve(), name="ingest.http")
-            while not server.started:
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no start event
                 await asyncio.sleep(0.01)
             self.http_port = server.servers[0].sockets[0].getsockname()[1]
-            log.info("cityflux serving: /metrics on http://%s:%d, backend %s", s.http.host,
-                     self.http_port, self.backend)
+            log.info(
+                "cityflux serving: /metrics on http://%s:%d, backend %s",
+                s.http.host,
+                self.http_port,
+                self.backend,
+            )
             self.started.set()
             await self._stop.wait()
             log.info("stopping: draining %d uncommitted frames", self.pipeline.inflight)
@@ -92,8 +125,11 @@ class Service:
             await mqtt_task
             server.should_exit = True
             await http_task
-        log.info("stopped cleanly: %d frames stored, %d rejected",
-                 self.pipeline.stats.stored_frames, self.pipeline.stats.rejected)
+        log.info(
+            "stopped cleanly: %d frames stored, %d rejected",
+            self.pipeline.stats.stored_frames,
+            self.pipeline.stats.rejected,
+        )
 
 
 async def serve(settings: Settings) -> None:

@@ -63,8 +63,15 @@ class FrameBatch:
     def __len__(self) -> int:
         return len(self.payloads)
 
-    def append(self, payload: bytes, source: str, device_hint: str, kind_hint: str,
-               received_us: int, ack_id: int = -1) -> None:
+    def append(
+        self,
+        payload: bytes,
+        source: str,
+        device_hint: str,
+        kind_hint: str,
+        received_us: int,
+        ack_id: int = -1,
+    ) -> None:
         """Add one frame."""
         self.payloads.append(payload)
         self.sources.append(source)

@@ -68,15 +68,19 @@ class EmbeddedBroker:
             conf = self.work_dir / "amqtt.yaml"
             conf.write_text(AMQTT_CONF.format(port=self.port))
             cmd = [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(conf)]
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                      stderr=(self.work_dir / "broker.err").open("wb"))
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=(self.work_dir / "broker.err").open("wb")
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited: "
-                                   f"{(self.work_dir / 'broker.err').read_text()[-1000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=1):
+                raise RuntimeError(
+                    f"{self.kind} exited: {(self.work_dir / 'broker.err').read_text()[-1000:]}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1),
+            ):
                 log.info("embedded MQTT broker (%s) on port %d", self.kind, self.port)
                 return self
             time.sleep(0.05)

@@ -13,14 +13,25 @@ import typer
 
 from ingest.config import ConfigError, Settings, load_settings
 
-app = typer.Typer(help="cityflux: smart-city device ingest into TimescaleDB, with alerts.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="cityflux: smart-city device ingest into TimescaleDB, with alerts.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", envvar="CITYFLUX_CONFIG", help="TOML config file",
-    exists=True, dir_okay=False)]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="CITYFLUX_CONFIG",
+        help="TOML config file",
+        exists=True,
+        dir_okay=False,
+    ),
+]
 
 
 def _settings(config: Path | None) -> Settings:
@@ -29,8 +40,11 @@ def _settings(config: Path | None) -> Settings:
     except ConfigError as exc:
         typer.echo(f"cityflux: {exc}", err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(level=settings.log_level.value, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.value,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     return settings
 
 
@@ -74,8 +88,11 @@ def db_migrate(config: ConfigOpt = None) -> None:
 
     settings = _settings(config)
     try:
-        backend = migrate(settings.database.url.get_secret_value(), load_registry().tables(),
-                          settings.database.timescaledb)
+        backend = migrate(
+            settings.database.url.get_secret_value(),
+            load_registry().tables(),
+            settings.database.timescaledb,
+        )
     except MigrationError as exc:
         typer.echo(f"cityflux: {exc}", err=True)
         raise typer.Exit(1) from None

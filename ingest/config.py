@@ -55,32 +55,49 @@ class MqttConfig(Section):
     port: int = Field(1883, ge=1, le=65535, description="broker TCP port")
     username: str | None = Field(None, description="broker user name")
     password: SecretStr | None = Field(None, description="broker password")
-    client_id: str = Field("cityflux-ingest-1", min_length=1, max_length=128,
-                           description="client id; the persistent session is keyed by it")
+    client_id: str = Field(
+        "cityflux-ingest-1",
+        min_length=1,
+        max_length=128,
+        description="client id; the persistent session is keyed by it",
+    )
     protocol: MqttProtocol = Field(MqttProtocol.V5, description="MQTT protocol version")
-    topics: list[str] = Field(["cityflux/up/+/+/+"], min_length=1,
-                              description="uplink subscriptions (kind/device/format levels)")
+    topics: list[str] = Field(
+        ["cityflux/up/+/+/+"],
+        min_length=1,
+        description="uplink subscriptions (kind/device/format levels)",
+    )
     qos: QoS = Field(QoS.AT_LEAST_ONCE, description="subscription QoS")
     shared_group: str | None = Field(
-        None, pattern=r"^[^/#+$]+$",
-        description="MQTT 5 shared-subscription group: workers in one group split the stream")
+        None,
+        pattern=r"^[^/#+$]+$",
+        description="MQTT 5 shared-subscription group: workers in one group split the stream",
+    )
     session_expiry_s: int = Field(
-        86_400, ge=0,
-        description="broker keeps the session (and queued frames) this long; 0 = clean session")
+        86_400,
+        ge=0,
+        description="broker keeps the session (and queued frames) this long; 0 = clean session",
+    )
     keepalive_s: int = Field(30, ge=5, le=65535, description="MQTT keep-alive interval")
     receive_maximum: int = Field(
-        65_535, ge=1, le=65_535,
-        description="QoS 1 messages the broker may have unacknowledged with us (MQTT 5)")
+        65_535,
+        ge=1,
+        le=65_535,
+        description="QoS 1 messages the broker may have unacknowledged with us (MQTT 5)",
+    )
     reconnect_max_s: float = Field(10.0, gt=0, description="longest wait between reconnects")
 
 
 class DatabaseConfig(Section):
     """PostgreSQL / TimescaleDB sink."""
 
-    url: SecretStr = Field(SecretStr("postgresql://postgres@127.0.0.1:5432/postgres"),
-                           description="libpq connection URL")
-    timescaledb: TimescaleMode = Field(TimescaleMode.AUTO,
-                                       description="use TimescaleDB: auto, require, off")
+    url: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/postgres"),
+        description="libpq connection URL",
+    )
+    timescaledb: TimescaleMode = Field(
+        TimescaleMode.AUTO, description="use TimescaleDB: auto, require, off"
+    )
     write_method: WriteMethod = Field(WriteMethod.COPY, description="copy or insert")
     writers: int = Field(2, ge=1, le=32, description="parallel writer connections")
     retry_initial_ms: int = Field(100, ge=1, description="first backoff after a lost connection")
@@ -93,9 +110,11 @@ class PipelineConfig(Section):
     batch_max_frames: int = Field(5_000, ge=1, description="flush a batch at this many frames")
     flush_interval_ms: int = Field(200, ge=1, description="flush a batch at this age")
     max_inflight_frames: int = Field(
-        100_000, ge=1, description="stop reading from sources above this many uncommitted frames")
+        100_000, ge=1, description="stop reading from sources above this many uncommitted frames"
+    )
     unknown_devices: UnknownDevicePolicy = Field(
-        UnknownDevicePolicy.AUTO_PROVISION, description="reject or auto-provision unknown devices")
+        UnknownDevicePolicy.AUTO_PROVISION, description="reject or auto-provision unknown devices"
+    )
 
 
 class HttpConfig(Section):
@@ -117,19 +136,26 @@ class LogLevel(StrEnum):
 class Settings(BaseSettings):
     """Everything the service can be told; the README's configuration table comes from this."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED,
-                                      extra="forbid", validate_assignment=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+        extra="forbid",
+        validate_assignment=True,
+    )
 
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)  # type: ignore[arg-type]
-    database: DatabaseConfig = Field(default_factory=DatabaseConfig)  # type: ignore[arg-type]
-    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)  # type: ignore[arg-type]
-    http: HttpConfig = Field(default_factory=HttpConfig)  # type: ignore[arg-type]
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     log_level: LogLevel = Field(LogLevel.INFO, description="logging threshold")
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Environment first, then the values given in code (the TOML file), then defaults."""
@@ -139,9 +165,9 @@ class Settings(BaseSettings):
 def _deep_get(data: dict[str, Any], path: tuple[int | str, ...]) -> bool:
     node: Any = data
     for part in path:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if in_dict or in_list:
             node = node[part]
         else:
             return False

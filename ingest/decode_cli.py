@@ -56,6 +56,8 @@ def run_decode(fmt: str, source: str, hex_input: bool) -> int:
             print(json.dumps({"ok": False, "error": errors[i]}))
         else:
             print(json.dumps({"ok": True, "records": per_frame[i]}))
-    print(f"{len(batch)} frames: {len(batch) - len(errors)} decoded, {len(errors)} rejected",
-          file=sys.stderr)
+    print(
+        f"{len(batch)} frames: {len(batch) - len(errors)} decoded, {len(errors)} rejected",
+        file=sys.stderr,
+    )
     return 0

@@ -40,8 +40,9 @@ def _configured(section: str, config_file: Path | None) -> bool:
     return config_file is not None and f"[{section}]" in config_file.read_text()
 
 
-def prepare(settings: Settings, config_file: Path | None, data_dir: Path,
-            stack: ExitStack) -> DemoEnvironment:
+def prepare(
+    settings: Settings, config_file: Path | None, data_dir: Path, stack: ExitStack
+) -> DemoEnvironment:
     """Start an embedded database and broker for whatever is not configured."""
     env = DemoEnvironment("configured", "configured")
     if not _configured("database", config_file):
@@ -67,9 +68,11 @@ def _count_stored(url: str, report: FleetReport) -> tuple[int, int, int]:
         frames, readings = conn.execute(
             "SELECT count(DISTINCT (r.device_id, r.time)), count(*) FROM env_readings r "
             "JOIN devices d ON d.id = r.device_id WHERE d.external_id = ANY(%s)",
-            (report.devices,)).fetchone() or (0, 0)
-        dead = conn.execute("SELECT count(*) FROM dead_letters WHERE device = ANY(%s)",
-                            (report.devices,)).fetchone()
+            (report.devices,),
+        ).fetchone() or (0, 0)
+        dead = conn.execute(
+            "SELECT count(*) FROM dead_letters WHERE device = ANY(%s)", (report.devices,)
+        ).fetchone()
     return int(frames), int(readings), int(dead[0] if dead else 0)
 
 
@@ -80,10 +83,15 @@ async def _run(settings: Settings, duration_s: float, rate: float) -> dict[str, 
     await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         task.result()
-    assert service.mqtt is not None and service.pipeline is not None
+    assert service.mqtt is not None
+    assert service.pipeline is not None
     await service.mqtt.wait_connected(30)
-    fleet = DemoFleet(settings.mqtt.host, settings.mqtt.port,
-                      v5=settings.mqtt.protocol is MqttProtocol.V5, rate_per_s=rate)
+    fleet = DemoFleet(
+        settings.mqtt.host,
+        settings.mqtt.port,
+        v5=settings.mqtt.protocol is MqttProtocol.V5,
+        rate_per_s=rate,
+    )
     t0 = time.monotonic()
     report = await asyncio.to_thread(fleet.run, duration_s)
     deadline = time.monotonic() + 60
@@ -111,8 +119,13 @@ async def _run(settings: Settings, duration_s: float, rate: float) -> dict[str, 
     }
 
 
-def run_demo(settings: Settings, config_file: Path | None, duration_s: float, rate: float,
-             data_dir: Path | None) -> dict[str, Any]:
+def run_demo(
+    settings: Settings,
+    config_file: Path | None,
+    duration_s: float,
+    rate: float,
+    data_dir: Path | None,
+) -> dict[str, Any]:
     """Run the whole demo and return its summary."""
     with ExitStack() as stack:
         if data_dir is None:

@@ -12,8 +12,9 @@ from ingest.metrics import Metrics
 
 def create_app(metrics: Metrics, ready: Callable[[], dict[str, bool]]) -> FastAPI:
     """The operator API; ``ready`` reports each dependency's state for /readyz."""
-    app = FastAPI(title="cityflux", description="Smart-city device ingest: operator API",
-                  version="0.1.0")
+    app = FastAPI(
+        title="cityflux", description="Smart-city device ingest: operator API", version="0.1.0"
+    )
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def get_metrics() -> Response:

@@ -24,38 +24,64 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.frames_received = Counter(
-            "cityflux_frames_received", "Frames received from devices",
-            ["transport", "format"], registry=r)
+            "cityflux_frames_received",
+            "Frames received from devices",
+            ["transport", "format"],
+            registry=r,
+        )
         self.frames_decoded = Counter(
-            "cityflux_frames_decoded", "Frames decoded and stored", ["format"], registry=r)
+            "cityflux_frames_decoded", "Frames decoded and stored", ["format"], registry=r
+        )
         self.frames_rejected = Counter(
-            "cityflux_frames_rejected", "Frames sent to dead letters, by reason",
-            ["format", "reason"], registry=r)
+            "cityflux_frames_rejected",
+            "Frames sent to dead letters, by reason",
+            ["format", "reason"],
+            registry=r,
+        )
         self.frames_acked = Counter(
-            "cityflux_frames_acknowledged", "Frames acknowledged to the transport after commit",
-            ["transport"], registry=r)
+            "cityflux_frames_acknowledged",
+            "Frames acknowledged to the transport after commit",
+            ["transport"],
+            registry=r,
+        )
         self.rows_written = Counter(
-            "cityflux_rows_written", "Rows committed, by table", ["table"], registry=r)
+            "cityflux_rows_written", "Rows committed, by table", ["table"], registry=r
+        )
         self.batch_commit_seconds = Histogram(
-            "cityflux_batch_commit_seconds", "Time to store one batch (decode to commit)",
-            ["format"], buckets=COMMIT_BUCKETS, registry=r)
+            "cityflux_batch_commit_seconds",
+            "Time to store one batch (decode to commit)",
+            ["format"],
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
         self.batch_frames = Histogram(
-            "cityflux_batch_frames", "Frames per batch", ["format"],
-            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000), registry=r)
+            "cityflux_batch_frames",
+            "Frames per batch",
+            ["format"],
+            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000),
+            registry=r,
+        )
         self.queue_depth = Gauge(
-            "cityflux_queue_depth_frames", "Frames received but not yet committed", registry=r)
+            "cityflux_queue_depth_frames", "Frames received but not yet committed", registry=r
+        )
         self.ingest_paused = Gauge(
-            "cityflux_ingest_paused", "1 while sources are paused for backpressure", registry=r)
+            "cityflux_ingest_paused", "1 while sources are paused for backpressure", registry=r
+        )
         self.db_retries = Counter(
-            "cityflux_db_retries", "Database operations retried after a lost connection",
-            registry=r)
+            "cityflux_db_retries", "Database operations retried after a lost connection", registry=r
+        )
         self.devices_provisioned = Counter(
-            "cityflux_devices_provisioned", "Devices auto-provisioned on first frame", registry=r)
+            "cityflux_devices_provisioned", "Devices auto-provisioned on first frame", registry=r
+        )
         self.mqtt_connected = Gauge(
-            "cityflux_mqtt_connected", "1 while connected to the MQTT broker", registry=r)
+            "cityflux_mqtt_connected", "1 while connected to the MQTT broker", registry=r
+        )
         self.storage_info = Gauge(
-            "cityflux_storage_info", "Storage backend in use (value is always 1)", ["backend"],
-            registry=r)
+            "cityflux_storage_info",
+            "Storage backend in use (value is always 1)",
+            ["backend"],
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         """The text exposition format of every metric."""

@@ -14,10 +14,11 @@ not acknowledged when the process dies are redelivered by the broker (persistent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -54,13 +55,17 @@ class MqttListener:
         cfg = self._cfg
         v5 = cfg.protocol is MqttProtocol.V5
         client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
             clean_session=None if v5 else cfg.session_expiry_s == 0,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            manual_ack=cfg.qos is QoS.AT_LEAST_ONCE, reconnect_on_failure=False)
+            manual_ack=cfg.qos is QoS.AT_LEAST_ONCE,
+            reconnect_on_failure=False,
+        )
         if cfg.username is not None:
             client.username_pw_set(
-                cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+                cfg.username, cfg.password.get_secret_value() if cfg.password else None
+            )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -111,11 +116,16 @@ class MqttListener:
         # Read everything the socket has: paho parses one packet per loop_read call.
         self._client.loop_read(max_packets=1000)
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if reason.is_failure:
-            log.error("MQTT broker %s:%d refused the connection: %s; retrying",
-                      self._cfg.host, self._cfg.port, reason)
+            log.error(
+                "MQTT broker %s:%d refused the connection: %s; retrying",
+                self._cfg.host,
+                self._cfg.port,
+                reason,
+            )
             return
         cfg = self._cfg
         subs = [(f"$share/{cfg.shared_group}/{t}" if cfg.shared_group else t) for t in cfg.topics]
@@ -123,18 +133,25 @@ class MqttListener:
             client.subscribe([(t, SubscribeOptions(qos=int(cfg.qos))) for t in subs])
         else:
             client.subscribe([(t, int(cfg.qos)) for t in subs])
-        log.info("MQTT connected to %s:%d (session present: %s), subscribed to %s",
-                 cfg.host, cfg.port, flags.session_present, ", ".join(subs))
+        log.info(
+            "MQTT connected to %s:%d (session present: %s), subscribed to %s",
+            cfg.host,
+            cfg.port,
+            flags.session_present,
+            ", ".join(subs),
+        )
         self._metrics.mqtt_connected.set(1)
         self._connected.set()
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         self._metrics.mqtt_connected.set(0)
         self._connected.clear()
         if not self._stopping.is_set():
-            log.warning("MQTT connection lost (%s); unacknowledged frames will be redelivered",
-                        reason)
+            log.warning(
+                "MQTT connection lost (%s); unacknowledged frames will be redelivered", reason
+            )
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         topic = msg.topic
@@ -143,8 +160,9 @@ class MqttListener:
             kind, device, fmt = parts[1], parts[2], parts[3]
         else:
             kind, device, fmt = "", "", "unknown"
-        self._pipeline.submit(fmt, TRANSPORT, self, msg.payload, topic, device, kind,
-                              msg.mid if msg.qos == 1 else -1)
+        payload = cast(bytes, msg.payload)  # paho hands payloads as bytes
+        ack_id = msg.mid if msg.qos == 1 else -1
+        self._pipeline.submit(fmt, TRANSPORT, self, payload, topic, device, kind, ack_id)
 
     # -- AckSink and backpressure -----------------------------------------------------------
     def release(self, ack_ids: Sequence[int], ok: bool) -> None:
@@ -189,17 +207,28 @@ class MqttListener:
         cfg, delay = self._cfg, 0.2
         # persistent session unless session_expiry_s = 0 (MQTT 5 Clean Start; 3.1.1 uses the
         # clean_session flag given to the client instead, which paho's value 3 defers to)
-        clean = (cfg.session_expiry_s == 0) if cfg.protocol is MqttProtocol.V5 else 3
-        self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=clean,
-                                   properties=self._connect_properties())
+        v5 = cfg.protocol is MqttProtocol.V5
+        clean: bool | Literal[3] = (cfg.session_expiry_s == 0) if v5 else 3
+        self._client.connect_async(
+            cfg.host,
+            cfg.port,
+            cfg.keepalive_s,
+            clean_start=clean,
+            properties=self._connect_properties(),
+        )
         while not self._stopping.is_set():
             if not self._client.is_connected() and self._sock is None:
                 try:
                     await asyncio.to_thread(self._client.reconnect)
                     delay = 0.2
                 except OSError as exc:
-                    log.warning("MQTT broker %s:%d unreachable (%s); retrying in %.1f s",
-                                cfg.host, cfg.port, exc, delay)
+                    log.warning(
+                        "MQTT broker %s:%d unreachable (%s); retrying in %.1f s",
+                        cfg.host,
+                        cfg.port,
+                        exc,
+                        delay,
+                    )
                     await self._sleep(delay)
                     delay = min(delay * 2, cfg.reconnect_max_s)
                     continue
@@ -207,14 +236,12 @@ class MqttListener:
             await self._sleep(1.0)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            pass
 
-    async def wait_connected(self, timeout: float) -> None:
-        """Until connected and subscribed (raises TimeoutError)."""
-        await asyncio.wait_for(self._connected.wait(), timeout)
+    async def wait_connected(self, within_s: float) -> None:
+        """Until connected and subscribed (raises TimeoutError after ``within_s``)."""
+        await asyncio.wait_for(self._connected.wait(), within_s)
 
     def stop_reading(self) -> None:
         """First step of a graceful stop: take no new frames (the broker keeps them)."""

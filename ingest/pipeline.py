@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class PipelineStats:
     reasons: Counter[str] = field(default_factory=Counter)
 
 
-class Pausable:
+class Pausable(Protocol):
     """A source that can stop and resume reading (backpressure)."""
 
     def pause(self) -> None:
@@ -65,9 +66,17 @@ class _Open:
 class Pipeline:
     """Batches frames per (decoder, transport), stores them, releases acks after commit."""
 
-    def __init__(self, decoders: DecoderRegistry, resolver: DeviceResolver,
-                 writers: list[BatchWriter], metrics: Metrics, *, batch_max_frames: int = 5000,
-                 flush_interval_ms: int = 200, max_inflight_frames: int = 100_000) -> None:
+    def __init__(
+        self,
+        decoders: DecoderRegistry,
+        resolver: DeviceResolver,
+        writers: list[BatchWriter],
+        metrics: Metrics,
+        *,
+        batch_max_frames: int = 5000,
+        flush_interval_ms: int = 200,
+        max_inflight_frames: int = 100_000,
+    ) -> None:
         self._decoders = decoders
         self._resolver = resolver
         self._writers = writers
@@ -91,14 +100,24 @@ class Pipeline:
         """Register a source to pause and resume for backpressure."""
         self._sources.append(source)
 
-    def submit(self, fmt: str, transport: str, ack_sink: AckSink, payload: bytes, source: str,
-               device: str, kind: str, ack_id: int = -1) -> None:
+    def submit(
+        self,
+        fmt: str,
+        transport: str,
+        ack_sink: AckSink,
+        payload: bytes,
+        source: str,
+        device: str,
+        kind: str,
+        ack_id: int = -1,
+    ) -> None:
         """Take one frame (called by sources on the loop thread; never blocks)."""
         key = (fmt, transport)
         slot = self._open.get(key)
         if slot is None:
-            slot = self._open[key] = _Open(FrameBatch(fmt, transport, ack_sink=ack_sink),
-                                           time.monotonic())
+            slot = self._open[key] = _Open(
+                FrameBatch(fmt, transport, ack_sink=ack_sink), time.monotonic()
+            )
         slot.batch.append(payload, source, device, kind, time.time_ns() // 1000, ack_id)
         self._inflight += 1
         self._idle.clear()
@@ -114,8 +133,11 @@ class Pipeline:
     def _set_paused(self, paused: bool) -> None:
         self._paused = paused
         self._metrics.ingest_paused.set(1 if paused else 0)
-        log.info("backpressure: %s sources (%d frames uncommitted)",
-                 "pausing" if paused else "resuming", self._inflight)
+        log.info(
+            "backpressure: %s sources (%d frames uncommitted)",
+            "pausing" if paused else "resuming",
+            self._inflight,
+        )
         for src in self._sources:
             src.pause() if paused else src.resume()
 
@@ -129,8 +151,10 @@ class Pipeline:
         """Seal aged batches and process sealed ones until ``close`` (then drain)."""
         async with asyncio.TaskGroup() as tg:
             ager = tg.create_task(self._age_loop(), name="pipeline.ager")
-            workers = [tg.create_task(self._worker(w), name=f"pipeline.writer[{i}]")
-                       for i, w in enumerate(self._writers)]
+            workers = [
+                tg.create_task(self._worker(w), name=f"pipeline.writer[{i}]")
+                for i, w in enumerate(self._writers)
+            ]
             await asyncio.gather(*workers)
             ager.cancel()
 
@@ -183,8 +207,9 @@ class Pipeline:
             try:
                 decoded = decoder.decode_batch(batch)
             except Exception as exc:  # a decoder bug must not lose the batch or stop the service
-                log.exception("decoder %s raised on a batch of %d frames; dead-lettering them",
-                              fmt, n)
+                log.exception(
+                    "decoder %s raised on a batch of %d frames; dead-lettering them", fmt, n
+                )
                 decoded = Decoded()
                 for i in range(n):
                     dead.add(i, f"decoder_error: {type(exc).__name__}: {exc}")
@@ -194,8 +219,12 @@ class Pipeline:
         try:
             await writer.write(writes, dead.columns(batch), dead.nulls(batch))
         except StorageRejectedError as exc:
-            log.error("database refused batch of %d %s frames (%s); storing them as dead "
-                      "letters instead", n, fmt, exc)
+            log.error(
+                "database refused batch of %d %s frames (%s); storing them as dead letters instead",
+                n,
+                fmt,
+                exc,
+            )
             dead = DeadLetters()
             for i in range(n):
                 dead.add(i, f"storage_rejected: {exc}")
@@ -206,8 +235,9 @@ class Pipeline:
         for hook in self.on_committed:
             hook(batch, decoded)
 
-    async def _resolve(self, batch: FrameBatch, decoded: Decoded, dead: DeadLetters,
-                       writer: BatchWriter) -> list[TableWrite]:
+    async def _resolve(
+        self, batch: FrameBatch, decoded: Decoded, dead: DeadLetters, writer: BatchWriter
+    ) -> list[TableWrite]:
         if not decoded.rows:
             return []
         kinds = np.array(batch.kind_hints, dtype=np.bytes_)
@@ -219,13 +249,17 @@ class Pipeline:
                     continue
                 res = await writer.retrying(
                     lambda conn, rows=rows: self._resolver.resolve(  # type: ignore[misc]
-                        conn, rows.devices, kinds[rows.frame_index]))
+                        conn, rows.devices, kinds[rows.frame_index]
+                    )
+                )
                 if res.provisioned:
                     self._metrics.devices_provisioned.inc(res.provisioned)
                 for j in np.flatnonzero(~res.ok).tolist():
                     state = "disabled_device" if res.disabled[j] else "unknown_device"
-                    bad_frames.setdefault(int(rows.frame_index[j]),
-                                          f"{state}: {rows.devices[j].decode(errors='replace')}")
+                    bad_frames.setdefault(
+                        int(rows.frame_index[j]),
+                        f"{state}: {rows.devices[j].decode(errors='replace')}",
+                    )
                 resolved.append((table, rows, res.ids))
         for frame, reason in sorted(bad_frames.items()):
             dead.add(frame, reason)
@@ -239,8 +273,14 @@ class Pipeline:
             writes.append(TableWrite(specs[table], kept))
         return writes
 
-    def _account(self, batch: FrameBatch, decoded: Decoded, dead: DeadLetters,
-                 writes: list[TableWrite], elapsed: float) -> None:
+    def _account(
+        self,
+        batch: FrameBatch,
+        decoded: Decoded,
+        dead: DeadLetters,
+        writes: list[TableWrite],
+        elapsed: float,
+    ) -> None:
         m, fmt, n = self._metrics, batch.decoder, len(batch)
         rejected = len(set(dead.frames))
         m.frames_received.labels(batch.transport, fmt).inc(n)

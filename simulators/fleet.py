@@ -64,8 +64,9 @@ class DemoFleet:
 
     def device_ids(self) -> list[tuple[str, str]]:
         """(kind, device id, format) of every simulated device."""
-        return ([("env", f"86{self.run_id:06d}{i:07d}") for i in range(self.binary_devices)]
-                + [("env", f"demo-{self.run_id}-{i:05d}") for i in range(self.senml_devices)])
+        return [("env", f"86{self.run_id:06d}{i:07d}") for i in range(self.binary_devices)] + [
+            ("env", f"demo-{self.run_id}-{i:05d}") for i in range(self.senml_devices)
+        ]
 
     def frame(self, index: int, seq: int) -> tuple[str, bytes, bool]:
         """Topic, payload and whether it is malformed, for device ``index``'s frame ``seq``."""
@@ -75,16 +76,27 @@ class DemoFleet:
         bad = self.malformed_every > 0 and self._rnd.randrange(self.malformed_every) == 0
         if index < self.binary_devices:
             dev = f"86{self.run_id:06d}{index:07d}"
-            payload = encode_frame(int(dev), t, seq & 0xFFFF, temperature=temp, humidity=55.0,
-                                   pm2_5=12.3 + index % 40, pm10=30.1, noise=48.2,
-                                   battery=3600, rssi=-85)
+            payload = encode_frame(
+                int(dev),
+                t,
+                seq & 0xFFFF,
+                temperature=temp,
+                humidity=55.0,
+                pm2_5=12.3 + index % 40,
+                pm10=30.1,
+                noise=48.2,
+                battery=3600,
+                rssi=-85,
+            )
             if bad:
                 payload = payload[:20]
             return uplink("env", dev, "nbiot-env"), payload, bad
         dev = f"demo-{self.run_id}-{index - self.binary_devices:05d}"
-        pack = [{"bt": t, "n": "temperature", "u": "Cel", "v": round(temp, 2)},
-                {"n": "humidity", "u": "%RH", "v": 55.5},
-                {"n": "pm2_5", "u": "ug/m3", "v": 10 + index % 30}]
+        pack = [
+            {"bt": t, "n": "temperature", "u": "Cel", "v": round(temp, 2)},
+            {"n": "humidity", "u": "%RH", "v": 55.5},
+            {"n": "pm2_5", "u": "ug/m3", "v": 10 + index % 30},
+        ]
         raw = json.dumps(pack, separators=(",", ":")).encode()
         if bad:
             raw = raw[: len(raw) // 2]
@@ -95,15 +107,17 @@ class DemoFleet:
         report = FleetReport(self.run_id, [d for _, d in self.device_ids()])
         lock = threading.Lock()
 
-        def on_publish(client: paho.Client, userdata: object, mid: int, reason: object,
-                       properties: object) -> None:
+        def on_publish(
+            client: paho.Client, userdata: object, mid: int, reason: object, properties: object
+        ) -> None:
             with lock:
                 report.acked += 1
 
-        client = paho.Client(CallbackAPIVersion.VERSION2,
-                             client_id=f"cityflux-fleet-{self.run_id}",
-                             protocol=MQTTProtocolVersion.MQTTv5 if self.v5
-                             else MQTTProtocolVersion.MQTTv311)
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"cityflux-fleet-{self.run_id}",
+            protocol=MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311,
+        )
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
         client.on_publish = on_publish

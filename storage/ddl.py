@@ -41,7 +41,8 @@ def create_table(spec: TableSpec) -> list[str]:
     ]
     stmts += [
         f"COMMENT ON COLUMN {ident(spec.name)}.{ident(c.name)} IS {lit(c.description)}"
-        for c in spec.columns if c.description
+        for c in spec.columns
+        if c.description
     ]
     if spec.description:
         stmts.append(f"COMMENT ON TABLE {ident(spec.name)} IS {lit(spec.description)}")
@@ -56,14 +57,17 @@ def _rollup_select(spec: TableSpec, bucket: str) -> str:
         f"max({ident(v)}) AS {ident(v + '_max')}"
         for v in spec.hourly.values
     )
-    return (f"SELECT {bucket} AS bucket, {groups}, {aggs}, count(*) AS samples "
-            f"FROM {ident(spec.name)} GROUP BY 1, {groups}")
+    return (
+        f"SELECT {bucket} AS bucket, {groups}, {aggs}, count(*) AS samples "
+        f"FROM {ident(spec.name)} GROUP BY 1, {groups}"
+    )
 
 
 def timescaledb_statements(spec: TableSpec) -> list[str]:
     """Hypertable, compression segmented by device, retention and an hourly aggregate."""
     t, tl, time = ident(spec.name), lit(spec.name), ident(spec.time_column)
-    stmts = create_table(spec) + [
+    stmts = [
+        *create_table(spec),
         f"SELECT create_hypertable({tl}, by_range({lit(spec.time_column)}, "
         f"INTERVAL {lit(spec.chunk_interval)}), if_not_exists => TRUE)",
         f"ALTER TABLE {t} SET (timescaledb.compress, "
@@ -91,7 +95,8 @@ def timescaledb_statements(spec: TableSpec) -> list[str]:
 def postgresql_statements(spec: TableSpec) -> list[str]:
     """Plain table with a (device_id, time) index, BRIN on time and an hourly view."""
     t, time = ident(spec.name), ident(spec.time_column)
-    stmts = create_table(spec) + [
+    stmts = [
+        *create_table(spec),
         f"CREATE INDEX IF NOT EXISTS {ident(spec.name + '_device_time')} "
         f"ON {t} ({ident(spec.segment_by)}, {time} DESC)",
         f"CREATE INDEX IF NOT EXISTS {ident(spec.name + '_time_brin')} ON {t} USING brin ({time})",

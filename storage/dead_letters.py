@@ -52,5 +52,6 @@ class DeadLetters:
 
     def nulls(self, batch: FrameBatch) -> dict[str, np.ndarray]:
         """NULL masks: the device is NULL when the transport named none."""
-        return {"device": np.array([batch.device_hints[i] == "" for i in self.frames],
-                                   dtype=np.bool_)}
+        return {
+            "device": np.array([batch.device_hints[i] == "" for i in self.frames], dtype=np.bool_)
+        }

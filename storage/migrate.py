@@ -61,11 +61,14 @@ def detect_backend(conn: psycopg.Connection[tuple[object, ...]], mode: Timescale
     if mode is TimescaleMode.OFF:
         return Backend.POSTGRESQL
     row = conn.execute(
-        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
     if row is None:
         if mode is TimescaleMode.REQUIRE:
-            raise MigrationError("storage.timescaledb = require, but the server has no "
-                                 "timescaledb extension (pg_available_extensions)")
+            raise MigrationError(
+                "storage.timescaledb = require, but the server has no "
+                "timescaledb extension (pg_available_extensions)"
+            )
         return Backend.POSTGRESQL
     conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     return Backend.TIMESCALEDB
@@ -80,24 +83,29 @@ def migrate(conninfo: str, tables: Sequence[TableSpec], mode: TimescaleMode) -> 
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
                 "name text NOT NULL, checksum text NOT NULL, "
-                "applied_at timestamptz NOT NULL DEFAULT now())")
-            applied = dict(conn.execute("SELECT version, checksum FROM schema_migrations")
-                           .fetchall())
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            applied: dict[int, str] = dict(
+                conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+            )
             for mig in load_migrations():
                 if mig.version in applied:
                     if applied[mig.version] != mig.checksum:
                         raise MigrationError(
                             f"migration {mig.version:04d}_{mig.name}.sql was changed after it "
-                            "was applied; add a new migration instead")
+                            "was applied; add a new migration instead"
+                        )
                     continue
                 log.info("applying migration %04d_%s", mig.version, mig.name)
-                conn.execute(mig.sql)  # type: ignore[arg-type]
-                conn.execute("INSERT INTO schema_migrations (version, name, checksum) "
-                             "VALUES (%s, %s, %s)", (mig.version, mig.name, mig.checksum))
+                conn.execute(mig.sql)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                    (mig.version, mig.name, mig.checksum),
+                )
         # TimescaleDB refuses continuous aggregates inside a transaction block, so declared
         # tables are created statement by statement; every statement is idempotent.
         for spec in tables:
             for stmt in table_statements(spec, backend):
-                conn.execute(stmt)  # type: ignore[arg-type]
+                conn.execute(stmt)
     log.info("storage backend: %s (%d telemetry tables)", backend, len(tables))
     return backend

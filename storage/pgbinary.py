@@ -35,14 +35,16 @@ _WIRE: dict[ColumnType, str] = {
 }
 
 
-def _varwidth(values: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+def _varwidth(
+    values: npt.NDArray[np.generic],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
     """Bytes of a text/bytea column as an (n, width) uint8 matrix plus each value's length."""
     n = values.shape[0]
     if values.dtype.kind == "S":
-        lens = np.strings.str_len(values).astype(np.int64)
-        fixed = values
+        fixed = values.astype(np.bytes_, copy=False)
+        lens = np.strings.str_len(fixed).astype(np.int64)
     elif values.dtype.kind == "U":
-        fixed = np.strings.encode(values, "utf-8")
+        fixed = np.strings.encode(values.astype(np.str_, copy=False), "utf-8")
         lens = np.strings.str_len(fixed).astype(np.int64)
     else:  # object array of bytes: trailing NULs are data here, so measure lengths first
         lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
@@ -52,8 +54,11 @@ def _varwidth(values: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.uint8], n
     return fixed.view(np.uint8).reshape(n, width), lens
 
 
-def encode_rows(columns: Sequence[Column], data: Mapping[str, npt.NDArray[np.generic]],
-                nulls: Mapping[str, npt.NDArray[np.bool_]] | None = None) -> bytes:
+def encode_rows(
+    columns: Sequence[Column],
+    data: Mapping[str, npt.NDArray[np.generic]],
+    nulls: Mapping[str, npt.NDArray[np.bool_]] | None = None,
+) -> bytes:
     """Binary COPY payload (signature, rows, trailer) for ``columns`` taken from ``data``."""
     nulls = nulls or {}
     n = int(next(iter(data.values())).shape[0]) if data else 0
@@ -101,7 +106,7 @@ def encode_rows(columns: Sequence[Column], data: Mapping[str, npt.NDArray[np.gen
     if drops:
         mask = np.ones((n, offset), dtype=np.bool_)
         for start, width, keep in drops:
-            mask[:, start:start + width] = keep
+            mask[:, start : start + width] = keep
         payload = body[mask].tobytes()
     else:
         payload = body.tobytes()

@@ -70,8 +70,12 @@ class TableWrite:
     rows: TableRows
 
 
-def _py_values(spec_cols: Sequence[tuple[str, ColumnType]], data: Columns,
-               nulls: Mapping[str, np.ndarray], n: int) -> list[tuple[object, ...]]:
+def _py_values(
+    spec_cols: Sequence[tuple[str, ColumnType]],
+    data: Columns,
+    nulls: Mapping[str, np.ndarray],
+    n: int,
+) -> list[tuple[object, ...]]:
     """Row tuples for the INSERT method (compatibility path only; COPY is per column)."""
     out_cols: list[list[object]] = []
     for name, typ in spec_cols:
@@ -79,7 +83,8 @@ def _py_values(spec_cols: Sequence[tuple[str, ColumnType]], data: Columns,
         if typ is ColumnType.TIMESTAMPTZ:
             vals: list[object] = [
                 np.datetime64(int(v), "us").astype("datetime64[us]").item().isoformat() + "+00:00"
-                for v in arr.tolist()]
+                for v in arr.tolist()
+            ]
         elif typ is ColumnType.TEXT:
             vals = [v.decode() if isinstance(v, bytes) else str(v) for v in arr.tolist()]
         else:
@@ -99,9 +104,14 @@ class BatchWriter:
     concurrently on one instance (use one writer per connection).
     """
 
-    def __init__(self, conninfo: str, method: WriteMethod = WriteMethod.COPY,
-                 retry: RetryPolicy | None = None, insert_chunk_rows: int = 200,
-                 on_retry: Callable[[Exception], None] | None = None) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        method: WriteMethod = WriteMethod.COPY,
+        retry: RetryPolicy | None = None,
+        insert_chunk_rows: int = 200,
+        on_retry: Callable[[Exception], None] | None = None,
+    ) -> None:
         self._conninfo = conninfo
         self.method = method
         self._retry = retry or RetryPolicy()
@@ -118,8 +128,7 @@ class BatchWriter:
             try:
                 # autocommit: every transaction is explicit (conn.transaction()), so a batch's
                 # commit is a real COMMIT and never a savepoint inside a forgotten transaction
-                self._conn = await psycopg.AsyncConnection.connect(self._conninfo,
-                                                                   autocommit=True)
+                self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
                 self._staged.clear()
             except psycopg.OperationalError as exc:
                 self._report_retry(exc, attempt)
@@ -130,9 +139,11 @@ class BatchWriter:
     def _report_retry(self, exc: Exception, attempt: int) -> None:
         if self._on_retry is not None:
             self._on_retry(exc)
-        log.warning("database unavailable (%s); retrying in %.1f s, holding acknowledgements",
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                    self._retry.delay(attempt))
+        log.warning(
+            "database unavailable (%s); retrying in %.1f s, holding acknowledgements",
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+            self._retry.delay(attempt),
+        )
 
     async def close(self) -> None:
         """Close the connection."""
@@ -151,8 +162,11 @@ class BatchWriter:
             conn = await self.connection()
             try:
                 return await op(conn)
-            except (psycopg.OperationalError, errors.DeadlockDetected,
-                    errors.SerializationFailure) as exc:
+            except (
+                psycopg.OperationalError,
+                errors.DeadlockDetected,
+                errors.SerializationFailure,
+            ) as exc:
                 transient = isinstance(exc, errors.DeadlockDetected | errors.SerializationFailure)
                 if not transient and not conn.closed:
                     await conn.close()
@@ -164,44 +178,65 @@ class BatchWriter:
                     await conn.rollback()
                 raise StorageRejectedError(str(exc).strip().splitlines()[0]) from exc
 
-    async def write(self, tables: Sequence[TableWrite], dead: Columns | None = None,
-                    dead_nulls: Mapping[str, np.ndarray] | None = None) -> None:
+    async def write(
+        self,
+        tables: Sequence[TableWrite],
+        dead: Columns | None = None,
+        dead_nulls: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         """Store the batch in one transaction; retry on connection loss until it commits."""
 
         async def op(conn: Conn) -> None:
-            assert conn.info.transaction_status is TransactionStatus.IDLE, \
+            assert conn.info.transaction_status is TransactionStatus.IDLE, (
                 "a batch must start its own transaction"
+            )
             async with conn.transaction():
                 for tw in tables:
                     if len(tw.rows):
                         await self._write_table(conn, tw)
                 if dead is not None and len(dead["reason"]):
-                    await self._write_plain(conn, "dead_letters",
-                                            [(c.name, c.type) for c in dead_letters.COLUMNS],
-                                            dead, dead_nulls or {})
+                    await self._write_plain(
+                        conn,
+                        "dead_letters",
+                        [(c.name, c.type) for c in dead_letters.COLUMNS],
+                        dead,
+                        dead_nulls or {},
+                    )
 
         await self.retrying(op)
 
-    async def _write_table(self, conn: Conn,
-                           tw: TableWrite) -> None:
+    async def _write_table(self, conn: Conn, tw: TableWrite) -> None:
         cols = [(c.name, c.type) for c in tw.spec.columns]
         data = dict(tw.rows.columns)
         try:
             async with conn.transaction():  # savepoint: the fast path
-                await self._write_plain(conn, tw.spec.name, cols, data, tw.rows.nulls,
-                                        on_conflict=self.method is WriteMethod.INSERT)
+                await self._write_plain(
+                    conn,
+                    tw.spec.name,
+                    cols,
+                    data,
+                    tw.rows.nulls,
+                    on_conflict=self.method is WriteMethod.INSERT,
+                )
         except errors.UniqueViolation:
             self.dedup_fallbacks += 1
             await self._write_dedup(conn, tw.spec, cols, data, tw.rows.nulls)
 
-    async def _write_plain(self, conn: Conn, table: str,
-                           cols: Sequence[tuple[str, ColumnType]], data: Columns,
-                           nulls: Mapping[str, np.ndarray], on_conflict: bool = False) -> None:
+    async def _write_plain(
+        self,
+        conn: Conn,
+        table: str,
+        cols: Sequence[tuple[str, ColumnType]],
+        data: Columns,
+        nulls: Mapping[str, np.ndarray],
+        on_conflict: bool = False,
+    ) -> None:
         names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in cols)
         if self.method is WriteMethod.COPY:
             payload = encode_rows([Column(n, t) for n, t in cols], data, nulls)
             stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
-                sql.Identifier(table), names)
+                sql.Identifier(table), names
+            )
             async with conn.cursor().copy(stmt) as copy:
                 await copy.write(payload)
             return
@@ -209,26 +244,37 @@ class BatchWriter:
         rows = _py_values(cols, data, nulls, n)
         conflict = sql.SQL(" ON CONFLICT DO NOTHING" if on_conflict else "")
         for start in range(0, n, self._chunk):
-            chunk = rows[start:start + self._chunk]
+            chunk = rows[start : start + self._chunk]
             placeholders = sql.SQL(", ").join(
                 sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(cols)))
-                for _ in chunk)
+                for _ in chunk
+            )
             stmt = sql.SQL("INSERT INTO {} ({}) VALUES {}{}").format(
-                sql.Identifier(table), names, placeholders, conflict)
+                sql.Identifier(table), names, placeholders, conflict
+            )
             await conn.execute(stmt, [v for row in chunk for v in row])
 
-    async def _write_dedup(self, conn: Conn,
-                           spec: TableSpec, cols: Sequence[tuple[str, ColumnType]],
-                           data: Columns, nulls: Mapping[str, np.ndarray]) -> None:
+    async def _write_dedup(
+        self,
+        conn: Conn,
+        spec: TableSpec,
+        cols: Sequence[tuple[str, ColumnType]],
+        data: Columns,
+        nulls: Mapping[str, np.ndarray],
+    ) -> None:
         stage = f"_stage_{spec.name}"
         if spec.name not in self._staged:
-            await conn.execute(sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS").format(
-                    sql.Identifier(stage), sql.Identifier(spec.name)))
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS"
+                ).format(sql.Identifier(stage), sql.Identifier(spec.name))
+            )
             self._staged.add(spec.name)
         await self._write_plain(conn, stage, cols, data, nulls)
         names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in cols)
-        await conn.execute(sql.SQL(
-            "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
-                sql.Identifier(spec.name), names, names, sql.Identifier(stage)))
+        await conn.execute(
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+                sql.Identifier(spec.name), names, names, sql.Identifier(stage)
+            )
+        )
         await conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(stage)))

@@ -30,8 +30,13 @@ def settings_for(pg_url: str, broker: Any, prefix: str, **sections: dict[str, An
     """Settings for a service on this test's database, broker and topic prefix."""
     data: dict[str, Any] = {
         "database": {"url": pg_url, "timescaledb": "off"},
-        "mqtt": {"host": broker.host, "port": broker.port, "topics": [f"{prefix}/up/+/+/+"],
-                 "client_id": f"svc-{prefix}", "protocol": "5" if broker.v5 else "3.1.1"},
+        "mqtt": {
+            "host": broker.host,
+            "port": broker.port,
+            "topics": [f"{prefix}/up/+/+/+"],
+            "client_id": f"svc-{prefix}",
+            "protocol": "5" if broker.v5 else "3.1.1",
+        },
         "pipeline": {"flush_interval_ms": 50},
         "http": {"port": 0},
     }
@@ -44,25 +49,31 @@ def service_env(settings: Settings) -> dict[str, str]:
     """Environment variables that configure a `cityflux serve` subprocess like ``settings``."""
     s = settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYFLUX_")}
-    env.update({
-        "CITYFLUX_DATABASE__URL": s.database.url.get_secret_value(),
-        "CITYFLUX_DATABASE__TIMESCALEDB": s.database.timescaledb.value,
-        "CITYFLUX_MQTT__HOST": s.mqtt.host,
-        "CITYFLUX_MQTT__PORT": str(s.mqtt.port),
-        "CITYFLUX_MQTT__CLIENT_ID": s.mqtt.client_id,
-        "CITYFLUX_MQTT__PROTOCOL": s.mqtt.protocol.value,
-        "CITYFLUX_MQTT__TOPICS": f'["{s.mqtt.topics[0]}"]',
-        "CITYFLUX_PIPELINE__FLUSH_INTERVAL_MS": str(s.pipeline.flush_interval_ms),
-        "CITYFLUX_PIPELINE__BATCH_MAX_FRAMES": str(s.pipeline.batch_max_frames),
-        "CITYFLUX_HTTP__PORT": "0",
-    })
+    env.update(
+        {
+            "CITYFLUX_DATABASE__URL": s.database.url.get_secret_value(),
+            "CITYFLUX_DATABASE__TIMESCALEDB": s.database.timescaledb.value,
+            "CITYFLUX_MQTT__HOST": s.mqtt.host,
+            "CITYFLUX_MQTT__PORT": str(s.mqtt.port),
+            "CITYFLUX_MQTT__CLIENT_ID": s.mqtt.client_id,
+            "CITYFLUX_MQTT__PROTOCOL": s.mqtt.protocol.value,
+            "CITYFLUX_MQTT__TOPICS": f'["{s.mqtt.topics[0]}"]',
+            "CITYFLUX_PIPELINE__FLUSH_INTERVAL_MS": str(s.pipeline.flush_interval_ms),
+            "CITYFLUX_PIPELINE__BATCH_MAX_FRAMES": str(s.pipeline.batch_max_frames),
+            "CITYFLUX_HTTP__PORT": "0",
+        }
+    )
     return env
 
 
 def start_serve(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     """`cityflux serve` as a real subprocess (for SIGKILL / SIGTERM tests)."""
-    return subprocess.Popen([sys.executable, "-m", "ingest", "serve"], env=service_env(settings),
-                            stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "ingest", "serve"],
+        env=service_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+    )
 
 
 @asynccontextmanager
@@ -85,21 +96,39 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
 
 def env_frame(imei: int, seq: int) -> bytes:
     """The seq-th valid NB-IoT env frame of a device (distinct time per seq)."""
-    return encode_frame(imei, T0 + seq * 60, seq & 0xFFFF, temperature=20 + seq % 10,
-                        humidity=50.0, pm2_5=10.0, pm10=20.0, noise=40.0, battery=3600,
-                        rssi=-80)
+    return encode_frame(
+        imei,
+        T0 + seq * 60,
+        seq & 0xFFFF,
+        temperature=20 + seq % 10,
+        humidity=50.0,
+        pm2_5=10.0,
+        pm10=20.0,
+        noise=40.0,
+        battery=3600,
+        rssi=-80,
+    )
 
 
-def env_messages(prefix: str, devices: int, per_device: int,
-                 base_imei: int = 861000000000000) -> list[tuple[str, bytes]]:
+def env_messages(
+    prefix: str, devices: int, per_device: int, base_imei: int = 861000000000000
+) -> list[tuple[str, bytes]]:
     """(topic, payload) of valid env frames, round-robin over devices."""
-    return [(uplink("env", str(base_imei + d), "nbiot-env", prefix), env_frame(base_imei + d, s))
-            for s in range(per_device) for d in range(devices)]
+    return [
+        (uplink("env", str(base_imei + d), "nbiot-env", prefix), env_frame(base_imei + d, s))
+        for s in range(per_device)
+        for d in range(devices)
+    ]
 
 
-def publish(broker: Any, messages: Iterable[tuple[str, bytes]], qos: int = 1,
-            rate_per_s: float | None = None, stop: threading.Event | None = None,
-            on_progress: Callable[[int], None] | None = None) -> int:
+def publish(
+    broker: Any,
+    messages: Iterable[tuple[str, bytes]],
+    qos: int = 1,
+    rate_per_s: float | None = None,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
     """Publish and wait for the broker's PUBACKs; return how many the broker acknowledged."""
     acked = 0
     lock = threading.Lock()
@@ -109,9 +138,11 @@ def publish(broker: Any, messages: Iterable[tuple[str, bytes]], qos: int = 1,
         with lock:
             acked += 1
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
-                         protocol=MQTTProtocolVersion.MQTTv5 if broker.v5
-                         else MQTTProtocolVersion.MQTTv311)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"pub-{uuid.uuid4().hex[:8]}",
+        protocol=MQTTProtocolVersion.MQTTv5 if broker.v5 else MQTTProtocolVersion.MQTTv311,
+    )
     client.max_inflight_messages_set(200)
     client.on_publish = on_publish
     client.connect(broker.host, broker.port)
@@ -137,8 +168,9 @@ def publish(broker: Any, messages: Iterable[tuple[str, bytes]], qos: int = 1,
     return acked if qos else sent
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0,
-                     what: str = "condition") -> None:
+async def wait_until(
+    predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition"
+) -> None:
     """Poll ``predicate`` until true, failing the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -160,4 +192,3 @@ def frames_stored(url: str) -> int:
         return int(query(url, "SELECT count(DISTINCT (device_id, time)) FROM env_readings")[0][0])
     except psycopg.errors.UndefinedTable:
         return 0
-

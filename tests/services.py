@@ -30,20 +30,30 @@ class TimescaleWasm:
     @property
     def url(self) -> str:
         """libpq URL (PGlite accepts any password; it has no TLS)."""
-        return (f"postgresql://postgres:pglite@127.0.0.1:{self.port}/postgres"
-                "?sslmode=disable")
+        return f"postgresql://postgres:pglite@127.0.0.1:{self.port}/postgres?sslmode=disable"
 
     def start(self) -> TimescaleWasm:
         """Start Node and wait for READY."""
         node = shutil.which("node")
         if node is None:
-            raise RuntimeError("node is required for the TimescaleDB tests (apt-get install nodejs)")
+            raise RuntimeError(
+                "node is required for the TimescaleDB tests (apt-get install nodejs)"
+            )
         if not (TIMESCALEDB_DIR / "node_modules" / "@unni-craftsman").exists():
-            subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=TIMESCALEDB_DIR,
-                           check=True, capture_output=True)
-        self._proc = subprocess.Popen([node, "serve.mjs", str(self.port)], cwd=TIMESCALEDB_DIR,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                      text=True, env={**os.environ, "NODE_NO_WARNINGS": "1"})
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund"],
+                cwd=TIMESCALEDB_DIR,
+                check=True,
+                capture_output=True,
+            )
+        self._proc = subprocess.Popen(
+            [node, "serve.mjs", str(self.port)],
+            cwd=TIMESCALEDB_DIR,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        )
         assert self._proc.stdout is not None
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

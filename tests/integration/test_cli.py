@@ -14,11 +14,19 @@ from tests.helpers import query
 CLI = [sys.executable, "-m", "ingest"]
 
 
-def _run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
-         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("CITYFLUX_")}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, input=stdin,
-                          env={**base, **(env or {})}, timeout=timeout, check=False)
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env={**base, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_help_lists_every_command() -> None:
@@ -36,34 +44,60 @@ def test_invalid_config_names_field_and_source_and_exits_2(tmp_path: Path) -> No
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "cityflux: invalid configuration:\n  pipeline.flush_interval_ms: Input should be "
-        f"greater than or equal to 1 (from config file {cfg})")
+        f"greater than or equal to 1 (from config file {cfg})"
+    )
     out = _run("serve", env={"CITYFLUX_MQTT__QOS": "2"})
     assert out.returncode == 2
-    assert "mqtt.qos: Input should be 0 or 1 (from environment variable CITYFLUX_MQTT__QOS)" \
+    assert (
+        "mqtt.qos: Input should be 0 or 1 (from environment variable CITYFLUX_MQTT__QOS)"
         in out.stderr
+    )
 
 
 def test_db_migrate_creates_the_schema(pg_url: str) -> None:
     out = _run("db", "migrate", env={"CITYFLUX_DATABASE__URL": pg_url})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "schema up to date (backend: postgresql)"
-    assert query(pg_url, "SELECT to_regclass('env_readings')::text, "
-                         "to_regclass('dead_letters')::text") == [("env_readings", "dead_letters")]
+    assert query(
+        pg_url, "SELECT to_regclass('env_readings')::text, to_regclass('dead_letters')::text"
+    ) == [("env_readings", "dead_letters")]
 
 
 def test_decode_prints_one_json_object_per_frame() -> None:
-    frame = encode_frame(861234567890123, 1_767_225_600, 1, temperature=-4.25, humidity=80,
-                         pm2_5=35.5, pm10=60, noise=55.5, battery=3300, rssi=-101)
-    out = _run("decode", "--format", "nbiot-env", "--hex", "-",
-               stdin=f"{frame.hex()}\nzz\n{frame[:10].hex()}\n")
+    frame = encode_frame(
+        861234567890123,
+        1_767_225_600,
+        1,
+        temperature=-4.25,
+        humidity=80,
+        pm2_5=35.5,
+        pm10=60,
+        noise=55.5,
+        battery=3300,
+        rssi=-101,
+    )
+    out = _run(
+        "decode",
+        "--format",
+        "nbiot-env",
+        "--hex",
+        "-",
+        stdin=f"{frame.hex()}\nzz\n{frame[:10].hex()}\n",
+    )
     assert out.returncode == 0
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     assert lines[0]["ok"] is True
     assert lines[0]["records"][0] == {
-        "table": "env_readings", "device": "861234567890123",
-        "time": "2026-01-01T00:00:00+00:00", "metric": "temperature", "value": -4.25}
-    assert lines[1] == {"ok": False, "error": "hex_invalid: non-hexadecimal number found in "
-                                              "fromhex() arg at position 0"}
+        "table": "env_readings",
+        "device": "861234567890123",
+        "time": "2026-01-01T00:00:00+00:00",
+        "metric": "temperature",
+        "value": -4.25,
+    }
+    assert lines[1] == {
+        "ok": False,
+        "error": "hex_invalid: non-hexadecimal number found in fromhex() arg at position 0",
+    }
     assert lines[2] == {"ok": False, "error": "truncated: need 32 bytes, got 10"}
     assert out.stderr.strip() == "3 frames: 1 decoded, 2 rejected"
 
@@ -71,8 +105,7 @@ def test_decode_prints_one_json_object_per_frame() -> None:
 def test_decode_unknown_format_is_a_clear_error() -> None:
     out = _run("decode", "--format", "nope", stdin="")
     assert out.returncode == 2
-    assert out.stderr.strip() == ("cityflux: unknown format 'nope' (known: nbiot-env, "
-                                  "senml-json)")
+    assert out.stderr.strip() == ("cityflux: unknown format 'nope' (known: nbiot-env, senml-json)")
 
 
 def test_demo_runs_with_embedded_services_and_loses_nothing(tmp_path: Path) -> None:

@@ -36,7 +36,8 @@ def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> int:
 
 
 async def test_qos1_frame_is_acknowledged_only_after_commit(
-        pg_url: str, broker, topic_prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pg_url: str, broker, topic_prefix: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     """Commits blocked by a table lock: the killed service had acked nothing, so the broker
     redelivers every frame to its successor."""
     settings = settings_for(pg_url, broker, topic_prefix)
@@ -65,7 +66,8 @@ async def test_qos1_frame_is_acknowledged_only_after_commit(
 
 
 async def test_sigkill_mid_stream_loses_no_acknowledged_frame(
-        pg_url: str, broker, topic_prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pg_url: str, broker, topic_prefix: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     settings = settings_for(pg_url, broker, topic_prefix)
     log = tmp_path / "serve.log"
     proc = start_serve(settings, log)
@@ -91,7 +93,8 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_frame(
 
 
 async def test_sigterm_drains_commits_and_acknowledges(
-        pg_url: str, broker, topic_prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pg_url: str, broker, topic_prefix: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     settings = settings_for(pg_url, broker, topic_prefix)
     log = tmp_path / "serve.log"
     proc = start_serve(settings, log)
@@ -112,10 +115,12 @@ async def test_sigterm_drains_commits_and_acknowledges(
 
 
 async def test_database_outage_mid_stream_loses_nothing(
-        embedded_pg: EmbeddedPostgres, broker, topic_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    embedded_pg: EmbeddedPostgres, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
     url = embedded_pg.url
-    settings = settings_for(url, broker, topic_prefix,
-                            database={"retry_initial_ms": 50, "retry_max_ms": 500})
+    settings = settings_for(
+        url, broker, topic_prefix, database={"retry_initial_ms": 50, "retry_max_ms": 500}
+    )
     msgs = env_messages(topic_prefix, devices=20, per_device=40)
     async with running(settings) as svc:
         assert svc.pipeline is not None
@@ -128,7 +133,7 @@ async def test_database_outage_mid_stream_loses_nothing(
         await asyncio.to_thread(embedded_pg.start)
         assert await sent == 800
         await wait_until(lambda: svc.pipeline.stats.stored_frames == 800, 60, "all 800 stored")
-        retries = svc.metrics.db_retries._value.get()  # noqa: SLF001
+        retries = svc.metrics.db_retries._value.get()
     assert held > 0
     assert retries > 0
     assert frames_stored(url) == 800

@@ -34,12 +34,18 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 
 async def test_valid_frames_are_stored_and_malformed_ones_dead_lettered(
-        pg_url: str, broker, topic_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    pg_url: str, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
     p = topic_prefix
     good = env_messages(p, devices=5, per_device=10)
-    senml = [(uplink("env", f"s{d}", "senml-json", p),
-              json.dumps([{"bt": 1_767_225_600 + s, "n": "no2", "v": s}]).encode())
-             for d in range(4) for s in range(5)]
+    senml = [
+        (
+            uplink("env", f"s{d}", "senml-json", p),
+            json.dumps([{"bt": 1_767_225_600 + s, "n": "no2", "v": s}]).encode(),
+        )
+        for d in range(4)
+        for s in range(5)
+    ]
     bad = [
         (uplink("env", "861000000000000", "nbiot-env", p), bytes(range(7))),
         (uplink("env", "861000000000001", "nbiot-env", p), env_frame(861000000000001, 99)[:31]),
@@ -60,14 +66,20 @@ async def test_valid_frames_are_stored_and_malformed_ones_dead_lettered(
     assert (ready, json.loads(body)["status"]) == (200, "ready")
     assert query(pg_url, "SELECT count(*) FROM env_readings") == [(50 * 8 + 20,)]
     assert query(pg_url, "SELECT count(*) FROM devices") == [(9,)]
-    assert query(pg_url, "SELECT value FROM env_readings r JOIN devices d ON d.id = r.device_id "
-                         "WHERE d.external_id = '861000000000003' AND metric = 'temperature' "
-                         "ORDER BY time") == [(20.0 + s,) for s in range(10)]
-    dead = query(pg_url, "SELECT source, decoder, device, reason, payload FROM dead_letters "
-                         "ORDER BY reason")
+    assert query(
+        pg_url,
+        "SELECT value FROM env_readings r JOIN devices d ON d.id = r.device_id "
+        "WHERE d.external_id = '861000000000003' AND metric = 'temperature' "
+        "ORDER BY time",
+    ) == [(20.0 + s,) for s in range(10)]
+    dead = query(
+        pg_url, "SELECT source, decoder, device, reason, payload FROM dead_letters ORDER BY reason"
+    )
     assert [(d[1], d[3]) for d in dead] == [
-        ("nbiot-env", "device_mismatch: topic names '869999999999999', frame carries IMEI "
-                      "861000000000002"),
+        (
+            "nbiot-env",
+            "device_mismatch: topic names '869999999999999', frame carries IMEI 861000000000002",
+        ),
         ("senml-json", "json_invalid: Expecting value: line 1 column 17 (char 16)"),
         ("nbiot-env", "truncated: need 32 bytes, got 31"),
         ("nbiot-env", "truncated: need 32 bytes, got 7"),
@@ -76,10 +88,14 @@ async def test_valid_frames_are_stored_and_malformed_ones_dead_lettered(
     assert dead[3][0] == f"{p}/up/env/861000000000000/nbiot-env"
     assert dead[3][2] == "861000000000000"
     assert dead[3][4] == bytes(range(7))
-    assert _metric(metrics, "cityflux_frames_received_total", transport="mqtt",
-                   format="nbiot-env") == 53
-    assert _metric(metrics, "cityflux_frames_rejected_total", format="nbiot-env",
-                   reason="truncated") == 2
+    assert (
+        _metric(metrics, "cityflux_frames_received_total", transport="mqtt", format="nbiot-env")
+        == 53
+    )
+    assert (
+        _metric(metrics, "cityflux_frames_rejected_total", format="nbiot-env", reason="truncated")
+        == 2
+    )
     assert _metric(metrics, "cityflux_frames_decoded_total", format="senml-json") == 20
     assert _metric(metrics, "cityflux_rows_written_total", table="env_readings") == 420
     assert _metric(metrics, "cityflux_frames_acknowledged_total", transport="mqtt") == 75
@@ -89,43 +105,63 @@ async def test_valid_frames_are_stored_and_malformed_ones_dead_lettered(
 
 
 async def test_unknown_devices_are_dead_lettered_when_the_policy_rejects_them(
-        pg_url: str, broker, topic_prefix: str) -> None:  # type: ignore[no-untyped-def]
-    settings = settings_for(pg_url, broker, topic_prefix,
-                            pipeline={"unknown_devices": "reject"})
+    pg_url: str, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(pg_url, broker, topic_prefix, pipeline={"unknown_devices": "reject"})
     msgs = env_messages(topic_prefix, devices=3, per_device=3)
     migrate(pg_url, ALL_TABLES, TimescaleMode.OFF)
     query(pg_url, "INSERT INTO devices (external_id, kind) VALUES ('861000000000000', 'env')")
-    query(pg_url, "INSERT INTO devices (external_id, kind, status) "
-                  "VALUES ('861000000000001', 'env', 'disabled')")
+    query(
+        pg_url,
+        "INSERT INTO devices (external_id, kind, status) "
+        "VALUES ('861000000000001', 'env', 'disabled')",
+    )
     async with running(settings) as svc:
         assert svc.pipeline is not None
         await asyncio.to_thread(publish, broker, msgs)
         await wait_until(lambda: svc.pipeline.stats.received == 9, what="9 frames")
-    assert query(pg_url, "SELECT d.external_id, count(DISTINCT time) FROM env_readings r "
-                         "JOIN devices d ON d.id = r.device_id GROUP BY 1") == [
-        ("861000000000000", 3)]
+    assert query(
+        pg_url,
+        "SELECT d.external_id, count(DISTINCT time) FROM env_readings r "
+        "JOIN devices d ON d.id = r.device_id GROUP BY 1",
+    ) == [("861000000000000", 3)]
     assert query(pg_url, "SELECT reason, count(*) FROM dead_letters GROUP BY 1 ORDER BY 1") == [
-        ("disabled_device: 861000000000001", 3), ("unknown_device: 861000000000002", 3)]
+        ("disabled_device: 861000000000001", 3),
+        ("unknown_device: 861000000000002", 3),
+    ]
     assert query(pg_url, "SELECT count(*) FROM devices") == [(2,)]
 
 
 async def test_shared_subscription_splits_the_stream_between_two_workers(
-        pg_url: str, broker, topic_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    pg_url: str, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
     assert broker.v5, "shared subscriptions need MQTT 5"
     msgs = env_messages(topic_prefix, devices=10, per_device=40)
-    a = settings_for(pg_url, broker, topic_prefix, mqtt={"shared_group": "ingest",
-                                                         "client_id": f"a-{topic_prefix}"})
-    b = settings_for(pg_url, broker, topic_prefix, mqtt={"shared_group": "ingest",
-                                                         "client_id": f"b-{topic_prefix}"})
+    a = settings_for(
+        pg_url,
+        broker,
+        topic_prefix,
+        mqtt={"shared_group": "ingest", "client_id": f"a-{topic_prefix}"},
+    )
+    b = settings_for(
+        pg_url,
+        broker,
+        topic_prefix,
+        mqtt={"shared_group": "ingest", "client_id": f"b-{topic_prefix}"},
+    )
     async with running(a) as wa, running(b) as wb:
-        assert wa.pipeline is not None and wb.pipeline is not None
+        assert wa.pipeline is not None
+        assert wb.pipeline is not None
         await asyncio.to_thread(publish, broker, msgs)
-        await wait_until(lambda: wa.pipeline.stats.received + wb.pipeline.stats.received == 400,
-                         what="400 frames across both workers")
+        await wait_until(
+            lambda: wa.pipeline.stats.received + wb.pipeline.stats.received == 400,
+            what="400 frames across both workers",
+        )
         got = (wa.pipeline.stats.received, wb.pipeline.stats.received)
     assert min(got) > 0, f"one worker got everything: {got}"
-    assert query(pg_url, "SELECT count(DISTINCT (device_id, time)), count(*) FROM env_readings"
-                 ) == [(400, 3200)]
+    assert query(
+        pg_url, "SELECT count(DISTINCT (device_id, time)), count(*) FROM env_readings"
+    ) == [(400, 3200)]
 
 
 class _Spy(Pausable):
@@ -140,9 +176,11 @@ class _Spy(Pausable):
 
 
 async def test_backpressure_pauses_the_source_and_loses_nothing(
-        pg_url: str, broker, topic_prefix: str) -> None:  # type: ignore[no-untyped-def]
-    settings = settings_for(pg_url, broker, topic_prefix,
-                            pipeline={"max_inflight_frames": 50, "batch_max_frames": 20})
+    pg_url: str, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(
+        pg_url, broker, topic_prefix, pipeline={"max_inflight_frames": 50, "batch_max_frames": 20}
+    )
     msgs = env_messages(topic_prefix, devices=20, per_device=30)
     async with running(settings) as svc:
         assert svc.pipeline is not None

@@ -18,7 +18,8 @@ from tests.helpers import env_messages, publish, running, settings_for, wait_unt
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None and not os.environ.get("CI"),
-    reason="needs Debian's prometheus (apt-get install prometheus); .ci/run installs it")
+    reason="needs Debian's prometheus (apt-get install prometheus); .ci/run installs it",
+)
 
 
 def _query(port: int, expr: str) -> list[dict[str, object]]:
@@ -27,8 +28,12 @@ def _query(port: int, expr: str) -> list[dict[str, object]]:
         return json.loads(resp.read())["data"]["result"]  # type: ignore[no-any-return]
 
 
-async def test_prometheus_scrapes_frame_counts(pg_url: str, broker, topic_prefix: str,  # type: ignore[no-untyped-def]
-                                               tmp_path: Path) -> None:
+async def test_prometheus_scrapes_frame_counts(
+    pg_url: str,
+    broker,
+    topic_prefix: str,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     assert PROMETHEUS is not None, "prometheus is required in CI"
     settings = settings_for(pg_url, broker, topic_prefix)
     async with running(settings) as svc:
@@ -38,12 +43,19 @@ async def test_prometheus_scrapes_frame_counts(pg_url: str, broker, topic_prefix
         conf = tmp_path / "prometheus.yml"
         conf.write_text(
             "global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: cityflux\n"
-            f"    static_configs: [{{targets: ['127.0.0.1:{svc.http_port}']}}]\n")
+            f"    static_configs: [{{targets: ['127.0.0.1:{svc.http_port}']}}]\n"
+        )
         port = free_port()
         prom = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={conf}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=(tmp_path / "prom.log").open("wb"))
+            [
+                PROMETHEUS,
+                f"--config.file={conf}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "prom.log").open("wb"),
+        )
         try:
             expr = 'cityflux_frames_received_total{format="nbiot-env",transport="mqtt"}'
 

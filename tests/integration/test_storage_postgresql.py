@@ -8,8 +8,8 @@ import pytest
 
 from decoders.tables import ALL_TABLES, ENV_READINGS
 from ingest.batch import FrameBatch, TableRows
-from storage.dead_letters import DeadLetters
 from storage.ddl import Backend
+from storage.dead_letters import DeadLetters
 from storage.migrate import MigrationError, TimescaleMode, migrate
 from storage.writer import BatchWriter, StorageRejectedError, TableWrite, WriteMethod
 
@@ -36,15 +36,23 @@ def test_migrations_create_plain_tables_with_indexes_and_hourly_view(pg_url: str
     assert migrate(pg_url, ALL_TABLES, TimescaleMode.AUTO) is Backend.POSTGRESQL
     assert migrate(pg_url, ALL_TABLES, TimescaleMode.AUTO) is Backend.POSTGRESQL  # idempotent
     with psycopg.connect(pg_url) as conn:
-        idx = {r[0]: r[1] for r in conn.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'env_readings'")}
-        views = [r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.views WHERE table_schema='public'")]
+        idx = {
+            r[0]: r[1]
+            for r in conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'env_readings'"
+            )
+        }
+        views = [
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.views WHERE table_schema='public'"
+            )
+        ]
         versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
     assert "UNIQUE" in idx["env_readings_natural_key"]
-    assert "(device_id, metric, \"time\")" in idx["env_readings_natural_key"]
+    assert '(device_id, metric, "time")' in idx["env_readings_natural_key"]
     assert "USING brin" in idx["env_readings_time_brin"]
-    assert "(device_id, \"time\" DESC)" in idx["env_readings_device_time"]
+    assert '(device_id, "time" DESC)' in idx["env_readings_device_time"]
     assert views == ["env_readings_hourly"]
     assert versions == [1]
 
@@ -58,13 +66,14 @@ def test_edited_migration_is_refused(pg_url: str) -> None:
     migrate(pg_url, ALL_TABLES, TimescaleMode.OFF)
     with psycopg.connect(pg_url) as conn:
         conn.execute("UPDATE schema_migrations SET checksum = 'x' WHERE version = 1")
-    with pytest.raises(MigrationError, match="0001_core.sql was changed after it was applied"):
+    with pytest.raises(MigrationError, match=r"0001_core\.sql was changed after it was applied"):
         migrate(pg_url, ALL_TABLES, TimescaleMode.OFF)
 
 
 @pytest.mark.parametrize("method", [WriteMethod.COPY, WriteMethod.INSERT])
-async def test_writer_stores_rows_and_a_redelivered_batch_once(pg_url: str,
-                                                               method: WriteMethod) -> None:
+async def test_writer_stores_rows_and_a_redelivered_batch_once(
+    pg_url: str, method: WriteMethod
+) -> None:
     migrate(pg_url, ALL_TABLES, TimescaleMode.OFF)
     writer = BatchWriter(pg_url, method)
     await writer.write([_rows(1001)])
@@ -93,14 +102,30 @@ async def test_dead_letters_keep_raw_bytes_source_and_reason(pg_url: str) -> Non
     await writer.write([], dead.columns(batch), dead.nulls(batch))
     await writer.close()
     with psycopg.connect(pg_url) as conn:
-        rows = conn.execute("SELECT transport, source, decoder, device, reason, payload, "
-                            "received_at = to_timestamp(%s / 1e6) FROM dead_letters ORDER BY id",
-                            (T0,)).fetchall()
+        rows = conn.execute(
+            "SELECT transport, source, decoder, device, reason, payload, "
+            "received_at = to_timestamp(%s / 1e6) FROM dead_letters ORDER BY id",
+            (T0,),
+        ).fetchall()
     assert rows == [
-        ("mqtt", "c/up/env/d1/nbiot-env", "nbiot-env", "d1", "truncated: need 32 bytes, got 10",
-         b"\x00\x01garbage\x00", True),
-        ("mqtt", "c/up/env/d2/nbiot-env", "nbiot-env", None, "truncated: need 32 bytes, got 0",
-         b"", False),
+        (
+            "mqtt",
+            "c/up/env/d1/nbiot-env",
+            "nbiot-env",
+            "d1",
+            "truncated: need 32 bytes, got 10",
+            b"\x00\x01garbage\x00",
+            True,
+        ),
+        (
+            "mqtt",
+            "c/up/env/d2/nbiot-env",
+            "nbiot-env",
+            None,
+            "truncated: need 32 bytes, got 0",
+            b"",
+            False,
+        ),
     ]
 
 

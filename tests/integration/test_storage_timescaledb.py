@@ -20,7 +20,8 @@ T0 = 1_767_225_600_000_000
 
 
 def test_migrations_create_hypertable_policies_and_continuous_aggregate(
-        timescaledb: TimescaleWasm) -> None:
+    timescaledb: TimescaleWasm,
+) -> None:
     assert migrate(timescaledb.url, ALL_TABLES, TimescaleMode.REQUIRE) is Backend.TIMESCALEDB
     assert migrate(timescaledb.url, ALL_TABLES, TimescaleMode.AUTO) is Backend.TIMESCALEDB
     with psycopg.connect(timescaledb.url) as conn:
@@ -29,16 +30,22 @@ def test_migrations_create_hypertable_policies_and_continuous_aggregate(
         ).fetchall()
         dims = conn.execute(
             "SELECT column_name, time_interval FROM timescaledb_information.dimensions "
-            "WHERE hypertable_name = 'env_readings'").fetchall()
+            "WHERE hypertable_name = 'env_readings'"
+        ).fetchall()
         segment = conn.execute(
             "SELECT attname, segmentby_column_index FROM "
             "timescaledb_information.compression_settings WHERE hypertable_name = "
-            "'env_readings' AND segmentby_column_index IS NOT NULL").fetchall()
-        jobs = dict(conn.execute(
-            "SELECT proc_name, config::text FROM timescaledb_information.jobs "
-            "WHERE hypertable_name IN ('env_readings', 'env_readings_hourly')").fetchall())
+            "'env_readings' AND segmentby_column_index IS NOT NULL"
+        ).fetchall()
+        jobs = dict(
+            conn.execute(
+                "SELECT proc_name, config::text FROM timescaledb_information.jobs "
+                "WHERE hypertable_name IN ('env_readings', 'env_readings_hourly')"
+            ).fetchall()
+        )
         caggs = conn.execute(
-            "SELECT view_name FROM timescaledb_information.continuous_aggregates").fetchall()
+            "SELECT view_name FROM timescaledb_information.continuous_aggregates"
+        ).fetchall()
     assert hyper == [("env_readings", True)]
     assert [(c, str(i)) for c, i in dims] == [("time", "1 day, 0:00:00")]
     assert segment == [("device_id", 1)]
@@ -53,22 +60,28 @@ async def test_rows_written_to_the_hypertable_read_back_once(timescaledb: Timesc
     n = 300
     rows = TableRows(
         table="env_readings",
-        columns={"time": T0 + np.arange(n, dtype=np.int64) * 60_000_000,
-                 "metric": np.array([b"no2"] * n), "value": np.linspace(0, 29.9, n),
-                 "device_id": np.full(n, 42, dtype=np.int32)},
-        devices=np.full(n, b"x"), frame_index=np.arange(n, dtype=np.int32))
+        columns={
+            "time": T0 + np.arange(n, dtype=np.int64) * 60_000_000,
+            "metric": np.array([b"no2"] * n),
+            "value": np.linspace(0, 29.9, n),
+            "device_id": np.full(n, 42, dtype=np.int32),
+        },
+        devices=np.full(n, b"x"),
+        frame_index=np.arange(n, dtype=np.int32),
+    )
     writer = BatchWriter(timescaledb.url, WriteMethod.INSERT)
     await writer.write([TableWrite(ENV_READINGS, rows)])
     await writer.write([TableWrite(ENV_READINGS, rows)])  # redelivered: stored once
     await writer.close()
     with psycopg.connect(timescaledb.url) as conn:
         count, first, last = conn.execute(
-            "SELECT count(*), min(time), max(time) FROM env_readings").fetchone()  # type: ignore[misc]
+            "SELECT count(*), min(time), max(time) FROM env_readings"
+        ).fetchone()  # type: ignore[misc]
         chunks = conn.execute(
             "SELECT count(*) FROM timescaledb_information.chunks "
-            "WHERE hypertable_name = 'env_readings'").fetchone()
-        hourly = conn.execute(
-            "SELECT count(*), sum(samples) FROM env_readings_hourly").fetchone()
+            "WHERE hypertable_name = 'env_readings'"
+        ).fetchone()
+        hourly = conn.execute("SELECT count(*), sum(samples) FROM env_readings_hourly").fetchone()
     assert count == n
     assert first.timestamp() == T0 / 1e6
     assert last.timestamp() == T0 / 1e6 + (n - 1) * 60

@@ -26,7 +26,8 @@ def test_environment_error_names_variable(monkeypatch: pytest.MonkeyPatch) -> No
         load_settings()
     assert str(exc.value) == (
         "invalid configuration:\n  mqtt.port: Input should be a valid integer, unable to "
-        "parse string as an integer (from environment variable CITYFLUX_MQTT__PORT)")
+        "parse string as an integer (from environment variable CITYFLUX_MQTT__PORT)"
+    )
 
 
 def test_file_errors_name_field_and_file(tmp_path: Path) -> None:
@@ -37,7 +38,8 @@ def test_file_errors_name_field_and_file(tmp_path: Path) -> None:
     assert str(exc.value) == (
         "invalid configuration:\n"
         f"  mqtt.port: Input should be less than or equal to 65535 (from config file {cfg})\n"
-        f"  pipeline.batch_size: Extra inputs are not permitted (from config file {cfg})")
+        f"  pipeline.batch_size: Extra inputs are not permitted (from config file {cfg})"
+    )
 
 
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,15 +57,18 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
         load_settings(cfg)
 
 
-def test_shipped_example_config_is_current_and_its_values_are_the_defaults(
-        tmp_path: Path) -> None:
+def test_shipped_example_config_is_current_and_its_values_are_the_defaults(tmp_path: Path) -> None:
     text = EXAMPLE.read_text()
     assert text == example_toml(), "run: python -m ingest.config_doc"
     assert load_settings(EXAMPLE) == load_settings()
     uncommented = tmp_path / "all.toml"
-    uncommented.write_text("\n".join(
-        line[2:] if line.startswith("# ") and " = " in line else line
-        for line in text.splitlines() if not line.endswith(" =")))
+    uncommented.write_text(
+        "\n".join(
+            line[2:] if line.startswith("# ") and " = " in line else line
+            for line in text.splitlines()
+            if not line.endswith(" =")
+        )
+    )
     data = tomllib.loads(uncommented.read_text())
     assert set(data) == {"mqtt", "database", "pipeline", "http", "log_level"}
     assert load_settings(uncommented) == load_settings()

@@ -29,9 +29,11 @@ def _exported_metric_names() -> set[str]:
 def test_grafana_dashboard_queries_only_metrics_we_export() -> None:
     dash = json.loads((DEPLOY / "grafana" / "dashboards" / "cityflux.json").read_text())
     assert dash["uid"] == "cityflux-ingest"
-    exported = _exported_metric_names() | {
-        n + "_bucket" for n in _exported_metric_names()} | {
-        n + "_total" for n in _exported_metric_names()}
+    exported = (
+        _exported_metric_names()
+        | {n + "_bucket" for n in _exported_metric_names()}
+        | {n + "_total" for n in _exported_metric_names()}
+    )
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)) >= 10
     for panel in dash["panels"]:
@@ -52,19 +54,27 @@ def test_grafana_provisioning_points_at_the_dashboard_folder() -> None:
 
 
 def test_compose_environment_is_a_valid_cityflux_configuration(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     svc = compose["services"]["cityflux"]
     for key, value in svc["environment"].items():
         monkeypatch.setenv(key, str(value))
     s = load_settings()
     assert s.mqtt.host == "mosquitto"
-    assert s.database.url.get_secret_value().startswith("postgresql://postgres:cityflux@timescaledb")
+    assert s.database.url.get_secret_value().startswith(
+        "postgresql://postgres:cityflux@timescaledb"
+    )
     assert s.http.host == "0.0.0.0"  # noqa: S104 - listens inside its container
     assert f"{s.http.port}:{s.http.port}" in svc["ports"]
     assert svc["command"] == ["serve"]
-    assert set(compose["services"]) == {"timescaledb", "mosquitto", "cityflux", "prometheus",
-                                        "grafana"}
+    assert set(compose["services"]) == {
+        "timescaledb",
+        "mosquitto",
+        "cityflux",
+        "prometheus",
+        "grafana",
+    }
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == [f"cityflux:{s.http.port}"]
 
@@ -77,14 +87,24 @@ def test_dockerfile_runs_the_console_script_as_non_root_with_a_healthcheck() -> 
     assert 'CMD ["serve"]' in text
     assert re.search(r"^USER cityflux$", text, re.M)
     assert "http://127.0.0.1:9108/healthz" in text
-    packages = {m for m in re.findall(r"^COPY (\w+) \1$", text, re.M)}
-    assert packages == {"ingest", "decoders", "device_registry", "storage", "alerts",
-                        "simulators", "bench"}
+    packages = set(re.findall(r"^COPY (\w+) \1$", text, re.M))
+    assert packages == {
+        "ingest",
+        "decoders",
+        "device_registry",
+        "storage",
+        "alerts",
+        "simulators",
+        "bench",
+    }
 
 
 def test_mosquitto_config_keeps_frames_for_a_stopped_consumer() -> None:
-    conf = dict(line.split(None, 1) for line in (DEPLOY / "mosquitto/mosquitto.conf")
-                .read_text().splitlines() if line and not line.startswith("#"))
+    conf = dict(
+        line.split(None, 1)
+        for line in (DEPLOY / "mosquitto/mosquitto.conf").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert conf["persistence"] == "true"
     assert int(conf["max_queued_messages"]) >= 100_000
     assert conf["max_inflight_messages"] == "0"

@@ -19,8 +19,16 @@ def _batch(*payloads: bytes, hint: str = "") -> FrameBatch:
 
 
 def _frame(**kw: float) -> bytes:
-    args = dict(temperature=21.5, humidity=55.25, pm2_5=12.3, pm10=30.1, noise=48.2,
-                battery=3600, rssi=-85, status=0)
+    args = {
+        "temperature": 21.5,
+        "humidity": 55.25,
+        "pm2_5": 12.3,
+        "pm10": 30.1,
+        "noise": 48.2,
+        "battery": 3600,
+        "rssi": -85,
+        "status": 0,
+    }
     args.update(kw)
     return encode_frame(IMEI, 1_767_225_600, 7, **args)  # type: ignore[arg-type]
 
@@ -37,8 +45,16 @@ def test_frame_is_32_bytes_and_decodes_to_scaled_readings() -> None:
     assert out.rejects == []
     rows = out.rows["env_readings"]
     got = dict(zip(rows.columns["metric"].tolist(), rows.columns["value"].tolist(), strict=True))
-    assert got == {b"temperature": 21.5, b"humidity": 55.25, b"pm2_5": 12.3, b"pm10": 30.1,
-                   b"noise": 48.2, b"battery": 3600.0, b"rssi": -85.0, b"status": 0.0}
+    assert got == {
+        b"temperature": 21.5,
+        b"humidity": 55.25,
+        b"pm2_5": 12.3,
+        b"pm10": 30.1,
+        b"noise": 48.2,
+        b"battery": 3600.0,
+        b"rssi": -85.0,
+        b"status": 0.0,
+    }
     assert set(rows.devices.tolist()) == {b"861234567890123"}
     assert set(rows.columns["time"].tolist()) == {1_767_225_600_000_000}
 
@@ -60,8 +76,9 @@ def test_rejects_carry_exact_reasons_and_neighbours_survive() -> None:
     bad_crc = good[:30] + b"\x3c\x00"
     expected_crc = good[30:].hex().upper()
     bad_magic = b"\x7b" + good[1:]
-    out = DECODER.decode_batch(_batch(good[:20], good, bad_crc, good + b"\x00", bad_magic,
-                                      b"\xce\x02" + good[2:]))
+    out = DECODER.decode_batch(
+        _batch(good[:20], good, bad_crc, good + b"\x00", bad_magic, b"\xce\x02" + good[2:])
+    )
     reasons = {r.index: r.reason for r in out.rejects}
     assert reasons == {
         0: "truncated: need 32 bytes, got 20",
@@ -77,7 +94,8 @@ def test_rejects_carry_exact_reasons_and_neighbours_survive() -> None:
 def test_frame_from_another_device_than_the_topic_names_is_rejected() -> None:
     out = DECODER.decode_batch(_batch(_frame(), hint="869999999999999"))
     assert [r.reason for r in out.rejects] == [
-        "device_mismatch: topic names '869999999999999', frame carries IMEI 861234567890123"]
+        "device_mismatch: topic names '869999999999999', frame carries IMEI 861234567890123"
+    ]
 
 
 def test_imei_formatting_is_zero_padded_15_digits() -> None:
