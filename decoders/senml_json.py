@@ -4,8 +4,8 @@ Base fields (bn, bt, bu, bv, bs, bver) are resolved into every record that follo
 the pack (RFC 8428 §4.6). Times below 2**28 are relative to the receive time (§4.5.3).
 Numeric values (``v``), booleans (``vb`` as 0/1) and sums (``s``, stored as ``<name>.sum``)
 become readings; string and data values (``vs``, ``vd``) are not metrics and are skipped.
-The metric is the record's ``n``; the device is the one the transport names, or else the
-base name without its trailing separator.
+The metric is the record's ``n`` (or, for a record without one, its unit); the device is the
+one the transport names, or else the base name without its trailing separator.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ def _number(rec: dict[str, object], key: str, i: int) -> float | None:
         return None
     if isinstance(val, bool) or not isinstance(val, int | float):
         raise SenMLError(f"record {i}: {key!r} must be a number")
-    return float(val)
+    try:
+        return float(val)
+    except OverflowError:
+        raise SenMLError(f"record {i}: {key!r} is out of range") from None
 
 
 def parse_pack(
@@ -48,7 +51,7 @@ def parse_pack(
     if not pack:
         raise SenMLError("empty pack")
     out: list[tuple[str, str, float, float]] = []
-    bn, bt, bv, bs = "", 0.0, 0.0, 0.0
+    bn, bu, bt, bv, bs = "", "", 0.0, 0.0, 0.0
     for i, rec in enumerate(pack):
         if not isinstance(rec, dict):
             raise SenMLError(f"record {i}: must be a JSON object")
@@ -59,6 +62,13 @@ def parse_pack(
         bt = _number(rec, "bt", i) if "bt" in rec else bt  # type: ignore[assignment]
         bv = _number(rec, "bv", i) if "bv" in rec else bv  # type: ignore[assignment]
         bs = _number(rec, "bs", i) if "bs" in rec else bs  # type: ignore[assignment]
+        if "bu" in rec:
+            if not isinstance(rec["bu"], str):
+                raise SenMLError(f"record {i}: 'bu' must be a string")
+            bu = rec["bu"]
+        unit = rec.get("u", bu)
+        if not isinstance(unit, str):
+            raise SenMLError(f"record {i}: 'u' must be a string")
         n = rec.get("n", "")
         if not isinstance(n, str):
             raise SenMLError(f"record {i}: 'n' must be a string")
@@ -74,7 +84,9 @@ def parse_pack(
         device = device_hint or bn.rstrip(":/.-_")
         if not device:
             raise SenMLError(f"record {i}: no device (no topic device id and no 'bn')")
-        metric = n or name
+        # A record without a name measures the base name's sensor; its unit (RFC 8428 §12.1
+        # registry: "%RH", "lon", "lat", …) is then what tells its values apart.
+        metric = n or unit or "value"
         v = _number(rec, "v", i)
         vb = rec.get("vb")
         s = _number(rec, "s", i)

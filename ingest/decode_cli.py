@@ -7,6 +7,7 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from decoders.base import Decoder
 from decoders.registry import UnknownDecoderError, load_registry
 from ingest.batch import FrameBatch
 
@@ -17,6 +18,35 @@ def _value(v: Any) -> Any:
     return v
 
 
+def describe(
+    decoder: Decoder, frames: list[bytes], received_us: int, device_hint: str = ""
+) -> list[dict[str, Any]]:
+    """One result per frame: ``{"ok": true, "records": [...]}`` or ``{"ok": false, ...}``.
+
+    Records carry the table, the device, the time in ISO 8601 UTC and every decoded value
+    under its column name (the golden vectors in tests/vectors use this same form).
+    """
+    batch = FrameBatch(decoder.name, "cli")
+    for raw in frames:
+        batch.append(raw, "cli", device_hint, "", received_us)
+    decoded = decoder.decode_batch(batch)
+    per_frame: list[list[dict[str, Any]]] = [[] for _ in range(len(batch))]
+    for table, rows in decoded.rows.items():
+        for j in range(len(rows)):
+            rec: dict[str, Any] = {"table": table, "device": rows.devices[j].decode()}
+            for name, arr in rows.columns.items():
+                if name == "time":
+                    rec[name] = datetime.fromtimestamp(int(arr[j]) / 1e6, UTC).isoformat()
+                elif name not in rows.nulls or not rows.nulls[name][j]:
+                    rec[name] = _value(arr[j].item())
+            per_frame[int(rows.frame_index[j])].append(rec)
+    errors = {r.index: r.reason for r in decoded.rejects}
+    return [
+        {"ok": False, "error": errors[i]} if i in errors else {"ok": True, "records": per_frame[i]}
+        for i in range(len(batch))
+    ]
+
+
 def run_decode(fmt: str, source: str, hex_input: bool) -> int:
     """Decode each line of ``source``; print results; return the exit code."""
     try:
@@ -25,8 +55,7 @@ def run_decode(fmt: str, source: str, hex_input: bool) -> int:
         print(f"cityflux: {exc}", file=sys.stderr)
         return 2
     stream: IO[bytes] = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
-    batch = FrameBatch(fmt, "cli")
-    now_us = int(datetime.now(UTC).timestamp() * 1e6)
+    frames: list[bytes] = []
     bad_hex: dict[int, str] = {}
     with stream:
         for n, line in enumerate(stream):
@@ -36,28 +65,16 @@ def run_decode(fmt: str, source: str, hex_input: bool) -> int:
                     raw = bytes.fromhex(raw.decode("ascii"))
                 except ValueError as exc:
                     bad_hex[n] = f"hex_invalid: {exc}"
-                    raw = b""
-            batch.append(raw, source, "", "", now_us)
-    decoded = decoder.decode_batch(batch)
-    per_frame: list[list[dict[str, Any]]] = [[] for _ in range(len(batch))]
-    for table, rows in decoded.rows.items():
-        cols = rows.columns
-        for j in range(len(rows)):
-            rec: dict[str, Any] = {"table": table, "device": rows.devices[j].decode()}
-            for name, arr in cols.items():
-                if name == "time":
-                    rec[name] = datetime.fromtimestamp(int(arr[j]) / 1e6, UTC).isoformat()
-                elif name not in rows.nulls or not rows.nulls[name][j]:
-                    rec[name] = _value(arr[j].item())
-            per_frame[int(rows.frame_index[j])].append(rec)
-    errors = {r.index: r.reason for r in decoded.rejects} | bad_hex
-    for i in range(len(batch)):
-        if i in errors:
-            print(json.dumps({"ok": False, "error": errors[i]}))
-        else:
-            print(json.dumps({"ok": True, "records": per_frame[i]}))
+            frames.append(raw)
+    good = [i for i in range(len(frames)) if i not in bad_hex]
+    results = describe(decoder, [frames[i] for i in good], int(datetime.now(UTC).timestamp() * 1e6))
+    by_index = dict(zip(good, results, strict=True))
+    for i in range(len(frames)):
+        out = by_index.get(i) or {"ok": False, "error": bad_hex[i]}
+        print(json.dumps(out))
+    rejected = sum(1 for i in range(len(frames)) if not (by_index.get(i) or {}).get("ok"))
     print(
-        f"{len(batch)} frames: {len(batch) - len(errors)} decoded, {len(errors)} rejected",
+        f"{len(frames)} frames: {len(frames) - rejected} decoded, {rejected} rejected",
         file=sys.stderr,
     )
     return 0
