@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import binascii
+
 import numpy as np
 import numpy.typing as npt
 
@@ -33,5 +35,9 @@ def crc16_ccitt_false(data: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint16]:
 
 
 def crc16_ccitt_false_bytes(frame: bytes) -> int:
-    """CRC-16/CCITT-FALSE of one byte string (for encoders and tests)."""
-    return int(crc16_ccitt_false(np.frombuffer(frame, dtype=np.uint8)[None, :])[0])
+    """CRC-16/CCITT-FALSE of one byte string (for encoders and tests).
+
+    ``binascii.crc_hqx`` is the same polynomial, unreflected; seeded with 0xFFFF it is
+    CCITT-FALSE.
+    """
+    return binascii.crc_hqx(frame, 0xFFFF)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import tempfile
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +95,9 @@ async def _run(settings: Settings, duration_s: float, rate: float) -> dict[str, 
         rate_per_s=rate,
     )
     t0 = time.monotonic()
-    report = await asyncio.to_thread(fleet.run, duration_s)
+    # The fleet runs in its own process so that it does not share the service's GIL.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        report = await asyncio.get_running_loop().run_in_executor(pool, fleet.run, duration_s)
     deadline = time.monotonic() + 60
     pipe = service.pipeline
     while (pipe.stats.received < report.acked or pipe.inflight) and time.monotonic() < deadline:
