@@ -68,13 +68,36 @@ _PACK = struct.Struct(">BBQIHhHHHHHbB")  # FRAME without the CRC, field for fiel
 assert _PACK.size == 30
 
 
-def encode_frame(imei: int, time_s: int, seq: int, *, temperature: float, humidity: float,
-                 pm2_5: float, pm10: float, noise: float, battery: int, rssi: int,
-                 status: int = 0) -> bytes:
+def encode_frame(
+    imei: int,
+    time_s: int,
+    seq: int,
+    *,
+    temperature: float,
+    humidity: float,
+    pm2_5: float,
+    pm10: float,
+    noise: float,
+    battery: int,
+    rssi: int,
+    status: int = 0,
+) -> bytes:
     """Build one frame (used by the simulator and tests)."""
-    body = _PACK.pack(MAGIC, VERSION, imei, time_s, seq, round(temperature * 100),
-                      round(humidity * 100), round(pm2_5 * 10), round(pm10 * 10),
-                      round(noise * 10), battery, rssi, status)
+    body = _PACK.pack(
+        MAGIC,
+        VERSION,
+        imei,
+        time_s,
+        seq,
+        round(temperature * 100),
+        round(humidity * 100),
+        round(pm2_5 * 10),
+        round(pm10 * 10),
+        round(noise * 10),
+        battery,
+        rssi,
+        status,
+    )
     return body + crc16_ccitt_false_bytes(body).to_bytes(2, "big")
 
 

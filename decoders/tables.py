@@ -22,4 +22,35 @@ ENV_READINGS = TableSpec(
     hourly=HourlyRollup(group_by=("device_id", "metric"), values=("value",)),
 )
 
-ALL_TABLES = (ENV_READINGS,)
+HJ212_READINGS = TableSpec(
+    name="hj212_readings",
+    description="HJ 212 monitoring data: one value per station, factor, field and time.",
+    columns=(
+        Column("time", T.TIMESTAMPTZ, description="DataTime converted from UTC+8 to UTC"),
+        Column("device_id", T.INT4, description="internal device id of the station (MN)"),
+        Column(
+            "cn", T.INT2, description="command: 2011 real-time, 2051 minute, 2061 hour, 2031 day"
+        ),
+        Column("factor", T.TEXT, description="factor code, 2017 edition (2005 codes mapped)"),
+        Column("code", T.TEXT, description="factor code as the station sent it"),
+        Column("field", T.TEXT, description="Rtd, Avg, Min, Max, Cou, ZsRtd, ZsAvg…"),
+        Column("value", T.FLOAT8, description="value in the factor's unit"),
+        Column("flag", T.TEXT, nullable=True, description="data flag: N, F, M, S, D, C, T, B"),
+    ),
+    natural_key=("device_id", "cn", "factor", "field", "time"),
+    hourly=HourlyRollup(group_by=("device_id", "cn", "factor", "field"), values=("value",)),
+)
+
+DEVICE_STATUS = TableSpec(
+    name="device_status",
+    description="Device-reported status values (HJ 212 equipment status 2021, alarms 2072…).",
+    columns=(
+        Column("time", T.TIMESTAMPTZ, description="time the device gives for the status"),
+        Column("device_id", T.INT4, description="internal device id"),
+        Column("key", T.TEXT, description="status key as the device sends it, e.g. SB1-RS"),
+        Column("value", T.FLOAT8, description="numeric status value"),
+    ),
+    natural_key=("device_id", "key", "time"),
+)
+
+ALL_TABLES = (ENV_READINGS, HJ212_READINGS, DEVICE_STATUS)

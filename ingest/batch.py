@@ -33,12 +33,20 @@ class AckSink(Protocol):
         """Acknowledge (ok) or abandon (not ok) the frames with these transport ids."""
         ...
 
+    def send_replies(self, replies: Sequence[tuple[str, bytes]]) -> None:
+        """Send protocol replies (source the frame came from, payload) back to devices,
+        after the batch committed (e.g. HJ 212 9014 data responses)."""
+        ...
+
 
 class NoAck:
     """Ack sink for transports without acknowledgements (MQTT QoS 0, CoAP NON, replays)."""
 
     def release(self, ack_ids: Sequence[int], ok: bool) -> None:
         """Nothing to acknowledge."""
+
+    def send_replies(self, replies: Sequence[tuple[str, bytes]]) -> None:
+        """Nowhere to send replies."""
 
 
 @dataclass(slots=True)
@@ -126,3 +134,5 @@ class Decoded:
     rejects: list[Reject] = field(default_factory=list)
     frames_ok: int = 0
     """Frames decoded without reject (a frame may yield zero rows, e.g. a heartbeat)."""
+    replies: list[tuple[int, bytes]] = field(default_factory=list)
+    """(frame index, payload) the protocol says to send back to the device after commit."""

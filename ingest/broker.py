@@ -46,10 +46,10 @@ plugins:
 class EmbeddedBroker:
     """A private broker process on 127.0.0.1:<port>."""
 
-    def __init__(self, work_dir: Path, port: int | None = None) -> None:
+    def __init__(self, work_dir: Path, port: int | None = None, kind: str | None = None) -> None:
         self.work_dir = work_dir
         self.port = port or free_port()
-        self.kind = "mosquitto" if shutil.which("mosquitto") else "amqtt"
+        self.kind = kind or ("mosquitto" if shutil.which("mosquitto") else "amqtt")
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -34,6 +34,14 @@ log = logging.getLogger(__name__)
 TRANSPORT = "mqtt"
 
 
+def downlink_topic(uplink: str) -> str:
+    """``<prefix>/up/<kind>/<device>/<format>`` -> ``<prefix>/down/<kind>/<device>/<format>``."""
+    parts = uplink.rsplit("/", 4)
+    if len(parts) == 5 and parts[1] == "up":
+        parts[1] = "down"
+    return "/".join(parts)
+
+
 class MqttListener:
     """Subscribes to uplink topics and feeds the pipeline; an ``AckSink`` for its frames."""
 
@@ -173,6 +181,12 @@ class MqttListener:
         for mid in ack_ids:
             if mid >= 0:
                 ack(mid, 1)
+
+    def send_replies(self, replies: Sequence[tuple[str, bytes]]) -> None:
+        """Publish each reply on the device's downlink topic (``…/down/<kind>/<device>/<fmt>``)
+        at QoS 1."""
+        for topic, payload in replies:
+            self._client.publish(downlink_topic(topic), payload, qos=1)
 
     def pause(self) -> None:
         """Stop reading the socket; the broker keeps the rest of the stream."""

@@ -231,6 +231,15 @@ class Pipeline:
             writes = []
             await writer.write([], dead.columns(batch), dead.nulls(batch))
         batch.ack_sink.release(batch.ack_ids, True)
+        if decoded.replies:
+            dead_frames = set(dead.frames)
+            batch.ack_sink.send_replies(
+                [
+                    (batch.sources[i], payload)
+                    for i, payload in decoded.replies
+                    if i not in dead_frames
+                ]
+            )
         self._account(batch, decoded, dead, writes, time.perf_counter() - started)
         for hook in self.on_committed:
             hook(batch, decoded)

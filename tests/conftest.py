@@ -5,6 +5,9 @@
 - MQTT: CITYFLUX_TEST_MQTT (host:port), else 127.0.0.1:1883, else an embedded broker; every test
   gets a unique topic prefix.
 - TimescaleDB: the real extension under Node (PGlite), restarted per test module.
+
+CITYFLUX_TEST_EMBEDDED=1 ignores the machine's services and starts private ones, as on a
+fresh machine (the fallback path, exercised on purpose).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from ingest.broker import EmbeddedBroker
 from storage.embedded import EmbeddedPostgres, free_port
 from tests.services import TimescaleWasm, reachable
 
+EMBEDDED = os.environ.get("CITYFLUX_TEST_EMBEDDED") == "1"
+
 
 @dataclass(frozen=True)
 class Broker:
@@ -37,7 +42,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a PostgreSQL server (its admin database)."""
     if url := os.environ.get("CITYFLUX_TEST_PG_URL"):
         yield url
-    elif reachable("127.0.0.1", 5432):
+    elif not EMBEDDED and reachable("127.0.0.1", 5432):
         yield "postgresql://postgres@127.0.0.1:5432/test"
     else:
         pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg")).start()
@@ -67,7 +72,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     if spec := os.environ.get("CITYFLUX_TEST_MQTT"):
         host, _, port = spec.rpartition(":")
         yield Broker(host, int(port), True)
-    elif reachable("127.0.0.1", 1883):
+    elif not EMBEDDED and reachable("127.0.0.1", 1883):
         yield Broker("127.0.0.1", 1883, True)
     else:
         emb = EmbeddedBroker(tmp_path_factory.mktemp("broker")).start()

@@ -105,7 +105,10 @@ def test_decode_prints_one_json_object_per_frame() -> None:
 def test_decode_unknown_format_is_a_clear_error() -> None:
     out = _run("decode", "--format", "nope", stdin="")
     assert out.returncode == 2
-    assert out.stderr.strip() == ("cityflux: unknown format 'nope' (known: nbiot-env, senml-json)")
+    assert (
+        out.stderr.strip()
+        == "cityflux: unknown format 'nope' (known: hj212, nbiot-env, senml-json)"
+    )
 
 
 def test_demo_runs_with_embedded_services_and_loses_nothing(tmp_path: Path) -> None:

@@ -5,11 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from datetime import UTC, datetime
 
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from decoders.hj212 import frame as hj212_frame
 from decoders.tables import ALL_TABLES
+from ingest.broker import EmbeddedBroker
 from ingest.pipeline import Pausable
 from ingest.topics import uplink
 from storage.migrate import TimescaleMode, migrate
+from tests.conftest import Broker
 from tests.helpers import env_frame, env_messages, publish, query, running, settings_for, wait_until
 
 
@@ -135,7 +143,8 @@ async def test_unknown_devices_are_dead_lettered_when_the_policy_rejects_them(
 async def test_shared_subscription_splits_the_stream_between_two_workers(
     pg_url: str, broker, topic_prefix: str
 ) -> None:  # type: ignore[no-untyped-def]
-    assert broker.v5, "shared subscriptions need MQTT 5"
+    if not broker.v5:
+        pytest.skip("shared subscriptions need MQTT 5; this broker is the amqtt fallback")
     msgs = env_messages(topic_prefix, devices=10, per_device=40)
     a = settings_for(
         pg_url,
@@ -193,3 +202,77 @@ async def test_backpressure_pauses_the_source_and_loses_nothing(
     assert batches >= 30  # never more than 20 frames per batch
     assert "pause" in spy.calls
     assert spy.calls[-1] == "resume"
+
+
+async def test_qos0_frames_are_stored(pg_url: str, broker, topic_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(pg_url, broker, topic_prefix, mqtt={"qos": 0})
+    async with running(settings) as svc:
+        assert svc.pipeline is not None
+        await asyncio.to_thread(publish, broker, env_messages(topic_prefix, 5, 20), 0, 2000.0)
+        await wait_until(lambda: svc.pipeline.stats.received == 100, what="100 QoS 0 frames")
+        assert svc.pipeline.stats.acked == 0  # nothing to acknowledge at QoS 0
+    assert query(pg_url, "SELECT count(*) FROM env_readings") == [(800,)]
+
+
+async def test_embedded_amqtt_broker_carries_the_pipeline_over_mqtt_311(
+    pg_url: str, topic_prefix: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The fallback for machines without mosquitto: pure-Python amqtt, MQTT 3.1.1, QoS 1."""
+    emb = EmbeddedBroker(tmp_path / "amqtt", kind="amqtt").start()
+    try:
+        b = Broker("127.0.0.1", emb.port, v5=False)
+        settings = settings_for(pg_url, b, topic_prefix)
+        assert settings.mqtt.protocol.value == "3.1.1"
+        async with running(settings) as svc:
+            assert svc.pipeline is not None
+            assert await asyncio.to_thread(publish, b, env_messages(topic_prefix, 4, 10)) == 40
+            await wait_until(lambda: svc.pipeline.stats.received == 40, what="40 frames")
+            assert svc.pipeline.stats.acked == 40
+    finally:
+        emb.stop()
+    assert query(pg_url, "SELECT count(DISTINCT (device_id, time)) FROM env_readings") == [(40,)]
+
+
+async def test_hj212_frames_are_stored_and_acknowledged_with_9014_on_the_downlink(
+    pg_url: str, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
+    got: list[bytes] = []
+    sub = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"dl-{topic_prefix}",
+        protocol=MQTTProtocolVersion.MQTTv5 if broker.v5 else MQTTProtocolVersion.MQTTv311,
+    )
+    sub.on_message = lambda _c, _u, msg: got.append(msg.payload)
+    sub.connect(broker.host, broker.port)
+    sub.subscribe(f"{topic_prefix}/down/water/#", 1)
+    sub.loop_start()
+    wants_ack = hj212_frame(
+        "QN=20240101120000123;ST=32;CN=2011;PW=123456;MN=ST01;Flag=5;"
+        "CP=&&DataTime=20240101120000;w01018-Rtd=31.5,w01018-Flag=N;"
+        "w21003-Rtd=1.25,w21003-Flag=D&&"
+    )
+    no_ack = hj212_frame(
+        "QN=20240101120100000;ST=32;CN=2011;PW=123456;MN=ST01;Flag=4;"
+        "CP=&&DataTime=20240101120100;w01018-Rtd=30.0,w01018-Flag=N&&"
+    )
+    msgs = [
+        (uplink("water", "ST01", "hj212", topic_prefix), wants_ack),
+        (uplink("water", "ST01", "hj212", topic_prefix), no_ack),
+    ]
+    try:
+        async with running(settings_for(pg_url, broker, topic_prefix)) as svc:
+            assert svc.pipeline is not None
+            await asyncio.to_thread(publish, broker, msgs)
+            await wait_until(lambda: svc.pipeline.stats.received == 2, what="2 frames")
+            await wait_until(lambda: len(got) == 1, 10, "the 9014 response")
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    assert got[0][6:-6] == (b"QN=20240101120000123;ST=91;CN=9014;PW=123456;MN=ST01;Flag=4;CP=&&&&")
+    assert query(
+        pg_url, "SELECT factor, value, flag, time FROM hj212_readings ORDER BY time, factor"
+    ) == [
+        ("w01018", 31.5, "N", datetime(2024, 1, 1, 4, 0, tzinfo=UTC)),
+        ("w21003", 1.25, "D", datetime(2024, 1, 1, 4, 0, tzinfo=UTC)),
+        ("w01018", 30.0, "N", datetime(2024, 1, 1, 4, 1, tzinfo=UTC)),
+    ]

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from decoders.hj212 import frame as hj212_frame
 from decoders.nbiot_env import encode_frame
 from decoders.registry import load_registry
 from ingest.batch import FrameBatch
@@ -26,6 +27,10 @@ VALID = {
         noise=40,
         battery=3600,
         rssi=-80,
+    ),
+    "hj212": hj212_frame(
+        "QN=20240101120000000;ST=22;CN=2011;PW=123456;MN=AQ01;Flag=5;"
+        "CP=&&DataTime=20240101120000;a34004-Rtd=35,a34004-Flag=N&&"
     ),
     "senml-json": json.dumps(
         [{"bn": "d/", "bt": 1.7e9, "n": "t", "u": "Cel", "v": 21.5}, {"n": "h", "v": 40, "t": 5}]
