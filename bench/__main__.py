@@ -18,7 +18,7 @@ import psycopg
 from storage.embedded import EmbeddedPostgres
 from tests.services import reachable
 
-from . import copy_rates, mqtt_rates
+from . import copy_rates, decode_rates, mqtt_rates
 from .common import BenchBroker, median_of
 
 RESULTS = Path(__file__).parent / "results"
@@ -59,6 +59,12 @@ def run(quick: bool) -> dict[str, Any]:
         "quick": quick,
         "started": time.strftime("%FT%TZ"),
     }
+    loads = decode_rates.workloads(quick)
+    out["decode_frames_per_s"] = {
+        name: median_of(runs, partial(decode_rates.rate, name, batches))[0]
+        for name, batches in loads.items()
+    }
+    del loads
     with tempfile.TemporaryDirectory(prefix="cityflux-bench-") as tmp_s:
         tmp = Path(tmp_s)
         url, drop = _database(tmp)
@@ -115,6 +121,8 @@ def run(quick: bool) -> dict[str, Any]:
 
 def _print(res: dict[str, Any]) -> None:
     print(f"machine: {res['machine']}   runs per figure: {res['runs']} (median)")
+    for name, r in res["decode_frames_per_s"].items():
+        print(f"decoder {name:<12} {r:>12,.0f} frames/s (batches of 10,000)")
     print(f"binary COPY encoder:        {res['encode_rows_per_s']:>12,.0f} rows/s")
     print(f"raw binary COPY (baseline): {res['raw_copy_rows_per_s']:>12,.0f} rows/s")
     print(

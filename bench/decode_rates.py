@@ -1,0 +1,74 @@
+"""Frames/s of each decoder, single process, batches of 10,000 frames."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+
+from decoders.nbiot_env import encode_frame
+from decoders.registry import load_registry
+from ingest.batch import FrameBatch
+
+CORPUS = Path(__file__).parents[2] / "shared" / "corpora" / "hj212"
+BATCH = 10_000
+
+
+def _batches(frames: list[bytes], name: str) -> list[FrameBatch]:
+    out = []
+    for start in range(0, len(frames), BATCH):
+        b = FrameBatch(name, "bench")
+        for f in frames[start : start + BATCH]:
+            b.append(f, "bench", "", "", 1_767_225_600_000_000)
+        out.append(b)
+    return out
+
+
+def workloads(quick: bool) -> dict[str, list[FrameBatch]]:
+    """Frames per decoder: synthetic NB-IoT and SenML, the real HJ 212 corpus."""
+    n = 50_000 if quick else 200_000
+    nb = [
+        encode_frame(
+            861000000000000 + i % 1000,
+            1_767_225_600 + i,
+            i & 0xFFFF,
+            temperature=20.5,
+            humidity=50,
+            pm2_5=12,
+            pm10=30,
+            noise=45,
+            battery=3600,
+            rssi=-80,
+        )
+        for i in range(n)
+    ]
+    sj = [
+        json.dumps(
+            [
+                {"bn": f"dev{i % 1000}/", "bt": 1_767_225_600 + i, "n": "no2", "v": 41.5},
+                {"n": "pm2_5", "v": 12.0},
+                {"n": "temp", "u": "Cel", "v": 21.25},
+            ]
+        ).encode()
+        for i in range(n // 4)
+    ]
+    hj: list[bytes] = []
+    for f in sorted(CORPUS.glob("*.h212.gz"))[: 4 if quick else None]:
+        with gzip.open(f, "rb") as fh:
+            hj += fh.read().splitlines()
+    return {
+        "nbiot-env": _batches(nb, "nbiot-env"),
+        "senml-json": _batches(sj, "senml-json"),
+        "hj212": _batches(hj, "hj212"),
+    }
+
+
+def rate(name: str, batches: list[FrameBatch]) -> float:
+    """Frames/s of one pass over ``batches``."""
+    dec = load_registry().get(name)
+    frames = sum(len(b) for b in batches)
+    start = time.perf_counter()
+    for b in batches:
+        dec.decode_batch(b)
+    return frames / (time.perf_counter() - start)
