@@ -60,7 +60,7 @@ def serve(config: ConfigOpt = None) -> None:
 def demo(
     config: ConfigOpt = None,
     duration: Annotated[float, typer.Option(help="seconds the simulated fleet sends")] = 10.0,
-    rate: Annotated[float, typer.Option(help="fleet's total frames per second cap")] = 20_000.0,
+    rate: Annotated[float, typer.Option(help="fleet's total frames per second cap")] = 5_000.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     data_dir: Annotated[Path | None, typer.Option(help="keep the embedded services here")] = None,
 ) -> None:
