@@ -15,6 +15,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest.broker import MOSQUITTO_CONF
+from simulators.publisher import publish_confirmed
 from storage.embedded import free_port
 
 BENCH_BROKER_CONF = MOSQUITTO_CONF + "queue_qos0_messages true\n"
@@ -56,37 +57,11 @@ def create_session(port: int, client_id: str, topic: str, qos: int) -> None:
     client.loop_stop()
 
 
-def preload(port: int, messages: list[tuple[str, bytes]], qos: int) -> None:
-    """Publish every message and wait until the broker has them all."""
-    acked = 0
-    lock = threading.Lock()
-
-    def on_publish(*_: object) -> None:
-        nonlocal acked
-        with lock:
-            acked += 1
-
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"preload-{time.time_ns()}",
-        protocol=MQTTProtocolVersion.MQTTv5,
-    )
-    client.max_inflight_messages_set(5000)
-    client.max_queued_messages_set(0)
-    client.on_publish = on_publish
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    deadline = time.monotonic() + 300
-    # QoS 1 to the broker so none is dropped; in chunks, because paho rescans its whole
-    # outgoing queue on every PUBACK (quadratic with a long queue).
-    for start in range(0, len(messages), 5000):
-        for topic, payload in messages[start : start + 5000]:
-            client.publish(topic, payload, qos=1)
-        while acked < min(start + 5000, len(messages)) and time.monotonic() < deadline:
-            time.sleep(0.002)
-    client.disconnect()
-    client.loop_stop()
-    _ = qos
+def preload(port: int, messages: list[tuple[str, bytes]]) -> None:
+    """Publish every message at QoS 1 (so the broker drops none) and wait for all acks."""
+    acked = publish_confirmed("127.0.0.1", port, messages, qos=1, window=5000)
+    if acked != len(messages):
+        raise RuntimeError(f"broker acknowledged {acked} of {len(messages)} preloaded frames")
 
 
 def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:

@@ -58,7 +58,7 @@ def bare_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: str) 
     """Messages/s of a bare paho subscriber (in its own process)."""
     cid = f"bare-{tag}-{time.time_ns()}"
     create_session(port, cid, TOPIC, qos)
-    preload(port, list(msgs), qos)
+    preload(port, list(msgs))
     out = subprocess.run(
         [
             sys.executable,
@@ -135,7 +135,7 @@ def listener_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: s
     """Messages/s of cityflux's MQTT listener alone (acks released per 5,000 frames)."""
     cid = f"lst-{tag}-{time.time_ns()}"
     create_session(port, cid, TOPIC, qos)
-    preload(port, list(msgs), qos)
+    preload(port, list(msgs))
     return asyncio.run(_listener_rate(port, cid, len(msgs), qos))
 
 
@@ -170,5 +170,5 @@ def e2e_rate(
     """Frames/s from MQTT to committed rows, and how many were stored."""
     cid = f"e2e-{tag}-{time.time_ns()}"
     create_session(port, cid, TOPIC, qos)
-    preload(port, list(msgs), qos)
+    preload(port, list(msgs))
     return asyncio.run(_e2e_rate(port, pg_url, cid, len(msgs), qos))

@@ -8,20 +8,18 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from decoders.nbiot_env import encode_frame
 from ingest.app import Service
 from ingest.config import Settings, load_settings
 from ingest.topics import uplink
+from simulators.publisher import publish_confirmed
 
 T0 = 1_767_225_600
 
@@ -76,6 +74,14 @@ def start_serve(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+async def start_serve_subscribed(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """`cityflux serve` as a subprocess, returned once it has subscribed (a new log line)."""
+    before = log.read_text().count("subscribed") if log.exists() else 0
+    proc = start_serve(settings, log)
+    await wait_until(lambda: log.read_text().count("subscribed") > before, 30, "service subscribed")
+    return proc
+
+
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Service]:
     """A service running in this event loop until the block ends (then drained)."""
@@ -127,45 +133,19 @@ def publish(
     qos: int = 1,
     rate_per_s: float | None = None,
     stop: threading.Event | None = None,
-    on_progress: Callable[[int], None] | None = None,
 ) -> int:
     """Publish and wait for the broker's PUBACKs; return how many the broker acknowledged."""
-    acked = 0
-    lock = threading.Lock()
-
-    def on_publish(*_: object) -> None:
-        nonlocal acked
-        with lock:
-            acked += 1
-
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"pub-{uuid.uuid4().hex[:8]}",
-        protocol=MQTTProtocolVersion.MQTTv5 if broker.v5 else MQTTProtocolVersion.MQTTv311,
+    return publish_confirmed(
+        broker.host,
+        broker.port,
+        messages,
+        v5=broker.v5,
+        qos=qos,
+        rate_per_s=rate_per_s,
+        stop=stop,
+        window=200,
+        timeout_s=30,
     )
-    client.max_inflight_messages_set(200)
-    client.on_publish = on_publish
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    start = time.monotonic()
-    sent = 0
-    for topic, payload in messages:
-        if stop is not None and stop.is_set():
-            break
-        client.publish(topic, payload, qos=qos)
-        sent += 1
-        if on_progress is not None:
-            on_progress(sent)
-        if rate_per_s:
-            ahead = sent / rate_per_s - (time.monotonic() - start)
-            if ahead > 0:
-                time.sleep(ahead)
-    deadline = time.monotonic() + 30
-    while qos and acked < sent and time.monotonic() < deadline:
-        time.sleep(0.01)
-    client.disconnect()
-    client.loop_stop()
-    return acked if qos else sent
 
 
 async def wait_until(

@@ -25,7 +25,7 @@ from tests.helpers import (
     query,
     running,
     settings_for,
-    start_serve,
+    start_serve_subscribed,
     wait_until,
 )
 
@@ -43,11 +43,9 @@ async def test_qos1_frame_is_acknowledged_only_after_commit(
     settings = settings_for(pg_url, broker, topic_prefix)
     migrate(pg_url, ALL_TABLES, TimescaleMode.OFF)
     log = tmp_path / "serve.log"
-    proc = start_serve(settings, log)
-    await asyncio.sleep(0)
+    proc = await start_serve_subscribed(settings, log)
     locker = await asyncio.to_thread(psycopg.connect, pg_url)
     try:
-        await wait_until(lambda: "subscribed" in log.read_text(), 30, "service subscribed")
         locker.execute("LOCK TABLE env_readings IN ACCESS EXCLUSIVE MODE")
         msgs = env_messages(topic_prefix, devices=4, per_device=5)
         assert await asyncio.to_thread(publish, broker, msgs) == 20
@@ -57,7 +55,7 @@ async def test_qos1_frame_is_acknowledged_only_after_commit(
         locker.rollback()
         locker.close()
     assert frames_stored(pg_url) == 0
-    proc = start_serve(settings, log)
+    proc = await start_serve_subscribed(settings, log)
     try:
         await wait_until(lambda: frames_stored(pg_url) == 20, 30, "redelivered frames stored")
     finally:
@@ -70,8 +68,7 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_frame(
 ) -> None:  # type: ignore[no-untyped-def]
     settings = settings_for(pg_url, broker, topic_prefix)
     log = tmp_path / "serve.log"
-    proc = start_serve(settings, log)
-    await wait_until(lambda: "subscribed" in log.read_text(), 30, "service subscribed")
+    proc = await start_serve_subscribed(settings, log)
     # 1,500 frames at 300/s: while the service is down (~2 s) the broker queues < 1,000,
     # Mosquitto's default max_queued_messages (deploy/mosquitto.conf raises it).
     msgs = env_messages(topic_prefix, devices=50, per_device=30)
@@ -79,7 +76,7 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_frame(
     await wait_until(lambda: frames_stored(pg_url) >= 300, 30, "300 frames stored")
     assert _stop(proc, signal.SIGKILL) == -signal.SIGKILL
     stored_at_kill = frames_stored(pg_url)
-    proc = start_serve(settings, log)
+    proc = await start_serve_subscribed(settings, log)
     try:
         acked = await sent
         assert acked == 1500
@@ -97,8 +94,7 @@ async def test_sigterm_drains_commits_and_acknowledges(
 ) -> None:  # type: ignore[no-untyped-def]
     settings = settings_for(pg_url, broker, topic_prefix)
     log = tmp_path / "serve.log"
-    proc = start_serve(settings, log)
-    await wait_until(lambda: "subscribed" in log.read_text(), 30, "service subscribed")
+    proc = await start_serve_subscribed(settings, log)
     msgs = env_messages(topic_prefix, devices=20, per_device=40)
     sent = asyncio.create_task(asyncio.to_thread(publish, broker, msgs, 1, 400.0))
     await wait_until(lambda: frames_stored(pg_url) >= 200, 30, "200 frames stored")
@@ -106,7 +102,7 @@ async def test_sigterm_drains_commits_and_acknowledges(
     text = log.read_text()
     assert "stopping: draining" in text
     assert "stopped cleanly" in text
-    proc = start_serve(settings, log)
+    proc = await start_serve_subscribed(settings, log)
     try:
         assert await sent == 800
         await wait_until(lambda: frames_stored(pg_url) == 800, 60, "all 800 frames stored")
