@@ -5,13 +5,12 @@ from __future__ import annotations
 import gzip
 import json
 import time
-from pathlib import Path
 
 from decoders.nbiot_env import encode_frame
 from decoders.registry import load_registry
 from ingest.batch import FrameBatch
+from simulators.corpus import hj212_corpus_dir
 
-CORPUS = Path(__file__).parents[2] / "shared" / "corpora" / "hj212"
 BATCH = 10_000
 
 
@@ -54,7 +53,7 @@ def workloads(quick: bool) -> dict[str, list[FrameBatch]]:
         for i in range(n // 4)
     ]
     hj: list[bytes] = []
-    for f in sorted(CORPUS.glob("*.h212.gz"))[: 4 if quick else None]:
+    for f in sorted(hj212_corpus_dir().glob("*.h212.gz"))[: 4 if quick else None]:
         with gzip.open(f, "rb") as fh:
             hj += fh.read().splitlines()
     return {

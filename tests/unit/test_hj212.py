@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import gzip
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from decoders.hj212 import DECODER, crc_hj212, crc_hj212_batch, frame
 from ingest.batch import FrameBatch
+from simulators.corpus import hj212_corpus_dir
 
-CORPUS = Path(__file__).parents[3] / "shared" / "corpora" / "hj212"
 # HJ 212-2017 annex example, as quoted in shared/corpora/hj212/README.md.
 ANNEX = (
     b"##0101QN=20160801085857223;ST=32;CN=1062;PW=100000;MN=010000A8900016F000169DC0;"
@@ -142,7 +141,7 @@ def test_crc_mismatch_reason_names_both_values() -> None:
 
 def test_whole_corpus_decodes_and_the_counts_add_up() -> None:
     """shared/corpora/hj212: 190,365 valid frames, 98 invalid lines, CN counts per README."""
-    files = sorted(CORPUS.glob("*.h212.gz"))
+    files = sorted(hj212_corpus_dir().glob("*.h212.gz"))
     assert len(files) == 21
     lines: list[bytes] = []
     for f in files:
