@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 
 from decoders.base import Decoder, TableSpec
 from decoders.rows import EnvReadingsBuilder
@@ -47,7 +48,7 @@ def parse_pack(
 ) -> list[tuple[str, str, float, float]]:
     """Resolve a SenML pack into (device, metric, time_s, value) tuples; raise SenMLError."""
     if not isinstance(pack, list):
-        raise SenMLError("pack must be a JSON array of records")
+        raise SenMLError("pack must be an array of records")
     if not pack:
         raise SenMLError("empty pack")
     out: list[tuple[str, str, float, float]] = []
@@ -107,6 +108,44 @@ def parse_pack(
     return out
 
 
+class PackError(ValueError):
+    """A payload that is not a well-formed pack in its serialisation (reason included)."""
+
+
+def decode_packs(batch: FrameBatch, load: Callable[[bytes], object]) -> Decoded:
+    """Decode one SenML pack per frame with ``load`` (JSON or CBOR) into env_readings.
+
+    ``load`` raises ``PackError`` with the reject reason for a payload it cannot read; a bad
+    pack is rejected whole and its neighbours are kept.
+    """
+    rows = EnvReadingsBuilder()
+    rejects: list[Reject] = []
+    for i, payload in enumerate(batch.payloads):
+        try:
+            pack = load(payload)
+            readings = parse_pack(pack, batch.received_us[i] / 1e6, batch.device_hints[i])
+        except PackError as exc:
+            rejects.append(Reject(i, str(exc)))
+            continue
+        except SenMLError as exc:
+            rejects.append(Reject(i, f"senml_invalid: {exc}"))
+            continue
+        for device, metric, time_s, value in readings:
+            rows.add(round(time_s * 1e6), device.encode(), metric.encode(), value, i)
+    out = Decoded(rejects=rejects, frames_ok=len(batch) - len(rejects))
+    out.rows[ENV_READINGS.name] = rows.build()
+    return out
+
+
+def _load_json(payload: bytes) -> object:
+    try:
+        return json.loads(payload.decode("utf-8"))  # RFC 8428 §6: UTF-8 only
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackError(f"json_invalid: {exc}") from None
+    except RecursionError:
+        raise PackError("json_invalid: nested too deeply") from None
+
+
 class SenMLJsonDecoder:
     """Decoder for SenML JSON packs, one pack per frame."""
 
@@ -116,27 +155,7 @@ class SenMLJsonDecoder:
 
     def decode_batch(self, batch: FrameBatch) -> Decoded:
         """Parse every pack; a bad pack is rejected whole, its neighbours are kept."""
-        rows = EnvReadingsBuilder()
-        rejects: list[Reject] = []
-        for i, payload in enumerate(batch.payloads):
-            try:
-                pack = json.loads(payload.decode("utf-8"))  # RFC 8428 §6: UTF-8 only
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                rejects.append(Reject(i, f"json_invalid: {exc}"))
-                continue
-            except RecursionError:
-                rejects.append(Reject(i, "json_invalid: nested too deeply"))
-                continue
-            try:
-                readings = parse_pack(pack, batch.received_us[i] / 1e6, batch.device_hints[i])
-            except SenMLError as exc:
-                rejects.append(Reject(i, f"senml_invalid: {exc}"))
-                continue
-            for device, metric, time_s, value in readings:
-                rows.add(round(time_s * 1e6), device.encode(), metric.encode(), value, i)
-        out = Decoded(rejects=rejects, frames_ok=len(batch) - len(rejects))
-        out.rows[ENV_READINGS.name] = rows.build()
-        return out
+        return decode_packs(batch, _load_json)
 
 
 DECODER: Decoder = SenMLJsonDecoder()

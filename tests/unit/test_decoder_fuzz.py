@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,6 +32,9 @@ VALID = {
     "hj212": hj212_frame(
         "QN=20240101120000000;ST=22;CN=2011;PW=123456;MN=AQ01;Flag=5;"
         "CP=&&DataTime=20240101120000;a34004-Rtd=35,a34004-Flag=N&&"
+    ),
+    "senml-cbor": cbor2.dumps(
+        [{-2: "d/", -3: 1.7e9, 0: "t", 1: "Cel", 2: 21.5}, {0: "h", 2: 40, 6: 5}]
     ),
     "senml-json": json.dumps(
         [{"bn": "d/", "bt": 1.7e9, "n": "t", "u": "Cel", "v": 21.5}, {"n": "h", "v": 40, "t": 5}]

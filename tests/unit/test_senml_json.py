@@ -72,7 +72,7 @@ def test_boolean_and_sum_values() -> None:
             b"\xff\xfe",
             "json_invalid: 'utf-8' codec can't decode byte 0xff in position 0: invalid start byte",
         ),
-        (b"{}", "senml_invalid: pack must be a JSON array of records"),
+        (b"{}", "senml_invalid: pack must be an array of records"),
         (b"[]", "senml_invalid: empty pack"),
         (b"[1]", "senml_invalid: record 0: must be a JSON object"),
         (b'[{"n":"t","v":"hot"}]', "senml_invalid: record 0: 'v' must be a number"),

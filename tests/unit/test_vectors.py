@@ -38,3 +38,9 @@ def test_vector_decodes_to_its_expected_output(case: Path) -> None:
 def test_every_registered_decoder_has_vectors_and_a_readme_section(name: str) -> None:
     assert any(c.parent.name == name for c in CASES), f"no golden vector for {name}"
     assert f"\n## {name}" in README.read_text(), f"decoders/README.md has no section for {name}"
+
+
+def test_senml_cbor_and_json_forms_of_the_same_rfc_pack_give_the_same_rows() -> None:
+    case = "rfc8428-multiple-measurements"
+    cbor = (VECTORS / "senml-cbor" / case / "expected.jsonl").read_text()
+    assert cbor == (VECTORS / "senml-json" / case / "expected.jsonl").read_text()
