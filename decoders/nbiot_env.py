@@ -10,12 +10,12 @@ from __future__ import annotations
 import struct
 
 import numpy as np
-import numpy.typing as npt
 
 from decoders.base import Decoder, TableSpec
-from decoders.crc import crc16_ccitt_false, crc16_ccitt_false_bytes
+from decoders.compact import HEADER, validate
+from decoders.crc import crc16_ccitt_false_bytes
 from decoders.tables import ENV_READINGS
-from ingest.batch import Decoded, FrameBatch, Reject, TableRows
+from ingest.batch import Decoded, FrameBatch, TableRows
 
 MAGIC = 0xCE
 VERSION = 1
@@ -23,11 +23,7 @@ VERSION = 1
 # Field by field, offsets in bytes; all multi-byte fields big-endian (network order).
 FRAME = np.dtype(
     [
-        ("magic", "u1"),  # 0   0xCE
-        ("version", "u1"),  # 1   0x01
-        ("imei", ">u8"),  # 2   IMEI (15 decimal digits) as an unsigned integer
-        ("time", ">u4"),  # 10  measurement time, seconds since the Unix epoch (UTC)
-        ("seq", ">u2"),  # 14  frame counter, wraps at 65535
+        *HEADER,  # 0-15 magic 0xCE, version 1, IMEI, time, seq (decoders/compact.py)
         ("temperature", ">i2"),  # 16  0.01 °C, 0x7FFF = invalid
         ("humidity", ">u2"),  # 18  0.01 %RH, 0xFFFF = invalid
         ("pm2_5", ">u2"),  # 20  0.1 µg/m³, 0xFFFF = invalid
@@ -52,16 +48,6 @@ METRICS: tuple[tuple[bytes, str, float, int], ...] = (
     (b"rssi", "rssi", 1.0, 0x7F),
     (b"status", "status", 1.0, -1),
 )
-
-
-def imei_bytes(imei: npt.NDArray[np.uint64]) -> npt.NDArray[np.bytes_]:
-    """15-digit zero-padded decimal IMEIs as bytes, vectorised (no per-frame formatting)."""
-    digits = np.empty((imei.shape[0], 15), dtype=np.uint8)
-    rest = imei.astype(np.uint64)
-    for pos in range(14, -1, -1):
-        digits[:, pos] = (rest % 10).astype(np.uint8) + ord("0")
-        rest = rest // 10
-    return digits.view("S15").ravel()
 
 
 _PACK = struct.Struct(">BBQIHhHHHHHbB")  # FRAME without the CRC, field for field
@@ -111,45 +97,8 @@ class NbiotEnvDecoder:
 
     def decode_batch(self, batch: FrameBatch) -> Decoded:
         """Validate length, magic, version, CRC and device; emit one row per valid metric."""
-        n = len(batch)
-        rejects: list[Reject] = []
-        lengths = np.fromiter(map(len, batch.payloads), dtype=np.int64, count=n)
-        good = np.flatnonzero(lengths == FRAME.itemsize)
-        for i in np.flatnonzero(lengths != FRAME.itemsize).tolist():
-            size = int(lengths[i])
-            reason = (
-                f"truncated: need {FRAME.itemsize} bytes, got {size}"
-                if size < FRAME.itemsize
-                else f"too_long: expected {FRAME.itemsize} bytes, got {size}"
-            )
-            rejects.append(Reject(i, reason))
-        raw = b"".join([batch.payloads[i] for i in good.tolist()])
-        rec = np.frombuffer(raw, dtype=FRAME)
-        as_bytes = np.frombuffer(raw, dtype=np.uint8).reshape(-1, FRAME.itemsize)
-        crc = crc16_ccitt_false(as_bytes[:, :30])
-        devices = imei_bytes(rec["imei"])
-        hints = np.array([batch.device_hints[i] for i in good.tolist()], dtype=np.bytes_)
-        bad_magic = rec["magic"] != MAGIC
-        bad_version = ~bad_magic & (rec["version"] != VERSION)
-        bad_crc = ~bad_magic & ~bad_version & (crc != rec["crc"])
-        mismatch = ~bad_magic & ~bad_version & ~bad_crc & (hints != b"") & (hints != devices)
-        ok = ~(bad_magic | bad_version | bad_crc | mismatch)
-        for j in np.flatnonzero(~ok).tolist():
-            i = int(good[j])
-            if bad_magic[j]:
-                reason = f"bad_magic: expected {MAGIC:02X} got {int(rec['magic'][j]):02X}"
-            elif bad_version[j]:
-                reason = f"unsupported_version: {int(rec['version'][j])}"
-            elif bad_crc[j]:
-                reason = f"crc_mismatch expected={int(crc[j]):04X} got={int(rec['crc'][j]):04X}"
-            else:
-                reason = (
-                    f"device_mismatch: topic names {hints[j].decode(errors='replace')!r},"
-                    f" frame carries IMEI {devices[j].decode()}"
-                )
-            rejects.append(Reject(i, reason))
-        rejects.sort(key=lambda r: r.index)
-        rec, devices, frames = rec[ok], devices[ok], good[ok].astype(np.int32)
+        checked = validate(batch, FRAME, MAGIC, VERSION)
+        rec, devices, frames = checked.records, checked.devices, checked.frames
         m = len(METRICS)
         values = np.empty((rec.shape[0], m), dtype=np.float64)
         valid = np.ones((rec.shape[0], m), dtype=np.bool_)
@@ -170,7 +119,9 @@ class NbiotEnvDecoder:
             devices=np.repeat(devices, m)[flat],
             frame_index=np.repeat(frames, m)[flat],
         )
-        return Decoded(rows={ENV_READINGS.name: rows}, rejects=rejects, frames_ok=int(ok.sum()))
+        return Decoded(
+            rows={ENV_READINGS.name: rows}, rejects=checked.rejects, frames_ok=len(frames)
+        )
 
 
 DECODER: Decoder = NbiotEnvDecoder()
