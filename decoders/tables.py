@@ -53,4 +53,23 @@ DEVICE_STATUS = TableSpec(
     natural_key=("device_id", "key", "time"),
 )
 
-ALL_TABLES = (ENV_READINGS, HJ212_READINGS, DEVICE_STATUS)
+STREETLIGHT_STATUS = TableSpec(
+    name="streetlight_status",
+    description="Smart streetlight controller reports: electrical values, dimming, lamp state.",
+    columns=(
+        Column("time", T.TIMESTAMPTZ, description="report time (UTC)"),
+        Column("device_id", T.INT4, description="internal device id of the controller"),
+        Column("voltage_v", T.FLOAT4, nullable=True, description="lamp supply voltage, V"),
+        Column("current_a", T.FLOAT4, nullable=True, description="lamp current, A"),
+        Column("power_w", T.FLOAT4, nullable=True, description="active power, W"),
+        Column("energy_kwh", T.FLOAT8, nullable=True, description="energy meter, kWh"),
+        Column("dimming_pct", T.INT2, nullable=True, description="dimming level, 0-100 %"),
+        Column("lamp_on", T.BOOL, description="lamp switched on"),
+        Column("faults", T.INT4, description="fault bits (decoders/README.md, streetlight)"),
+        Column("temperature_c", T.INT2, nullable=True, description="controller temperature, °C"),
+    ),
+    natural_key=("device_id", "time"),
+    hourly=HourlyRollup(group_by=("device_id",), values=("power_w", "voltage_v")),
+)
+
+ALL_TABLES = (ENV_READINGS, HJ212_READINGS, DEVICE_STATUS, STREETLIGHT_STATUS)

@@ -7,6 +7,8 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
+import numpy as np
+
 from decoders.base import Decoder
 from decoders.registry import UnknownDecoderError, load_registry
 from ingest.batch import FrameBatch
@@ -37,7 +39,11 @@ def describe(
             for name, arr in rows.columns.items():
                 if name == "time":
                     rec[name] = datetime.fromtimestamp(int(arr[j]) / 1e6, UTC).isoformat()
-                elif name not in rows.nulls or not rows.nulls[name][j]:
+                elif name in rows.nulls and rows.nulls[name][j]:
+                    continue
+                elif arr.dtype == np.float32:  # shortest repr of the 32-bit value, not 231.39999…
+                    rec[name] = float(str(arr[j]))
+                else:
                     rec[name] = _value(arr[j].item())
             per_frame[int(rows.frame_index[j])].append(rec)
     errors = {r.index: r.reason for r in decoded.rejects}

@@ -11,7 +11,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from decoders.crc import crc16_ccitt_false_bytes
 from decoders.hj212 import frame as hj212_frame
+from decoders.streetlight import encode_frame as streetlight_frame
 from decoders.tables import ALL_TABLES
 from ingest.broker import EmbeddedBroker
 from ingest.pipeline import Pausable
@@ -276,3 +278,50 @@ async def test_hj212_frames_are_stored_and_acknowledged_with_9014_on_the_downlin
         ("w21003", 1.25, "D", datetime(2024, 1, 1, 4, 0, tzinfo=UTC)),
         ("w01018", 30.0, "N", datetime(2024, 1, 1, 4, 1, tzinfo=UTC)),
     ]
+
+
+async def test_streetlight_frames_with_nulls_and_booleans_reach_postgresql(
+    pg_url: str, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
+    imei = 861234567890125
+    on = streetlight_frame(
+        imei,
+        1_767_225_600,
+        1,
+        voltage=230.5,
+        current=0.4,
+        power=88.0,
+        energy_kwh=12.5,
+        dimming=80,
+        lamp_on=True,
+        temperature=-5,
+    )
+    raw = bytearray(
+        streetlight_frame(
+            imei,
+            1_767_225_660,
+            2,
+            voltage=0,
+            current=0,
+            power=0,
+            energy_kwh=12.5,
+            dimming=0,
+            lamp_on=False,
+        )
+    )
+    raw[16:18] = b"\xff\xff"  # voltage not measured
+    raw[32:34] = crc16_ccitt_false_bytes(bytes(raw[:32])).to_bytes(2, "big")
+    topic = uplink("streetlight", str(imei), "streetlight", topic_prefix)
+    async with running(settings_for(pg_url, broker, topic_prefix)) as svc:
+        assert svc.pipeline is not None
+        await asyncio.to_thread(publish, broker, [(topic, on), (topic, bytes(raw))])
+        await wait_until(lambda: svc.pipeline.stats.received == 2, what="2 frames")
+    assert query(
+        pg_url,
+        "SELECT voltage_v, current_a, power_w, energy_kwh, dimming_pct, "
+        "lamp_on, faults, temperature_c FROM streetlight_status ORDER BY time",
+    ) == [
+        (230.5, 0.4, 88.0, 12.5, 80, True, 0, -5),
+        (None, 0.0, 0.0, 12.5, 0, False, 0, 25),
+    ]
+    assert query(pg_url, "SELECT kind FROM devices") == [("streetlight",)]

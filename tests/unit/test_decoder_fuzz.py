@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from decoders.hj212 import frame as hj212_frame
 from decoders.nbiot_env import encode_frame
 from decoders.registry import load_registry
+from decoders.streetlight import encode_frame as streetlight_frame
 from ingest.batch import FrameBatch
 
 REGISTRY = load_registry()
@@ -32,6 +33,17 @@ VALID = {
     "hj212": hj212_frame(
         "QN=20240101120000000;ST=22;CN=2011;PW=123456;MN=AQ01;Flag=5;"
         "CP=&&DataTime=20240101120000;a34004-Rtd=35,a34004-Flag=N&&"
+    ),
+    "streetlight": streetlight_frame(
+        861234567890123,
+        1_767_225_600,
+        1,
+        voltage=230.1,
+        current=0.35,
+        power=80.5,
+        energy_kwh=1234.5,
+        dimming=70,
+        lamp_on=True,
     ),
     "senml-cbor": cbor2.dumps(
         [{-2: "d/", -3: 1.7e9, 0: "t", 1: "Cel", 2: 21.5}, {0: "h", 2: 40, 6: 5}]
