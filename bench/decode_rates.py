@@ -6,8 +6,13 @@ import gzip
 import json
 import time
 
+import cbor2
+
+from decoders.jt808 import frame as jt808_frame
+from decoders.jt808 import location_body
 from decoders.nbiot_env import encode_frame
 from decoders.registry import load_registry
+from decoders.streetlight import encode_frame as streetlight_frame
 from ingest.batch import FrameBatch
 from simulators.corpus import hj212_corpus_dir
 
@@ -52,13 +57,48 @@ def workloads(quick: bool) -> dict[str, list[FrameBatch]]:
         ).encode()
         for i in range(n // 4)
     ]
+    sc = [
+        cbor2.dumps(
+            [
+                {-2: f"dev{i % 1000}/", -3: 1_767_225_600 + i, 0: "no2", 2: 41.5},
+                {0: "pm2_5", 2: 12.0},
+                {0: "temp", 1: "Cel", 2: 21.25},
+            ]
+        )
+        for i in range(n // 4)
+    ]
+    sl = [
+        streetlight_frame(
+            861000000000000 + i % 1000,
+            1_767_225_600 + i,
+            i & 0xFFFF,
+            voltage=230,
+            current=0.4,
+            power=90,
+            energy_kwh=100,
+            dimming=70,
+            lamp_on=True,
+        )
+        for i in range(n)
+    ]
+    body = location_body(
+        22.5,
+        114.0,
+        time="260101083000",
+        speed_kmh=60,
+        extras=b"\x01\x04\x00\x01\xe2\x40\x30\x01\x1f\x31\x01\x0c",
+    )
+    jt = [jt808_frame(0x0200, f"13800{i % 1000:06d}", i & 0xFFFF, body) for i in range(n // 2)]
     hj: list[bytes] = []
     for f in sorted(hj212_corpus_dir().glob("*.h212.gz"))[: 4 if quick else None]:
         with gzip.open(f, "rb") as fh:
             hj += fh.read().splitlines()
     return {
         "nbiot-env": _batches(nb, "nbiot-env"),
+        "streetlight": _batches(sl, "streetlight"),
         "senml-json": _batches(sj, "senml-json"),
+        "senml-cbor": _batches(sc, "senml-cbor"),
+        "jt808": _batches(jt, "jt808"),
         "hj212": _batches(hj, "hj212"),
     }
 

@@ -72,4 +72,25 @@ STREETLIGHT_STATUS = TableSpec(
     hourly=HourlyRollup(group_by=("device_id",), values=("power_w", "voltage_v")),
 )
 
-ALL_TABLES = (ENV_READINGS, HJ212_READINGS, DEVICE_STATUS, STREETLIGHT_STATUS)
+VEHICLE_POSITIONS = TableSpec(
+    name="vehicle_positions",
+    description="Vehicle positions (JT/T 808 location reports; GB/T 32960 location data).",
+    columns=(
+        Column("time", T.TIMESTAMPTZ, description="fix time (UTC; devices send UTC+8)"),
+        Column("device_id", T.INT4, description="internal device id of the terminal"),
+        Column("lat", T.FLOAT8, description="latitude, degrees (south negative)"),
+        Column("lon", T.FLOAT8, description="longitude, degrees (west negative)"),
+        Column("altitude_m", T.INT4, nullable=True, description="altitude, m"),
+        Column("speed_kmh", T.FLOAT4, nullable=True, description="speed, km/h"),
+        Column("heading_deg", T.INT2, nullable=True, description="direction, 0-359°"),
+        Column("alarm", T.INT8, description="alarm bits (JT/T 808 Table 24)"),
+        Column("status", T.INT8, description="status bits (JT/T 808 Table 25)"),
+        Column("mileage_km", T.FLOAT8, nullable=True, description="odometer, km (extra 0x01)"),
+        Column("fuel_l", T.FLOAT4, nullable=True, description="fuel, L (extra 0x02)"),
+        Column("signal", T.INT2, nullable=True, description="network signal (extra 0x30)"),
+        Column("satellites", T.INT2, nullable=True, description="GNSS satellites (extra 0x31)"),
+    ),
+    natural_key=("device_id", "time"),
+)
+
+ALL_TABLES = (ENV_READINGS, HJ212_READINGS, DEVICE_STATUS, STREETLIGHT_STATUS, VEHICLE_POSITIONS)

@@ -13,6 +13,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from decoders.crc import crc16_ccitt_false_bytes
 from decoders.hj212 import frame as hj212_frame
+from decoders.jt808 import frame as jt808_frame
+from decoders.jt808 import location_body
 from decoders.streetlight import encode_frame as streetlight_frame
 from decoders.tables import ALL_TABLES
 from ingest.broker import EmbeddedBroker
@@ -325,3 +327,31 @@ async def test_streetlight_frames_with_nulls_and_booleans_reach_postgresql(
         (None, 0.0, 0.0, 12.5, 0, False, 0, 25),
     ]
     assert query(pg_url, "SELECT kind FROM devices") == [("streetlight",)]
+
+
+async def test_jt808_location_reports_reach_vehicle_positions(
+    pg_url: str, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
+    body = location_body(
+        -33.8688,
+        151.2093,
+        time="260101083000",
+        speed_kmh=42.5,
+        heading=180,
+        alarm=1,
+        extras=b"\x30\x01\x1f",
+    )
+    topic = uplink("vehicle", "13800138000", "jt808", topic_prefix)
+    msgs = [
+        (topic, jt808_frame(0x0200, "13800138000", 1, body)),
+        (topic, jt808_frame(0x0002, "13800138000", 2, b"")),
+    ]
+    async with running(settings_for(pg_url, broker, topic_prefix)) as svc:
+        assert svc.pipeline is not None
+        await asyncio.to_thread(publish, broker, msgs)
+        await wait_until(lambda: svc.pipeline.stats.received == 2, what="2 frames")
+    assert query(
+        pg_url,
+        "SELECT lat, lon, speed_kmh, heading_deg, alarm, signal, mileage_km, "
+        "time FROM vehicle_positions",
+    ) == [(-33.8688, 151.2093, 42.5, 180, 1, 31, None, datetime(2026, 1, 1, 0, 30, tzinfo=UTC))]

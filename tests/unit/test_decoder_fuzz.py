@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from decoders.hj212 import frame as hj212_frame
+from decoders.jt808 import frame as jt808_frame
+from decoders.jt808 import location_body
 from decoders.nbiot_env import encode_frame
 from decoders.registry import load_registry
 from decoders.streetlight import encode_frame as streetlight_frame
@@ -44,6 +46,12 @@ VALID = {
         energy_kwh=1234.5,
         dimming=70,
         lamp_on=True,
+    ),
+    "jt808": jt808_frame(
+        0x0200,
+        "13800138000",
+        7,
+        location_body(22.5, 114.0, time="260101083000", speed_kmh=60, extras=b"\x30\x01\x1f"),
     ),
     "senml-cbor": cbor2.dumps(
         [{-2: "d/", -3: 1.7e9, 0: "t", 1: "Cel", 2: 21.5}, {0: "h", 2: 40, 6: 5}]
