@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from decoders.crc import crc16_ccitt_false
+from decoders.crc import crc16_ccitt_false, crc16_ccitt_false_bytes
 from ingest.batch import FrameBatch, Reject
 
 HEADER: list[tuple[str, str]] = [
@@ -37,6 +37,11 @@ def imei_bytes(imei: npt.NDArray[np.uint64]) -> npt.NDArray[np.bytes_]:
         digits[:, pos] = (rest % 10).astype(np.uint8) + ord("0")
         rest = rest // 10
     return digits.view("S15").ravel()
+
+
+def seal(body: bytes) -> bytes:
+    """A frame from everything before its CRC: append the CRC-16/CCITT-FALSE (encoders)."""
+    return body + crc16_ccitt_false_bytes(body).to_bytes(2, "big")
 
 
 @dataclass(slots=True)

@@ -12,8 +12,7 @@ import struct
 import numpy as np
 
 from decoders.base import Decoder, TableSpec
-from decoders.compact import HEADER, validate
-from decoders.crc import crc16_ccitt_false_bytes
+from decoders.compact import HEADER, seal, validate
 from decoders.tables import ENV_READINGS
 from ingest.batch import Decoded, FrameBatch, TableRows
 
@@ -84,7 +83,7 @@ def encode_frame(
         rssi,
         status,
     )
-    return body + crc16_ccitt_false_bytes(body).to_bytes(2, "big")
+    return seal(body)
 
 
 class NbiotEnvDecoder:

@@ -13,8 +13,7 @@ import struct
 import numpy as np
 
 from decoders.base import Decoder, TableSpec
-from decoders.compact import HEADER, validate
-from decoders.crc import crc16_ccitt_false_bytes
+from decoders.compact import HEADER, seal, validate
 from decoders.tables import STREETLIGHT_STATUS
 from ingest.batch import Decoded, FrameBatch, TableRows
 
@@ -75,7 +74,7 @@ def encode_frame(
         temperature,
         0,
     )
-    return body + crc16_ccitt_false_bytes(body).to_bytes(2, "big")
+    return seal(body)
 
 
 class StreetlightDecoder:
