@@ -10,6 +10,7 @@ import cbor2
 
 from decoders.jt808 import frame as jt808_frame
 from decoders.jt808 import location_body
+from decoders.llrp import encode_report
 from decoders.nbiot_env import encode_frame
 from decoders.registry import load_registry
 from decoders.streetlight import encode_frame as streetlight_frame
@@ -89,6 +90,30 @@ def workloads(quick: bool) -> dict[str, list[FrameBatch]]:
         extras=b"\x01\x04\x00\x01\xe2\x40\x30\x01\x1f\x31\x01\x0c",
     )
     jt = [jt808_frame(0x0200, f"13800{i % 1000:06d}", i & 0xFFFF, body) for i in range(n // 2)]
+    tags: list[dict[str, int | str]] = [
+        {
+            "epc": f"300833B2DDD90140{i:08X}",
+            "antenna": 1 + i % 4,
+            "rssi": -60,
+            "first_us": 1_767_225_600_000_000 + i,
+            "last_us": 1_767_225_600_000_000 + i,
+            "count": 2,
+        }
+        for i in range(8)
+    ]
+    ll = [encode_report(tags, i) for i in range(n // 8)]  # 8 reads per report
+    tj = [
+        json.dumps(
+            {
+                "reader": "",
+                "epc": f"E200{i:020X}",
+                "antenna": 1,
+                "rssi": -61,
+                "first_seen": 1_767_225_600_000 + i,
+            }
+        ).encode()
+        for i in range(n // 4)
+    ]
     hj: list[bytes] = []
     for f in sorted(hj212_corpus_dir().glob("*.h212.gz"))[: 4 if quick else None]:
         with gzip.open(f, "rb") as fh:
@@ -99,6 +124,8 @@ def workloads(quick: bool) -> dict[str, list[FrameBatch]]:
         "senml-json": _batches(sj, "senml-json"),
         "senml-cbor": _batches(sc, "senml-cbor"),
         "jt808": _batches(jt, "jt808"),
+        "llrp": _batches(ll, "llrp"),
+        "tagread-json": _batches(tj, "tagread-json"),
         "hj212": _batches(hj, "hj212"),
     }
 

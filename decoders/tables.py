@@ -93,4 +93,28 @@ VEHICLE_POSITIONS = TableSpec(
     natural_key=("device_id", "time"),
 )
 
-ALL_TABLES = (ENV_READINGS, HJ212_READINGS, DEVICE_STATUS, STREETLIGHT_STATUS, VEHICLE_POSITIONS)
+VEHICLE_TAG_READS = TableSpec(
+    name="vehicle_tag_reads",
+    description="Vehicle electronic tag reads at road gantries (LLRP reports, JSON events).",
+    columns=(
+        Column("time", T.TIMESTAMPTZ, description="first seen (UTC)"),
+        Column("device_id", T.INT4, description="internal device id of the reader"),
+        Column("epc", T.TEXT, description="tag EPC / serial, upper-case hex"),
+        Column("tid", T.TEXT, nullable=True, description="tag TID, upper-case hex"),
+        Column("plate", T.TEXT, nullable=True, description="plate, when the reader decrypted it"),
+        Column("antenna", T.INT2, nullable=True, description="antenna id"),
+        Column("rssi_dbm", T.INT2, nullable=True, description="peak RSSI, dBm"),
+        Column("last_seen", T.TIMESTAMPTZ, nullable=True, description="last seen (UTC)"),
+        Column("read_count", T.INT4, nullable=True, description="times seen in the report"),
+    ),
+    natural_key=("device_id", "epc", "time"),
+)
+
+ALL_TABLES = (
+    ENV_READINGS,
+    HJ212_READINGS,
+    DEVICE_STATUS,
+    STREETLIGHT_STATUS,
+    VEHICLE_POSITIONS,
+    VEHICLE_TAG_READS,
+)

@@ -9,7 +9,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from decoders.base import Decoder
+from decoders.base import ColumnType, Decoder
 from decoders.registry import UnknownDecoderError, load_registry
 from ingest.batch import FrameBatch
 
@@ -32,15 +32,21 @@ def describe(
     for raw in frames:
         batch.append(raw, "cli", device_hint, "", received_us)
     decoded = decoder.decode_batch(batch)
+    times = {
+        (t.name, c.name)
+        for t in decoder.tables
+        for c in t.columns
+        if c.type is ColumnType.TIMESTAMPTZ
+    }
     per_frame: list[list[dict[str, Any]]] = [[] for _ in range(len(batch))]
     for table, rows in decoded.rows.items():
         for j in range(len(rows)):
             rec: dict[str, Any] = {"table": table, "device": rows.devices[j].decode()}
             for name, arr in rows.columns.items():
-                if name == "time":
-                    rec[name] = datetime.fromtimestamp(int(arr[j]) / 1e6, UTC).isoformat()
-                elif name in rows.nulls and rows.nulls[name][j]:
+                if name in rows.nulls and rows.nulls[name][j]:
                     continue
+                if (table, name) in times:
+                    rec[name] = datetime.fromtimestamp(int(arr[j]) / 1e6, UTC).isoformat()
                 elif arr.dtype == np.float32:  # shortest repr of the 32-bit value, not 231.39999…
                     rec[name] = float(str(arr[j]))
                 else:

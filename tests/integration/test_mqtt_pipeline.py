@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import paho.mqtt.client as paho
 import pytest
@@ -15,6 +15,7 @@ from decoders.crc import crc16_ccitt_false_bytes
 from decoders.hj212 import frame as hj212_frame
 from decoders.jt808 import frame as jt808_frame
 from decoders.jt808 import location_body
+from decoders.llrp import encode_report
 from decoders.streetlight import encode_frame as streetlight_frame
 from decoders.tables import ALL_TABLES
 from ingest.broker import EmbeddedBroker
@@ -355,3 +356,45 @@ async def test_jt808_location_reports_reach_vehicle_positions(
         "SELECT lat, lon, speed_kmh, heading_deg, alarm, signal, mileage_km, "
         "time FROM vehicle_positions",
     ) == [(-33.8688, 151.2093, 42.5, 180, 1, 31, None, datetime(2026, 1, 1, 0, 30, tzinfo=UTC))]
+
+
+async def test_tag_reads_from_llrp_and_json_share_one_table(
+    pg_url: str, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
+    report = encode_report(
+        [
+            {
+                "epc": "300833B2DDD9014000000001",
+                "antenna": 2,
+                "rssi": -58,
+                "first_us": 1_767_225_600_250_000,
+                "last_us": 1_767_225_600_400_000,
+                "count": 3,
+            }
+        ]
+    )
+    event = json.dumps(
+        {
+            "epc": "E2003412",
+            "plate": "粤B12345",
+            "rssi": -61,
+            "first_seen": "2026-01-01T08:00:01+08:00",
+        }
+    ).encode()
+    msgs = [
+        (uplink("gantry", "G-0101", "llrp", topic_prefix), report),
+        (uplink("gantry", "G-0102", "tagread-json", topic_prefix), event),
+    ]
+    async with running(settings_for(pg_url, broker, topic_prefix)) as svc:
+        assert svc.pipeline is not None
+        await asyncio.to_thread(publish, broker, msgs)
+        await wait_until(lambda: svc.pipeline.stats.received == 2, what="2 frames")
+    assert query(
+        pg_url,
+        "SELECT d.external_id, r.epc, r.plate, r.antenna, r.rssi_dbm, "
+        "r.last_seen - r.time FROM vehicle_tag_reads r "
+        "JOIN devices d ON d.id = r.device_id ORDER BY r.time",
+    ) == [
+        ("G-0101", "300833B2DDD9014000000001", None, 2, -58, timedelta(milliseconds=150)),
+        ("G-0102", "E2003412", "粤B12345", None, -61, None),
+    ]

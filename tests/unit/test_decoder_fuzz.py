@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from decoders.hj212 import frame as hj212_frame
 from decoders.jt808 import frame as jt808_frame
 from decoders.jt808 import location_body
+from decoders.llrp import encode_report
 from decoders.nbiot_env import encode_frame
 from decoders.registry import load_registry
 from decoders.streetlight import encode_frame as streetlight_frame
@@ -53,6 +54,27 @@ VALID = {
         7,
         location_body(22.5, 114.0, time="260101083000", speed_kmh=60, extras=b"\x30\x01\x1f"),
     ),
+    "llrp": encode_report(
+        [
+            {
+                "epc": "300833B2DDD9014000000001",
+                "antenna": 2,
+                "rssi": -58,
+                "first_us": 1_767_225_600_250_000,
+                "last_us": 1_767_225_600_400_000,
+                "count": 3,
+            }
+        ]
+    ),
+    "tagread-json": json.dumps(
+        {
+            "reader": "",
+            "epc": "E2003412",
+            "antenna": 1,
+            "first_seen": "2026-01-01T08:00:00+08:00",
+            "rssi": -60,
+        }
+    ).encode(),
     "senml-cbor": cbor2.dumps(
         [{-2: "d/", -3: 1.7e9, 0: "t", 1: "Cel", 2: 21.5}, {0: "h", 2: 40, 6: 5}]
     ),

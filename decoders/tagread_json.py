@@ -1,0 +1,123 @@
+"""The canonical tag-read event, JSON, into ``vehicle_tag_reads``.
+
+Readers of the national vehicle electronic identification (GB/T 35786-35790, GB/T 37987)
+decrypt tags through the vendor's security module, and those standards are not public, so
+cityflux defines one event that gateways emit (a JSON object, or an array of them)::
+
+    {"reader": "G-0101", "antenna": 2, "epc": "E2003412...", "tid": "E280...",
+     "plate": "粤B12345", "rssi": -61, "first_seen": "2026-01-01T08:00:00.250Z",
+     "last_seen": "2026-01-01T08:00:00.400Z", "count": 3}
+
+``epc`` and ``first_seen`` are required; times are RFC 3339 strings or epoch milliseconds;
+``reader`` defaults to the device the transport names and must match it when both are given.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from decoders.base import Decoder, TableSpec
+from decoders.tables import VEHICLE_TAG_READS
+from decoders.tagreads import TagRead, build
+from ingest.batch import Decoded, FrameBatch, Reject
+
+_HEX = frozenset("0123456789ABCDEF")
+
+
+class EventError(ValueError):
+    """An event that does not follow the canonical form."""
+
+
+def _time_us(value: object, key: str) -> int:
+    if isinstance(value, bool) or value is None:
+        raise EventError(f"'{key}' must be an RFC 3339 time or epoch milliseconds")
+    if isinstance(value, int | float):
+        return round(value * 1000)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise EventError(f"'{key}' {value!r} is not an RFC 3339 time") from None
+        if dt.tzinfo is None:
+            raise EventError(f"'{key}' {value!r} has no UTC offset")
+        return round(dt.timestamp() * 1e6)
+    raise EventError(f"'{key}' must be an RFC 3339 time or epoch milliseconds")
+
+
+def _hex(value: object, key: str) -> str:
+    if not isinstance(value, str) or not value or not set(value.upper()) <= _HEX:
+        raise EventError(f"'{key}' must be a hex string")
+    return value.upper()
+
+
+def _int(ev: dict[str, object], key: str) -> int | None:
+    v = ev.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise EventError(f"'{key}' must be an integer")
+    return v
+
+
+def _event(ev: object, hint: str, frame: int) -> TagRead:
+    if not isinstance(ev, dict):
+        raise EventError("an event must be a JSON object")
+    reader = ev.get("reader", hint)
+    if not isinstance(reader, str) or not reader:
+        raise EventError("no reader (neither 'reader' nor a device in the topic)")
+    if hint and reader != hint:
+        raise EventError(f"device_mismatch: topic names {hint!r}, event names {reader!r}")
+    tid = _hex(ev["tid"], "tid") if ev.get("tid") is not None else None
+    plate = ev.get("plate")
+    if plate is not None and not isinstance(plate, str):
+        raise EventError("'plate' must be a string")
+    if "epc" not in ev or "first_seen" not in ev:
+        raise EventError("'epc' and 'first_seen' are required")
+    last = ev.get("last_seen")
+    return TagRead(
+        _time_us(ev["first_seen"], "first_seen"),
+        reader,
+        _hex(ev["epc"], "epc"),
+        tid,
+        plate,
+        _int(ev, "antenna"),
+        _int(ev, "rssi"),
+        None if last is None else _time_us(last, "last_seen"),
+        _int(ev, "count"),
+        frame,
+    )
+
+
+class TagReadJsonDecoder:
+    """Decoder for canonical tag-read events (one object or an array per frame)."""
+
+    name = "tagread-json"
+    content_formats: tuple[int, ...] = (50,)
+    tables: tuple[TableSpec, ...] = (VEHICLE_TAG_READS,)
+
+    def decode_batch(self, batch: FrameBatch) -> Decoded:
+        """Every event becomes a row; a frame with one bad event is rejected whole."""
+        reads: list[TagRead] = []
+        rejects: list[Reject] = []
+        for i, payload in enumerate(batch.payloads):
+            try:
+                doc = json.loads(payload.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                rejects.append(Reject(i, f"json_invalid: {exc}"))
+                continue
+            events = doc if isinstance(doc, list) else [doc]
+            try:
+                if not events:
+                    raise EventError("empty array")
+                reads += [_event(ev, batch.device_hints[i], i) for ev in events]
+            except (EventError, OverflowError, ValueError) as exc:
+                rejects.append(Reject(i, f"tagread_invalid: {exc}"))
+        return Decoded(
+            rows={VEHICLE_TAG_READS.name: build(reads)},
+            rejects=rejects,
+            frames_ok=len(batch) - len(rejects),
+        )
+
+
+DECODER: Decoder = TagReadJsonDecoder()
