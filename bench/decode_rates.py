@@ -8,6 +8,8 @@ import time
 
 import cbor2
 
+from decoders.gbt32960 import frame as gbt32960_frame
+from decoders.gbt32960 import realtime_data as gbt32960_realtime
 from decoders.jt808 import frame as jt808_frame
 from decoders.jt808 import location_body
 from decoders.llrp import encode_report
@@ -114,6 +116,10 @@ def workloads(quick: bool) -> dict[str, list[FrameBatch]]:
         ).encode()
         for i in range(n // 4)
     ]
+    ev = [
+        gbt32960_frame(0x02, f"LSVAU2180N{i % 1000:07d}", gbt32960_realtime())
+        for i in range(n // 2)
+    ]
     hj: list[bytes] = []
     for f in sorted(hj212_corpus_dir().glob("*.h212.gz"))[: 4 if quick else None]:
         with gzip.open(f, "rb") as fh:
@@ -124,6 +130,7 @@ def workloads(quick: bool) -> dict[str, list[FrameBatch]]:
         "senml-json": _batches(sj, "senml-json"),
         "senml-cbor": _batches(sc, "senml-cbor"),
         "jt808": _batches(jt, "jt808"),
+        "gbt32960": _batches(ev, "gbt32960"),
         "llrp": _batches(ll, "llrp"),
         "tagread-json": _batches(tj, "tagread-json"),
         "hj212": _batches(hj, "hj212"),

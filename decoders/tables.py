@@ -110,6 +110,45 @@ VEHICLE_TAG_READS = TableSpec(
     natural_key=("device_id", "epc", "time"),
 )
 
+EV_STATUS = TableSpec(
+    name="ev_status",
+    description="New-energy vehicle real-time data (GB/T 32960.3-2016), one row per report.",
+    columns=(
+        Column("time", T.TIMESTAMPTZ, description="data time (UTC; vehicles send UTC+8)"),
+        Column("device_id", T.INT4, description="internal device id of the vehicle (VIN)"),
+        Column("reissued", T.BOOL, description="sent again after a gap (command 0x03)"),
+        Column("vehicle_state", T.INT2, nullable=True, description="1 started, 2 off, 3 other"),
+        Column(
+            "charging_state",
+            T.INT2,
+            nullable=True,
+            description="1 parked charging, 2 driving charging, 3 not charging, 4 done",
+        ),
+        Column("mode", T.INT2, nullable=True, description="1 electric, 2 hybrid, 3 fuel"),
+        Column("speed_kmh", T.FLOAT4, nullable=True, description="speed, km/h"),
+        Column("odometer_km", T.FLOAT8, nullable=True, description="odometer, km"),
+        Column("voltage_v", T.FLOAT4, nullable=True, description="total voltage, V"),
+        Column("current_a", T.FLOAT4, nullable=True, description="total current, A"),
+        Column("soc_pct", T.INT2, nullable=True, description="state of charge, %"),
+        Column(
+            "gear",
+            T.INT2,
+            nullable=True,
+            description="gear byte (bits 0-3 gear, 4 brake force, 5 drive force)",
+        ),
+        Column("insulation_kohm", T.INT4, nullable=True, description="insulation resistance"),
+        Column("max_alarm_level", T.INT2, nullable=True, description="highest alarm level 0-3"),
+        Column("alarm_flags", T.INT8, nullable=True, description="general alarm bits"),
+        Column("max_cell_v", T.FLOAT4, nullable=True, description="highest cell voltage, V"),
+        Column("min_cell_v", T.FLOAT4, nullable=True, description="lowest cell voltage, V"),
+        Column("max_temp_c", T.INT2, nullable=True, description="highest probe temperature"),
+        Column("min_temp_c", T.INT2, nullable=True, description="lowest probe temperature"),
+        Column("motor_count", T.INT2, nullable=True, description="drive motors reported"),
+    ),
+    natural_key=("device_id", "time"),
+    hourly=HourlyRollup(group_by=("device_id",), values=("soc_pct", "speed_kmh")),
+)
+
 ALL_TABLES = (
     ENV_READINGS,
     HJ212_READINGS,
@@ -117,4 +156,5 @@ ALL_TABLES = (
     STREETLIGHT_STATUS,
     VEHICLE_POSITIONS,
     VEHICLE_TAG_READS,
+    EV_STATUS,
 )

@@ -12,6 +12,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from decoders.crc import crc16_ccitt_false_bytes
+from decoders.gbt32960 import frame as gbt32960_frame
+from decoders.gbt32960 import realtime_data as gbt32960_realtime
 from decoders.hj212 import frame as hj212_frame
 from decoders.jt808 import frame as jt808_frame
 from decoders.jt808 import location_body
@@ -398,3 +400,24 @@ async def test_tag_reads_from_llrp_and_json_share_one_table(
         ("G-0101", "300833B2DDD9014000000001", None, 2, -58, timedelta(milliseconds=150)),
         ("G-0102", "E2003412", "粤B12345", None, -61, None),
     ]
+
+
+async def test_gbt32960_realtime_data_reaches_ev_status_and_positions(
+    pg_url: str, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
+    vin = "LSVAU2180N2183294"
+    topic = uplink("ev", vin, "gbt32960", topic_prefix)
+    msgs = [
+        (topic, gbt32960_frame(0x02, vin, gbt32960_realtime())),
+        (topic, gbt32960_frame(0x07, vin, b"")),
+    ]
+    async with running(settings_for(pg_url, broker, topic_prefix)) as svc:
+        assert svc.pipeline is not None
+        await asyncio.to_thread(publish, broker, msgs)
+        await wait_until(lambda: svc.pipeline.stats.received == 2, what="2 frames")
+    assert query(
+        pg_url,
+        "SELECT soc_pct, speed_kmh, voltage_v, current_a, max_alarm_level, "
+        "max_temp_c, reissued FROM ev_status",
+    ) == [(76, 62.5, 365.0, 25.0, 2, 30, False)]
+    assert query(pg_url, "SELECT lat, lon FROM vehicle_positions") == [(22.543096, 114.057865)]

@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from decoders.gbt32960 import frame as gbt32960_frame
+from decoders.gbt32960 import realtime_data as gbt32960_realtime
 from decoders.hj212 import frame as hj212_frame
 from decoders.jt808 import frame as jt808_frame
 from decoders.jt808 import location_body
@@ -75,6 +77,7 @@ VALID = {
             "rssi": -60,
         }
     ).encode(),
+    "gbt32960": gbt32960_frame(0x02, "LSVAU2180N2183294", gbt32960_realtime()),
     "senml-cbor": cbor2.dumps(
         [{-2: "d/", -3: 1.7e9, 0: "t", 1: "Cel", 2: 21.5}, {0: "h", 2: 40, 6: 5}]
     ),
