@@ -104,8 +104,10 @@ def decode(
     fmt: Annotated[str, typer.Option("--format", "-f", help="decoder name")],
     source: Annotated[str, typer.Argument(help="file with one frame per line, or -")] = "-",
     hex_input: Annotated[bool, typer.Option("--hex", help="lines are hex-encoded bytes")] = False,
+    path: Annotated[str, typer.Option(help="source path, e.g. /3303/0 for lwm2m-tlv")] = "cli",
+    device: Annotated[str, typer.Option(help="device id the transport would name")] = "",
 ) -> None:
     """Decode frames (one per line) and print one JSON object per frame."""
     from ingest.decode_cli import run_decode
 
-    raise typer.Exit(run_decode(fmt, source, hex_input))
+    raise typer.Exit(run_decode(fmt, source, hex_input, path, device))

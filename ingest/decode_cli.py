@@ -21,7 +21,11 @@ def _value(v: Any) -> Any:
 
 
 def describe(
-    decoder: Decoder, frames: list[bytes], received_us: int, device_hint: str = ""
+    decoder: Decoder,
+    frames: list[bytes],
+    received_us: int,
+    device_hint: str = "",
+    source: str = "cli",
 ) -> list[dict[str, Any]]:
     """One result per frame: ``{"ok": true, "records": [...]}`` or ``{"ok": false, ...}``.
 
@@ -30,7 +34,7 @@ def describe(
     """
     batch = FrameBatch(decoder.name, "cli")
     for raw in frames:
-        batch.append(raw, "cli", device_hint, "", received_us)
+        batch.append(raw, source, device_hint, "", received_us)
     decoded = decoder.decode_batch(batch)
     times = {
         (t.name, c.name)
@@ -59,7 +63,7 @@ def describe(
     ]
 
 
-def run_decode(fmt: str, source: str, hex_input: bool) -> int:
+def run_decode(fmt: str, source: str, hex_input: bool, path: str = "cli", device: str = "") -> int:
     """Decode each line of ``source``; print results; return the exit code."""
     try:
         decoder = load_registry().get(fmt)
@@ -79,7 +83,9 @@ def run_decode(fmt: str, source: str, hex_input: bool) -> int:
                     bad_hex[n] = f"hex_invalid: {exc}"
             frames.append(raw)
     good = [i for i in range(len(frames)) if i not in bad_hex]
-    results = describe(decoder, [frames[i] for i in good], int(datetime.now(UTC).timestamp() * 1e6))
+    now_us = int(datetime.now(UTC).timestamp() * 1e6)
+    # the path and device stand in for what a transport would say about each frame
+    results = describe(decoder, [frames[i] for i in good], now_us, device, path)
     by_index = dict(zip(good, results, strict=True))
     for i in range(len(frames)):
         out = by_index.get(i) or {"ok": False, "error": bad_hex[i]}

@@ -78,6 +78,7 @@ VALID = {
         }
     ).encode(),
     "gbt32960": gbt32960_frame(0x02, "LSVAU2180N2183294", gbt32960_realtime()),
+    "lwm2m-tlv": bytes.fromhex("e4164441ac0000c10964"),
     "senml-cbor": cbor2.dumps(
         [{-2: "d/", -3: 1.7e9, 0: "t", 1: "Cel", 2: 21.5}, {0: "h", 2: 40, 6: 5}]
     ),
@@ -89,8 +90,8 @@ VALID = {
 
 def _check(name: str, frames: list[bytes]) -> None:
     batch = FrameBatch(name, "fuzz")
-    for f in frames:
-        batch.append(f, "fuzz", "", "", 1_767_225_600_000_000)
+    for f in frames:  # an LwM2M-style source path names the object for lwm2m-tlv
+        batch.append(f, "fuzz/3303/0", "", "", 1_767_225_600_000_000)
     out = REGISTRY.get(name).decode_batch(batch)
     rejected = {r.index for r in out.rejects}
     assert all(r.reason for r in out.rejects)

@@ -28,7 +28,13 @@ def test_vector_decodes_to_its_expected_output(case: Path) -> None:
         frame = bytes.fromhex((case / "frame.hex").read_text().strip())
     else:
         frame = (case / "frame.txt").read_text().rstrip("\n").encode()
-    got = describe(decoder, [frame], int(fields["received_us"]), fields.get("device", ""))
+    got = describe(
+        decoder,
+        [frame],
+        int(fields["received_us"]),
+        fields.get("device", ""),
+        fields.get("source", "cli"),
+    )
     expected = [json.loads(x) for x in (case / "expected.jsonl").read_text().splitlines()]
     assert got == expected
     assert (case / "SOURCE").read_text().strip(), "every vector names its source"
