@@ -18,16 +18,15 @@ whole batch with one ``np.bitwise_xor.reduceat``.
 
 from __future__ import annotations
 
-import calendar
 import struct
 
 import numpy as np
 
 from decoders.base import Decoder, TableSpec
+from decoders.cst import cst_to_utc_us
 from decoders.tables import EV_STATUS, VEHICLE_POSITIONS
 from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
-CST_OFFSET_S = 8 * 3600
 HEADER = struct.Struct(">2sBB17sBH")  # "##", command, ack, VIN, encryption, length
 NO_ROWS = frozenset((0x01, 0x04, 0x05, 0x06, 0x07, 0x08))
 EV_COLS = [c.name for c in EV_STATUS.columns if c.name not in ("time", "device_id")]
@@ -55,15 +54,10 @@ def _scaled(v: int | None, scale: float, offset: float = 0.0) -> float | None:
 
 def _time_us(raw: bytes) -> int:
     y, mo, d, h, mi, s = raw
-    if not (
-        1 <= mo <= 12
-        and 1 <= d <= calendar.monthrange(2000 + y, mo)[1]
-        and h < 24
-        and mi < 60
-        and s < 60
-    ):
+    us = cst_to_utc_us(2000 + y, mo, d, h, mi, s)
+    if us is None:
         raise GBT32960Error(f"bad data time {raw.hex()}")
-    return (calendar.timegm((2000 + y, mo, d, h, mi, s)) - CST_OFFSET_S) * 1_000_000
+    return us
 
 
 def frame(command: int, vin: str, data: bytes, *, ack: int = 0xFE) -> bytes:

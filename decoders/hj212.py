@@ -17,7 +17,6 @@ step per byte position); the data segment is then parsed per frame into columns.
 
 from __future__ import annotations
 
-import calendar
 import re
 from functools import lru_cache
 
@@ -25,10 +24,10 @@ import numpy as np
 import numpy.typing as npt
 
 from decoders.base import Decoder, TableSpec
+from decoders.cst import cst_to_utc_us
 from decoders.tables import DEVICE_STATUS, HJ212_READINGS
 from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
-CST_OFFSET_S = 8 * 3600
 _ITEM = re.compile(r"([^;,=\-]+)-([^;,=]+)=([^;,]*)")
 DATA_CNS = frozenset((2011, 2051, 2061, 2031))
 STATUS_CNS = {2021: "DataTime", 2072: "AlarmTime"}
@@ -143,16 +142,8 @@ def _utc_us(stamp: str) -> int:
     y, mo, d = int(stamp[0:4]), int(stamp[4:6]), int(stamp[6:8])
     h, mi, s = int(stamp[8:10]), int(stamp[10:12]), int(stamp[12:14])
     ms = int(stamp[14:17]) if len(stamp) == 17 else 0
-    if not (
-        1 <= mo <= 12
-        and 1 <= d <= calendar.monthrange(y, mo)[1]
-        and h < 24
-        and mi < 60
-        and s < 60
-        and y >= 1970
-    ):
-        return -1
-    return (calendar.timegm((y, mo, d, h, mi, s)) - CST_OFFSET_S) * 1_000_000 + ms * 1000
+    t = cst_to_utc_us(y, mo, d, h, mi, s)
+    return -1 if t is None else t + ms * 1000
 
 
 class HJ212Error(ValueError):

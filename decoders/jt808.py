@@ -13,17 +13,16 @@ are computed with one ``np.bitwise_xor.reduceat``; headers and bodies are read w
 
 from __future__ import annotations
 
-import calendar
 import re
 import struct
 
 import numpy as np
 
 from decoders.base import Decoder, TableSpec
+from decoders.cst import cst_to_utc_us
 from decoders.tables import VEHICLE_POSITIONS
 from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
-CST_OFFSET_S = 8 * 3600
 _BAD_ESCAPE = re.compile(rb"\x7d(?![\x01\x02])")
 _LOCATION = struct.Struct(">IIIIHHH6s")  # alarm, status, lat, lon, alt, speed, dir, time
 LOCATION_IDS = (0x0200,)
@@ -55,15 +54,10 @@ def _bcd(raw: bytes) -> str:
 def _fix_time_us(raw: bytes) -> int:
     t = _bcd(raw)
     y, mo, d, h, mi, s = (int(t[k : k + 2]) for k in range(0, 12, 2))
-    if not (
-        1 <= mo <= 12
-        and 1 <= d <= calendar.monthrange(2000 + y, mo)[1]
-        and h < 24
-        and mi < 60
-        and s < 60
-    ):
+    us = cst_to_utc_us(2000 + y, mo, d, h, mi, s)
+    if us is None:
         raise JT808Error(f"bad fix time {t!r}")
-    return (calendar.timegm((2000 + y, mo, d, h, mi, s)) - CST_OFFSET_S) * 1_000_000
+    return us
 
 
 def frame(
