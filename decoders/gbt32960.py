@@ -22,8 +22,9 @@ import struct
 
 import numpy as np
 
-from decoders.base import Decoder, TableSpec
+from decoders.base import NUMPY_DTYPE, Decoder, TableSpec
 from decoders.cst import cst_to_utc_us
+from decoders.rows import nullable_column
 from decoders.tables import EV_STATUS, VEHICLE_POSITIONS
 from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
@@ -277,26 +278,13 @@ class GBT32960Decoder:
         ev.append((t, vin, row, i))
 
 
-def _opt(values: list[object], dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    null = np.array([v is None for v in values], dtype=np.bool_)
-    return np.array([0 if v is None else v for v in values], dtype=dtype), null
-
-
 def _ev_rows(ev: list[tuple[object, ...]]) -> TableRows:
-    dtypes = {c.name: c.type for c in EV_STATUS.columns}
-    np_types = {
-        "smallint": "i2",
-        "integer": "i4",
-        "bigint": "i8",
-        "real": "f4",
-        "double precision": "f8",
-        "boolean": "?",
-    }
+    dtypes = {c.name: NUMPY_DTYPE[c.type].str for c in EV_STATUS.columns}
     cols: dict[str, np.ndarray] = {"time": np.array([e[0] for e in ev], dtype=np.int64)}
     nulls: dict[str, np.ndarray] = {}
     for name in EV_COLS:
         values = [e[2].get(name) for e in ev]  # type: ignore[attr-defined]
-        cols[name], null = _opt(values, np_types[dtypes[name].value])
+        cols[name], null = nullable_column(values, dtypes[name])
         if name != "reissued":
             nulls[name] = null
     return TableRows(

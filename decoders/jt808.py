@@ -20,6 +20,7 @@ import numpy as np
 
 from decoders.base import Decoder, TableSpec
 from decoders.cst import cst_to_utc_us
+from decoders.rows import nullable_column
 from decoders.tables import VEHICLE_POSITIONS
 from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
@@ -258,19 +259,14 @@ def _location(body: bytes, device: str, i: int) -> tuple[object, ...]:
     )
 
 
-def _nullable(values: list[object], dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    null = np.array([v is None for v in values], dtype=np.bool_)
-    return np.array([0 if v is None else v for v in values], dtype=dtype), null
-
-
 def _build(rows: list[tuple[object, ...]]) -> TableRows:
     cols: list[tuple[object, ...]] = (
         list(zip(*rows, strict=True)) if rows else [() for _ in range(14)]
     )
-    mileage, mileage_null = _nullable(list(cols[9]), "f8")
-    fuel, fuel_null = _nullable(list(cols[10]), "f4")
-    signal, signal_null = _nullable(list(cols[11]), "i2")
-    sats, sats_null = _nullable(list(cols[12]), "i2")
+    mileage, mileage_null = nullable_column(list(cols[9]), "f8")
+    fuel, fuel_null = nullable_column(list(cols[10]), "f4")
+    signal, signal_null = nullable_column(list(cols[11]), "i2")
+    sats, sats_null = nullable_column(list(cols[12]), "i2")
     return TableRows(
         table=VEHICLE_POSITIONS.name,
         columns={

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import numpy.typing as npt
 
 from decoders.tables import ENV_READINGS
 from ingest.batch import TableRows
+
+
+def nullable_column(
+    values: Sequence[object], dtype: str
+) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.bool_]]:
+    """A column from values where None means NULL: the values (0 in NULL slots) and the mask."""
+    null = np.array([v is None for v in values], dtype=np.bool_)
+    return np.array([0 if v is None else v for v in values], dtype=dtype), null
 
 
 class EnvReadingsBuilder:

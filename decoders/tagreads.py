@@ -7,6 +7,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from decoders.rows import nullable_column
 from decoders.tables import VEHICLE_TAG_READS
 from ingest.batch import TableRows
 
@@ -26,13 +27,6 @@ class TagRead(NamedTuple):
     frame: int
 
 
-def _opt(
-    values: list[int | None], dtype: str
-) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.bool_]]:
-    null = np.array([v is None for v in values], dtype=np.bool_)
-    return np.array([0 if v is None else v for v in values], dtype=dtype), null
-
-
 def _text(values: list[str | None]) -> tuple[npt.NDArray[np.bytes_], npt.NDArray[np.bool_]]:
     null = np.array([v is None for v in values], dtype=np.bool_)
     enc = [(v or "").encode() for v in values]
@@ -41,10 +35,10 @@ def _text(values: list[str | None]) -> tuple[npt.NDArray[np.bytes_], npt.NDArray
 
 def build(reads: list[TagRead]) -> TableRows:
     """The reads as one ``vehicle_tag_reads`` batch."""
-    antenna, antenna_null = _opt([r.antenna for r in reads], "i2")
-    rssi, rssi_null = _opt([r.rssi for r in reads], "i2")
-    last, last_null = _opt([r.last_seen_us for r in reads], "i8")
-    count, count_null = _opt([r.seen_count for r in reads], "i4")
+    antenna, antenna_null = nullable_column([r.antenna for r in reads], "i2")
+    rssi, rssi_null = nullable_column([r.rssi for r in reads], "i2")
+    last, last_null = nullable_column([r.last_seen_us for r in reads], "i8")
+    count, count_null = nullable_column([r.seen_count for r in reads], "i4")
     tid, tid_null = _text([r.tid for r in reads])
     plate, plate_null = _text([r.plate for r in reads])
     epc, _ = _text([r.epc for r in reads])
