@@ -100,6 +100,16 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
         await asyncio.wait_for(task, 60)
 
 
+async def ingest(broker: Any, settings: Settings, msgs: list[tuple[str, bytes]]) -> None:
+    """Run a service, publish ``msgs`` at QoS 1, return once it has received and stored (or
+    dead-lettered) every one of them and drained."""
+    async with running(settings) as svc:
+        assert svc.pipeline is not None
+        pipe = svc.pipeline
+        assert await asyncio.to_thread(publish, broker, msgs) == len(msgs)
+        await wait_until(lambda: pipe.stats.received == len(msgs), what=f"{len(msgs)} frames")
+
+
 def env_frame(imei: int, seq: int) -> bytes:
     """The seq-th valid NB-IoT env frame of a device (distinct time per seq)."""
     return encode_frame(

@@ -25,7 +25,16 @@ from ingest.pipeline import Pausable
 from ingest.topics import uplink
 from storage.migrate import TimescaleMode, migrate
 from tests.conftest import Broker
-from tests.helpers import env_frame, env_messages, publish, query, running, settings_for, wait_until
+from tests.helpers import (
+    env_frame,
+    env_messages,
+    ingest,
+    publish,
+    query,
+    running,
+    settings_for,
+    wait_until,
+)
 
 
 def _http(port: int, path: str) -> tuple[int, str]:
@@ -131,10 +140,7 @@ async def test_unknown_devices_are_dead_lettered_when_the_policy_rejects_them(
         "INSERT INTO devices (external_id, kind, status) "
         "VALUES ('861000000000001', 'env', 'disabled')",
     )
-    async with running(settings) as svc:
-        assert svc.pipeline is not None
-        await asyncio.to_thread(publish, broker, msgs)
-        await wait_until(lambda: svc.pipeline.stats.received == 9, what="9 frames")
+    await ingest(broker, settings, msgs)
     assert query(
         pg_url,
         "SELECT d.external_id, count(DISTINCT time) FROM env_readings r "
@@ -349,10 +355,7 @@ async def test_jt808_location_reports_reach_vehicle_positions(
         (topic, jt808_frame(0x0200, "13800138000", 1, body)),
         (topic, jt808_frame(0x0002, "13800138000", 2, b"")),
     ]
-    async with running(settings_for(pg_url, broker, topic_prefix)) as svc:
-        assert svc.pipeline is not None
-        await asyncio.to_thread(publish, broker, msgs)
-        await wait_until(lambda: svc.pipeline.stats.received == 2, what="2 frames")
+    await ingest(broker, settings_for(pg_url, broker, topic_prefix), msgs)
     assert query(
         pg_url,
         "SELECT lat, lon, speed_kmh, heading_deg, alarm, signal, mileage_km, "
@@ -387,10 +390,7 @@ async def test_tag_reads_from_llrp_and_json_share_one_table(
         (uplink("gantry", "G-0101", "llrp", topic_prefix), report),
         (uplink("gantry", "G-0102", "tagread-json", topic_prefix), event),
     ]
-    async with running(settings_for(pg_url, broker, topic_prefix)) as svc:
-        assert svc.pipeline is not None
-        await asyncio.to_thread(publish, broker, msgs)
-        await wait_until(lambda: svc.pipeline.stats.received == 2, what="2 frames")
+    await ingest(broker, settings_for(pg_url, broker, topic_prefix), msgs)
     assert query(
         pg_url,
         "SELECT d.external_id, r.epc, r.plate, r.antenna, r.rssi_dbm, "
@@ -411,10 +411,7 @@ async def test_gbt32960_realtime_data_reaches_ev_status_and_positions(
         (topic, gbt32960_frame(0x02, vin, gbt32960_realtime())),
         (topic, gbt32960_frame(0x07, vin, b"")),
     ]
-    async with running(settings_for(pg_url, broker, topic_prefix)) as svc:
-        assert svc.pipeline is not None
-        await asyncio.to_thread(publish, broker, msgs)
-        await wait_until(lambda: svc.pipeline.stats.received == 2, what="2 frames")
+    await ingest(broker, settings_for(pg_url, broker, topic_prefix), msgs)
     assert query(
         pg_url,
         "SELECT soc_pct, speed_kmh, voltage_v, current_a, max_alarm_level, "
