@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import struct
 import time
 
 import cbor2
@@ -22,12 +23,14 @@ from simulators.corpus import hj212_corpus_dir
 BATCH = 10_000
 
 
-def _batches(frames: list[bytes], name: str) -> list[FrameBatch]:
+def _batches(
+    frames: list[bytes], name: str, source: str = "bench", device: str = ""
+) -> list[FrameBatch]:
     out = []
     for start in range(0, len(frames), BATCH):
         b = FrameBatch(name, "bench")
         for f in frames[start : start + BATCH]:
-            b.append(f, "bench", "", "", 1_767_225_600_000_000)
+            b.append(f, source, device, "", 1_767_225_600_000_000)
         out.append(b)
     return out
 
@@ -120,6 +123,14 @@ def workloads(quick: bool) -> dict[str, list[FrameBatch]]:
         gbt32960_frame(0x02, f"LSVAU2180N{i % 1000:07d}", gbt32960_realtime())
         for i in range(n // 2)
     ]
+    # LwM2M TLV, one IPSO temperature instance (3303/0): 5700 value (float), 5518 timestamp
+    lw = [
+        b"\xe4\x16\x44"
+        + struct.pack(">f", 20 + (i % 50) / 4)
+        + b"\xe4\x15\x8e"
+        + struct.pack(">I", 1_767_225_600 + i)
+        for i in range(n // 2)
+    ]
     hj: list[bytes] = []
     for f in sorted(hj212_corpus_dir().glob("*.h212.gz"))[: 4 if quick else None]:
         with gzip.open(f, "rb") as fh:
@@ -133,6 +144,7 @@ def workloads(quick: bool) -> dict[str, list[FrameBatch]]:
         "gbt32960": _batches(ev, "gbt32960"),
         "llrp": _batches(ll, "llrp"),
         "tagread-json": _batches(tj, "tagread-json"),
+        "lwm2m-tlv": _batches(lw, "lwm2m-tlv", "/3303/0", "ep-1"),
         "hj212": _batches(hj, "hj212"),
     }
 

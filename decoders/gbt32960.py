@@ -23,42 +23,20 @@ import struct
 import numpy as np
 
 from decoders.base import NUMPY_DTYPE, Decoder, TableSpec
-from decoders.cst import cst_to_utc_us
-from decoders.rows import nullable_column
+from decoders.cst import cst_to_utc_us_array
 from decoders.tables import EV_STATUS, VEHICLE_POSITIONS
 from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
 HEADER = struct.Struct(">2sBB17sBH")  # "##", command, ack, VIN, encryption, length
 NO_ROWS = frozenset((0x01, 0x04, 0x05, 0x06, 0x07, 0x08))
-EV_COLS = [c.name for c in EV_STATUS.columns if c.name not in ("time", "device_id")]
 
 
 class GBT32960Error(ValueError):
     """Data that breaks the standard."""
 
 
-def _b(v: int) -> int | None:
-    return None if v >= 0xFE else v
-
-
-def _w(v: int) -> int | None:
-    return None if v >= 0xFFFE else v
-
-
-def _dw(v: int) -> int | None:
-    return None if v >= 0xFFFFFFFE else v
-
-
-def _scaled(v: int | None, scale: float, offset: float = 0.0) -> float | None:
-    return None if v is None else v * scale + offset
-
-
-def _time_us(raw: bytes) -> int:
-    y, mo, d, h, mi, s = raw
-    us = cst_to_utc_us(2000 + y, mo, d, h, mi, s)
-    if us is None:
-        raise GBT32960Error(f"bad data time {raw.hex()}")
-    return us
+class _TruncatedError(ValueError):
+    """An information unit that runs past the end of the data (the reason is complete)."""
 
 
 def frame(command: int, vin: str, data: bytes, *, ack: int = 0xFE) -> bytes:
@@ -109,6 +87,48 @@ def realtime_data(
     )
 
 
+# Information unit bodies with a fixed layout (GB/T 32960.3-2016 §7.2.3), read for the whole
+# batch with one gather each.
+VEHICLE = np.dtype(  # 0x01, Table 9
+    [
+        ("state", "u1"),
+        ("charging", "u1"),
+        ("mode", "u1"),
+        ("speed", ">u2"),  # 0.1 km/h
+        ("odometer", ">u4"),  # 0.1 km
+        ("voltage", ">u2"),  # 0.1 V
+        ("current", ">u2"),  # 0.1 A, offset -1000 A
+        ("soc", "u1"),  # %
+        ("dcdc", "u1"),
+        ("gear", "u1"),
+        ("insulation", ">u2"),  # kΩ
+        ("accelerator", "u1"),
+        ("brake", "u1"),
+    ]
+)
+LOCATION = np.dtype([("status", "u1"), ("lon", ">u4"), ("lat", ">u4")])  # 0x05, Table 15; 1e-6°
+EXTREMES = np.dtype(  # 0x06, Table 17
+    [
+        ("vmax_system", "u1"),
+        ("vmax_cell", "u1"),
+        ("vmax", ">u2"),  # mV
+        ("vmin_system", "u1"),
+        ("vmin_cell", "u1"),
+        ("vmin", ">u2"),
+        ("tmax_system", "u1"),
+        ("tmax_probe", "u1"),
+        ("tmax", "u1"),  # °C, offset -40
+        ("tmin_system", "u1"),
+        ("tmin_probe", "u1"),
+        ("tmin", "u1"),
+    ]
+)
+ALARM = np.dtype([("level", "u1"), ("flags", ">u4")])  # 0x07, Table 18 (head only)
+_UNITS = {0x01: VEHICLE, 0x06: EXTREMES, 0x07: ALARM}
+_SLOT = {0x01: 0, 0x06: 1, 0x07: 2}
+_MOTORS = 3  # slot holding the drive-motor count
+
+
 class GBT32960Decoder:
     """Decoder for GB/T 32960.3-2016 frames, one frame per message."""
 
@@ -117,7 +137,8 @@ class GBT32960Decoder:
     tables: tuple[TableSpec, ...] = (EV_STATUS, VEHICLE_POSITIONS)
 
     def decode_batch(self, batch: FrameBatch) -> Decoded:
-        """Check framing and BCC for the batch, then walk each frame's information units."""
+        """Check framing and BCC for the batch, walk each frame's information units to find
+        their offsets, then read every fixed-layout unit of the batch with numpy."""
         rejects: list[Reject] = []
         good: list[int] = []
         for i, raw in enumerate(batch.payloads):
@@ -142,8 +163,7 @@ class GBT32960Decoder:
             lens = np.fromiter((len(batch.payloads[i]) - 2 for i in good), np.int64, len(good))
             flat = np.frombuffer(b"".join(batch.payloads[i][2:] for i in good), dtype=np.uint8)
             sums = np.bitwise_xor.reduceat(flat, np.concatenate([[0], np.cumsum(lens)[:-1]]))
-        ev: list[tuple[object, ...]] = []
-        pos: list[tuple[object, ...]] = []
+        walk = _Walk()
         for j, i in enumerate(good):
             raw = batch.payloads[i]
             if sums[j] != 0:
@@ -153,29 +173,52 @@ class GBT32960Decoder:
                     )
                 )
                 continue
-            marks = len(ev), len(pos)
+            mark = walk.mark()
             try:
-                self._frame(raw, i, batch.device_hints[i], ev, pos)
+                walk.frame(raw, i, batch.device_hints[i])
+            except _TruncatedError as exc:
+                walk.rollback(mark)
+                rejects.append(Reject(i, str(exc)))
             except GBT32960Error as exc:
-                del ev[marks[0] :], pos[marks[1] :]
+                walk.rollback(mark)
                 rejects.append(Reject(i, f"gbt32960_invalid: {exc}"))
-            except (struct.error, IndexError, ValueError):
-                del ev[marks[0] :], pos[marks[1] :]
+            except (struct.error, IndexError):
+                walk.rollback(mark)
                 rejects.append(Reject(i, "truncated: an information unit is cut short"))
+        ev, pos, bad_time = walk.build(batch.payloads)
+        rejects += bad_time
         rejects.sort(key=lambda r: r.index)
         return Decoded(
-            rows={EV_STATUS.name: _ev_rows(ev), VEHICLE_POSITIONS.name: _pos_rows(pos)},
+            rows={EV_STATUS.name: ev, VEHICLE_POSITIONS.name: pos},
             rejects=rejects,
             frames_ok=len(batch) - len(rejects),
         )
 
-    @staticmethod
-    def _frame(
-        raw: bytes, i: int, hint: str, ev: list[tuple[object, ...]], pos: list[tuple[object, ...]]
-    ) -> None:
+
+class _Walk:
+    """Where each data frame's units are; the values are read for the whole batch in build."""
+
+    def __init__(self) -> None:
+        self.frames: list[int] = []  # frame index of each data report
+        self.reissued: list[bool] = []
+        self.units: list[list[int]] = []  # per report: offsets of 0x01, 0x06, 0x07; motor count
+        self.locations: list[tuple[int, int]] = []  # (report number, offset) per 0x05 unit
+
+    def mark(self) -> tuple[int, int]:
+        """Where to roll back to if the frame turns out to be bad."""
+        return len(self.frames), len(self.locations)
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        """Forget what was recorded since ``mark``."""
+        for lst in (self.frames, self.reissued, self.units):
+            del lst[mark[0] :]
+        del self.locations[mark[1] :]
+
+    def frame(self, raw: bytes, i: int, hint: str) -> None:
+        """Check the header and find the units of one frame (offsets from the frame start)."""
         _, command, _ack, vin_raw, enc, _length = HEADER.unpack_from(raw)
         vin = vin_raw.decode("latin-1")
-        if not vin.isalnum():
+        if not (vin.isascii() and vin.isalnum()):
             raise GBT32960Error(f"VIN {vin!r} is not 17 letters and digits")
         if hint and hint != vin:
             raise GBT32960Error(f"device_mismatch: topic names {hint!r}, frame carries {vin!r}")
@@ -185,119 +228,156 @@ class GBT32960Decoder:
             raise GBT32960Error(f"unsupported command 0x{command:02X}")
         if enc != 0x01:
             raise GBT32960Error(f"encrypted or abnormal data (encryption 0x{enc:02X})")
-        data = raw[HEADER.size : -1]
-        t = _time_us(data[:6])
-        row: dict[str, object] = {"reissued": command == 0x03}
-        p = 6
-        while p < len(data):
-            typ, p = data[p], p + 1
-            if typ == 0x01:
-                (
-                    state,
-                    charging,
-                    mode,
-                    speed,
-                    odo,
-                    volt,
-                    cur,
-                    soc,
-                    _dcdc,
-                    gear,
-                    ins,
-                    _acc,
-                    _brake,
-                ) = struct.unpack_from(">BBBHIHHBBBHBB", data, p)
-                row.update(
-                    vehicle_state=_b(state),
-                    charging_state=_b(charging),
-                    mode=_b(mode),
-                    speed_kmh=_scaled(_w(speed), 0.1),
-                    odometer_km=_scaled(_dw(odo), 0.1),
-                    voltage_v=_scaled(_w(volt), 0.1),
-                    current_a=_scaled(_w(cur), 0.1, -1000.0),
-                    soc_pct=_b(soc),
-                    gear=gear,
-                    insulation_kohm=_w(ins),
-                )
-                p += 20
+        end = len(raw) - 1
+        if end - HEADER.size < 6:
+            raise IndexError("no data time")
+        report = len(self.frames)
+        units = [-1, -1, -1, -1]
+        p = HEADER.size + 6  # after the data time
+        while p < end:
+            typ, p = raw[p], p + 1
+            at = p
+            if typ in _SLOT:
+                units[_SLOT[typ]] = p
+                p += _UNITS[typ].itemsize
+                if typ == 0x07:  # then four lists of fault codes: count + 4-byte codes
+                    for _ in range(4):
+                        p += 1 + 4 * raw[p]
+            elif typ == 0x05:
+                self.locations.append((report, p))
+                p += LOCATION.itemsize
             elif typ == 0x02:
-                row["motor_count"] = data[p]
-                p += 1 + 12 * data[p]
+                units[_MOTORS] = raw[p]
+                p += 1 + 12 * raw[p]
             elif typ == 0x03:  # fuel cell: fixed words, then N probe temperatures, then rest
-                (n_probes,) = struct.unpack_from(">H", data, p + 6)
+                (n_probes,) = struct.unpack_from(">H", raw, p + 6)
                 p += 8 + n_probes + 10
             elif typ == 0x04:
                 p += 5
-            elif typ == 0x05:
-                status, lon, lat = struct.unpack_from(">BII", data, p)
-                if not status & 1 and _dw(lon) is not None and _dw(lat) is not None:
-                    pos.append(
-                        (
-                            t,
-                            vin,
-                            lat / 1e6 * (-1 if status & 2 else 1),
-                            lon / 1e6 * (-1 if status & 4 else 1),
-                            i,
-                            status,
-                        )
-                    )
-                p += 9
-            elif typ == 0x06:
-                _, _, vmax, _, _, vmin, _, _, tmax, _, _, tmin = struct.unpack_from(
-                    ">BBHBBHBBBBBB", data, p
-                )
-                row.update(
-                    max_cell_v=_scaled(_w(vmax), 0.001),
-                    min_cell_v=_scaled(_w(vmin), 0.001),
-                    max_temp_c=_scaled(_b(tmax), 1, -40),
-                    min_temp_c=_scaled(_b(tmin), 1, -40),
-                )
-                p += 14
-            elif typ == 0x07:
-                level, flags = struct.unpack_from(">BI", data, p)
-                row.update(max_alarm_level=_b(level), alarm_flags=_dw(flags))
-                p += 5
-                for _ in range(4):
-                    p += 1 + 4 * data[p]
             elif typ == 0x08:
-                n, p = data[p], p + 1
+                n, p = raw[p], p + 1
                 for _ in range(n):
-                    p += 10 + 2 * data[p + 9]  # no, V, I, total cells, start index, count
+                    p += 10 + 2 * raw[p + 9]  # no, V, I, total cells, start index, count
             elif typ == 0x09:
-                n, p = data[p], p + 1
+                n, p = raw[p], p + 1
                 for _ in range(n):
-                    (probes,) = struct.unpack_from(">H", data, p + 1)
+                    (probes,) = struct.unpack_from(">H", raw, p + 1)
                     p += 3 + probes
             elif typ >= 0x80:
-                (length,) = struct.unpack_from(">H", data, p)
+                (length,) = struct.unpack_from(">H", raw, p)
                 p += 2 + length
             else:
-                raise GBT32960Error(f"unknown information type 0x{typ:02X} at offset {p - 1}")
-            if p > len(data):
-                raise GBT32960Error(f"information type 0x{typ:02X} runs past the data")
-        ev.append((t, vin, row, i))
+                raise GBT32960Error(
+                    f"unknown information type 0x{typ:02X} at offset {at - 1 - HEADER.size}"
+                )
+            if p > end:
+                raise _TruncatedError(
+                    f"truncated: information type 0x{typ:02X} at offset "
+                    f"{at - 1 - HEADER.size} needs {p - at} bytes, {max(end - at, 0)} left"
+                )
+        self.frames.append(i)
+        self.reissued.append(command == 0x03)
+        self.units.append(units)
 
+    def build(self, payloads: list[bytes]) -> tuple[TableRows, TableRows, list[Reject]]:
+        """Both tables for the batch, and the reports whose data time is not a real time."""
+        n = len(self.frames)
+        raws = [payloads[i] for i in self.frames]
+        size = np.fromiter(map(len, raws), dtype=np.int64, count=n)
+        base = np.cumsum(size) - size
+        buf = np.frombuffer(b"".join(raws), dtype=np.uint8)
+        stamp_raw = _gather(buf, base + HEADER.size, 6)
+        stamp = stamp_raw.astype(np.int64)
+        t, real = cst_to_utc_us_array(2000 + stamp[:, 0], *stamp[:, 1:].T)
+        bad = [
+            Reject(
+                self.frames[k], f"gbt32960_invalid: bad data time {stamp_raw[k].tobytes().hex()}"
+            )
+            for k in np.flatnonzero(~real).tolist()
+        ]
+        units = np.array(self.units, dtype=np.int64).reshape(n, 4)
+        vins = _gather(buf, base + 4, 17).view("S17").ravel()
+        cols: dict[str, np.ndarray] = {"time": t, "reissued": np.array(self.reissued, dtype=bool)}
+        nulls: dict[str, np.ndarray] = {}
 
-def _ev_rows(ev: list[tuple[object, ...]]) -> TableRows:
-    dtypes = {c.name: NUMPY_DTYPE[c.type].str for c in EV_STATUS.columns}
-    cols: dict[str, np.ndarray] = {"time": np.array([e[0] for e in ev], dtype=np.int64)}
-    nulls: dict[str, np.ndarray] = {}
-    for name in EV_COLS:
-        values = [e[2].get(name) for e in ev]  # type: ignore[attr-defined]
-        cols[name], null = nullable_column(values, dtypes[name])
-        if name != "reissued":
+        def put(name: str, values: np.ndarray, null: np.ndarray) -> None:
+            dtype = NUMPY_DTYPE[EV_STATUS.column(name).type]
+            cols[name] = np.where(null, 0, values).astype(dtype)
             nulls[name] = null
-    return TableRows(
-        EV_STATUS.name,
-        cols,
-        np.array([str(e[1]).encode() for e in ev] or [b""])[: len(ev)],
-        np.array([e[3] for e in ev], dtype=np.int32),
-        nulls,
-    )
+
+        veh, missing = _units(buf, base, units[:, 0], VEHICLE)
+        for name, field in (("vehicle_state", "state"), ("charging_state", "charging")):
+            put(name, veh[field], missing | (veh[field] >= 0xFE))
+        put("mode", veh["mode"], missing | (veh["mode"] >= 0xFE))
+        for name, field, scale, offset, limit in (
+            ("speed_kmh", "speed", 0.1, 0.0, 0xFFFE),
+            ("odometer_km", "odometer", 0.1, 0.0, 0xFFFFFFFE),
+            ("voltage_v", "voltage", 0.1, 0.0, 0xFFFE),
+            ("current_a", "current", 0.1, -1000.0, 0xFFFE),
+        ):
+            put(name, veh[field] * scale + offset, missing | (veh[field] >= limit))
+        put("soc_pct", veh["soc"], missing | (veh["soc"] >= 0xFE))
+        put("gear", veh["gear"], missing)
+        put("insulation_kohm", veh["insulation"], missing | (veh["insulation"] >= 0xFFFE))
+        motors = units[:, _MOTORS]
+        put("motor_count", motors, motors < 0)
+        alarm, missing = _units(buf, base, units[:, 2], ALARM)
+        put("max_alarm_level", alarm["level"], missing | (alarm["level"] >= 0xFE))
+        put("alarm_flags", alarm["flags"], missing | (alarm["flags"] >= 0xFFFFFFFE))
+        ext, missing = _units(buf, base, units[:, 1], EXTREMES)
+        for name, field in (("max_cell_v", "vmax"), ("min_cell_v", "vmin")):
+            put(name, ext[field] * 0.001, missing | (ext[field] >= 0xFFFE))
+        for name, field in (("max_temp_c", "tmax"), ("min_temp_c", "tmin")):
+            put(name, ext[field].astype(np.int64) - 40, missing | (ext[field] >= 0xFE))
+        frames = np.array(self.frames, dtype=np.int32)
+        nulls.pop("reissued", None)
+        order = [c.name for c in EV_STATUS.columns if c.name != "device_id"]
+        cols = {name: cols[name] for name in order}
+        ev = TableRows(EV_STATUS.name, cols, vins, frames, nulls).take(real)
+
+        loc = np.array(self.locations, dtype=np.int64).reshape(-1, 2)
+        report = loc[:, 0]
+        fix = _gather(buf, base[report] + loc[:, 1], LOCATION.itemsize).view(LOCATION).ravel()
+        status = fix["status"].astype(np.int64)
+        keep = (
+            real[report] & (status & 1 == 0) & (fix["lon"] < 0xFFFFFFFE) & (fix["lat"] < 0xFFFFFFFE)
+        )
+        pos = _pos_rows(
+            t[report][keep],
+            vins[report][keep],
+            (fix["lat"] / 1e6 * np.where(status & 2, -1, 1))[keep],
+            (fix["lon"] / 1e6 * np.where(status & 4, -1, 1))[keep],
+            frames[report][keep],
+            status[keep],
+        )
+        return ev, pos, bad
 
 
-def _pos_rows(pos: list[tuple[object, ...]]) -> TableRows:
-    n = len(pos)
+def _gather(buf: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
+    """``width`` bytes from each offset of ``buf``, as an ``n × width`` matrix."""
+    if len(at) == 0:
+        return np.zeros((0, width), dtype=np.uint8)
+    return np.ascontiguousarray(buf[at[:, None] + np.arange(width)])
+
+
+def _units(
+    buf: np.ndarray, base: np.ndarray, offset: np.ndarray, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """The unit of ``dtype`` at ``offset`` in each report (zeros where absent, ``-1``)."""
+    missing = offset < 0
+    rows = _gather(buf, base + np.maximum(offset, 0), dtype.itemsize).view(dtype).ravel()
+    return rows, missing
+
+
+def _pos_rows(
+    t: np.ndarray,
+    vins: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    frames: np.ndarray,
+    status: np.ndarray,
+) -> TableRows:
+    n = len(t)
     empty_i = np.zeros(n, dtype=np.int32)
     nulls = {
         k: np.ones(n, dtype=np.bool_)
@@ -314,21 +394,21 @@ def _pos_rows(pos: list[tuple[object, ...]]) -> TableRows:
     return TableRows(
         VEHICLE_POSITIONS.name,
         {
-            "time": np.array([p[0] for p in pos], dtype=np.int64),
-            "lat": np.array([p[2] for p in pos], dtype=np.float64),
-            "lon": np.array([p[3] for p in pos], dtype=np.float64),
+            "time": t,
+            "lat": lat.astype(np.float64),
+            "lon": lon.astype(np.float64),
             "altitude_m": empty_i,
             "speed_kmh": np.zeros(n, np.float32),
             "heading_deg": np.zeros(n, np.int16),
             "alarm": np.zeros(n, np.int64),
-            "status": np.array([p[5] for p in pos], dtype=np.int64),
+            "status": status,
             "mileage_km": np.zeros(n, np.float64),
             "fuel_l": np.zeros(n, np.float32),
             "signal": np.zeros(n, np.int16),
             "satellites": np.zeros(n, np.int16),
         },
-        np.array([str(p[1]).encode() for p in pos] or [b""])[:n],
-        np.array([p[4] for p in pos], dtype=np.int32),
+        vins,
+        frames,
         nulls,
     )
 

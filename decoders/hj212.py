@@ -23,12 +23,12 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
+from decoders import textscan
 from decoders.base import Decoder, TableSpec
 from decoders.cst import cst_to_utc_us
 from decoders.tables import DEVICE_STATUS, HJ212_READINGS
 from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
-_ITEM = re.compile(r"([^;,=\-]+)-([^;,=]+)=([^;,]*)")
 DATA_CNS = frozenset((2011, 2051, 2061, 2031))
 STATUS_CNS = {2021: "DataTime", 2072: "AlarmTime"}
 
@@ -150,14 +150,16 @@ class HJ212Error(ValueError):
     """A frame whose data segment breaks the standard."""
 
 
+_HEAD_ITEM = re.compile(r"([^;=]*)=([^;]*)")
+
+
 def _header(head: str) -> dict[str, str]:
-    out = {}
-    for item in head.split(";"):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise HJ212Error(f"header field {item!r} has no '='")
-        out[key] = value
-    return out
+    pairs = _HEAD_ITEM.findall(head)
+    if len(pairs) != head.count(";") + 1:
+        for item in head.split(";"):
+            if "=" not in item:
+                raise HJ212Error(f"header field {item!r} has no '='")
+    return dict(pairs)
 
 
 def data_response(fields: dict[str, str]) -> bytes:
@@ -193,22 +195,26 @@ class HJ212Decoder:
         crc = crc_hj212_batch(segments)
         acc = _Columns()
         out = Decoded()
-        for j, i in enumerate(index):
-            if int(crc[j]) != crc_sent[j]:
-                rejects.append(
-                    Reject(i, f"crc_mismatch expected={int(crc[j]):04X} got={crc_sent[j]:04X}")
-                )
+        hints = batch.device_hints
+        for j, (i, got, want) in enumerate(zip(index, crc.tolist(), crc_sent, strict=True)):
+            if got != want:
+                rejects.append(Reject(i, f"crc_mismatch expected={got:04X} got={want:04X}"))
                 continue
             mark = acc.mark()
             try:
-                self._parse(segments[j].decode("latin-1"), i, batch.device_hints[i], acc, out)
+                self._parse(segments[j].decode("latin-1"), i, hints[i], acc, out)
             except HJ212Error as exc:
                 acc.rollback(mark)
                 rejects.append(Reject(i, f"hj212_invalid: {exc}"))
+        rows, bad_values = acc.build()
+        if bad_values:
+            bad = {r.index for r in bad_values}
+            out.replies = [r for r in out.replies if r[0] not in bad]
+            rejects += bad_values
         rejects.sort(key=lambda x: x.index)
         out.rejects = rejects
         out.frames_ok = len(batch) - len(rejects)
-        out.rows.update(acc.build())
+        out.rows.update(rows)
         return out
 
     @staticmethod
@@ -263,57 +269,32 @@ class HJ212Decoder:
             out.replies.append((i, data_response(fields)))
 
     @staticmethod
-    def _time(groups: list[str], key: str) -> tuple[int, list[str]]:
-        rest = []
-        stamp = None
-        for g in groups:
-            if g.startswith(key + "="):
-                stamp = g[len(key) + 1 :]
-            else:
-                rest.append(g)
-        if stamp is None:
+    def _time(cp: str, key: str) -> int:
+        tag = key + "="
+        at = cp.rfind(tag)  # the last group that starts with it
+        while at > 0 and cp[at - 1] != ";":
+            at = cp.rfind(tag, 0, at)
+        if at < 0:
             raise HJ212Error(f"no {key}")
+        end = cp.find(";", at)
+        stamp = cp[at + len(tag) : end if end >= 0 else len(cp)]
         t = _utc_us(stamp)
         if t < 0:
             raise HJ212Error(f"bad {key} {stamp!r}")
-        return t, rest
+        return t
 
     @staticmethod
     def _readings(cp: str, cn: int, mn: str, edition_2017: bool, i: int, acc: _Columns) -> None:
-        t, groups = HJ212Decoder._time(cp.split(";"), "DataTime")
-        dev = acc.word(mn)
-        add, key_id, word = acc.readings.append, acc.key_id, acc.word
-        # factor-field=value items, found in C; a factor's flags (Flag, ZsFlag for converted
-        # values, EFlag for the equipment) apply to that factor's values in the frame
-        items = _ITEM.findall(";".join(groups))
-        flags = {(code, field[:-4]): text for code, field, text in items if field.endswith("Flag")}
-        for code, field, text in items:
-            if field.endswith("Flag") or field == "SampleTime":
-                continue
-            try:
-                value = float(text)
-            except ValueError:
-                raise HJ212Error(f"{code}-{field}={text!r} is not a number") from None
-            flag = flags.get((code, "Zs" if field.startswith("Zs") else "")) or flags.get(
-                (code, "")
-            )
-            add(
-                (
-                    t,
-                    dev,
-                    cn,
-                    key_id(code, field, edition_2017),
-                    value,
-                    -1 if flag is None else word(flag),
-                    i,
-                )
-            )
+        t = HJ212Decoder._time(cp, "DataTime")
+        acc.data.append((cp, t, acc.word(mn), cn, edition_2017, i))
 
     @staticmethod
     def _status(cp: str, time_key: str, mn: str, i: int, acc: _Columns) -> None:
-        t, groups = HJ212Decoder._time(cp.split(";"), time_key)
+        t = HJ212Decoder._time(cp, time_key)
         dev = acc.word(mn)
-        for group in groups:
+        for group in cp.split(";"):
+            if group.startswith(time_key + "="):
+                continue
             for item in group.split(","):
                 key, sep, text = item.partition("=")
                 if not sep or not key:
@@ -325,16 +306,28 @@ class HJ212Decoder:
                 acc.status.append((t, dev, acc.word(key), value, i))
 
 
+_NAME_MAX = 24  # longest factor code, field name or flag taken (2017 codes are 6 characters)
+_VALUE_WIDTH = 24  # longer values are parsed one by one
+
+
+def _latin1(words: list[str]) -> npt.NDArray[np.bytes_]:
+    return np.array([w.encode("latin-1") for w in words] or [b""], dtype=np.bytes_)
+
+
 class _Columns:
-    """Rows as tuples of small ints over per-batch vocabularies; turned into numpy columns
-    once per batch (text columns by indexing a vocabulary array, not per-row encoding)."""
+    """Rows gathered per batch and turned into numpy columns once.
+
+    Data frames (real-time/minute/hour/day) are kept as their CP text; ``build`` finds every
+    ``factor-field=value`` item of the whole batch with one regex pass over the joined text,
+    interns codes and fields, parses the values in one sweep and resolves each value's data
+    flag with sorted keys and ``searchsorted`` — no per-item Python beyond the C-level scan.
+    Status rows stay tuples over a per-batch vocabulary (they are few).
+    """
 
     def __init__(self) -> None:
-        self.readings: list[tuple[int, int, int, int, float, int, int]] = []
+        self.data: list[tuple[str, int, int, int, bool, int]] = []  # cp, t, dev, cn, 2017?, i
         self.status: list[tuple[int, int, int, float, int]] = []
         self.words: dict[str, int] = {}
-        self.keys: dict[tuple[str, str, bool], int] = {}
-        self.key_parts: list[tuple[int, int, int]] = []  # (factor, code, field) word ids
 
     def word(self, text: str) -> int:
         """The vocabulary id of a string."""
@@ -343,49 +336,19 @@ class _Columns:
             wid = self.words[text] = len(self.words)
         return wid
 
-    def key_id(self, code: str, field: str, edition_2017: bool) -> int:
-        """The id of a (factor, code, field) triple; 2005 codes mapped to 2017 ones."""
-        k = (code, field, edition_2017)
-        kid = self.keys.get(k)
-        if kid is None:
-            factor = code if edition_2017 else OLD_TO_NEW.get(code, code)
-            kid = self.keys[k] = len(self.key_parts)
-            self.key_parts.append((self.word(factor), self.word(code), self.word(field)))
-        return kid
-
     def mark(self) -> tuple[int, int]:
         """Where to roll back to if the frame being parsed turns out to be bad."""
-        return len(self.readings), len(self.status)
+        return len(self.data), len(self.status)
 
     def rollback(self, mark: tuple[int, int]) -> None:
         """Drop rows added since ``mark``."""
-        del self.readings[mark[0] :]
+        del self.data[mark[0] :]
         del self.status[mark[1] :]
 
-    def build(self) -> dict[str, TableRows]:
-        """Both tables as numpy columns."""
-        vocab = np.array([w.encode("latin-1") for w in self.words] or [b""], dtype=np.bytes_)
-        parts = np.array(self.key_parts or [(0, 0, 0)], dtype=np.int64).reshape(-1, 3)
-        n = len(self.readings)
-        cols = np.array(self.readings, dtype=np.float64).reshape(n, 7) if n else np.empty((0, 7))
-        # time stays exact: µs fit float64's 53-bit mantissa until the year 2255
-        key = cols[:, 3].astype(np.int64)
-        flag = cols[:, 5].astype(np.int64)
-        readings = TableRows(
-            table=HJ212_READINGS.name,
-            columns={
-                "time": cols[:, 0].astype(np.int64),
-                "cn": cols[:, 2].astype(np.int16),
-                "factor": vocab[parts[key, 0]],
-                "code": vocab[parts[key, 1]],
-                "field": vocab[parts[key, 2]],
-                "value": cols[:, 4].copy(),
-                "flag": np.where(flag >= 0, vocab[np.maximum(flag, 0)], b""),
-            },
-            devices=vocab[cols[:, 1].astype(np.int64)],
-            frame_index=cols[:, 6].astype(np.int32),
-            nulls={"flag": flag < 0},
-        )
+    def build(self) -> tuple[dict[str, TableRows], list[Reject]]:
+        """Both tables as numpy columns, and the data frames whose values are not numbers."""
+        readings, rejects = self._readings()
+        vocab = _latin1(list(self.words))
         m = len(self.status)
         st = np.array(self.status, dtype=np.float64).reshape(m, 5) if m else np.empty((0, 5))
         status = TableRows(
@@ -398,7 +361,120 @@ class _Columns:
             devices=vocab[st[:, 1].astype(np.int64)],
             frame_index=st[:, 4].astype(np.int32),
         )
-        return {HJ212_READINGS.name: readings, DEVICE_STATUS.name: status}
+        return {HJ212_READINGS.name: readings, DEVICE_STATUS.name: status}, rejects
+
+    def _readings(self) -> tuple[TableRows, list[Reject]]:
+        texts = [d[0] for d in self.data]
+        buf = np.frombuffer((";" + ";".join(texts)).encode("latin-1"), dtype=np.uint8)
+        sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1
+        frame_at = np.cumsum(sizes) - sizes  # the ';' before each frame's text
+        # items: text between ';'/','; a reading item is code-field=value (first '-' before
+        # the first '=', both parts non-empty) — what HJ 212-2017 §6.3.3 writes as xxx-Rtd=…
+        delim = np.flatnonzero((buf == ord(";")) | (buf == ord(",")))
+        start, end = delim + 1, np.append(delim[1:], len(buf))
+        eq = textscan.first_at_or_after(np.flatnonzero(buf == ord("=")), start, len(buf))
+        dash = textscan.first_at_or_after(np.flatnonzero(buf == ord("-")), start, len(buf))
+        item = (eq < end) & (dash > start) & (eq > dash + 1)
+        start, dash, eq, end = start[item], dash[item], eq[item], end[item]
+        frame = np.searchsorted(frame_at, start, side="right") - 1
+        code_len, field_len, text_len = dash - start, eq - dash - 1, end - eq - 1
+        rejects: dict[int, str] = {}
+        for k in np.flatnonzero((code_len > _NAME_MAX) | (field_len > _NAME_MAX)).tolist():
+            what = buf[start[k] : end[k]].tobytes().decode("latin-1")
+            rejects.setdefault(int(frame[k]), f"item {what!r} has a name over {_NAME_MAX} chars")
+        code_id, code_words = textscan.intern_rows(
+            textscan.cut(buf, start, code_len, min(int(code_len.max(initial=0)), _NAME_MAX))
+        )
+        field_id, field_words = textscan.intern_rows(
+            textscan.cut(buf, dash + 1, field_len, min(int(field_len.max(initial=0)), _NAME_MAX))
+        )
+        # per distinct field: a value, a flag (Flag → 0, ZsFlag → 1, other flags unused), skipped
+        kinds = [
+            (0 if f == b"Flag" else 1 if f == b"ZsFlag" else -1)
+            if f.endswith(b"Flag")
+            else (-3 if f == b"SampleTime" else -2)
+            for f in field_words
+        ]
+        kind = np.array(kinds or [-3], dtype=np.int64)[field_id]
+        zs = np.array([f.startswith(b"Zs") for f in field_words] or [False])[field_id]
+
+        value_pos = np.flatnonzero(kind == -2)
+        v_start, v_len = eq[value_pos] + 1, text_len[value_pos]
+        values, parsed = textscan.parse_decimals(
+            textscan.cut(buf, v_start, v_len, min(int(v_len.max(initial=0)), _VALUE_WIDTH)), v_len
+        )
+        for k in np.flatnonzero(~parsed).tolist():  # exponents, spaces, not numbers…
+            text = buf[v_start[k] : v_start[k] + v_len[k]].tobytes()
+            try:
+                values[k] = float(text)
+            except ValueError:
+                at = int(value_pos[k])
+                name = buf[start[at] : eq[at]].tobytes().decode("latin-1")
+                msg = f"{name}={text.decode('latin-1')!r} is not a number"
+                rejects.setdefault(int(frame[at]), msg)
+
+        # the data flag of each value: the last Flag (ZsFlag for Zs values) of its factor in its
+        # frame; an absent or empty ZsFlag falls back to Flag
+        flag_pos = np.flatnonzero(kind >= 0)
+        f_len = text_len[flag_pos]
+        for k in np.flatnonzero(f_len > _NAME_MAX).tolist():
+            rejects.setdefault(int(frame[flag_pos[k]]), f"a flag over {_NAME_MAX} chars")
+        flag_text_id, flag_words = textscan.intern_rows(
+            textscan.cut(buf, eq[flag_pos] + 1, f_len, min(int(f_len.max(initial=0)), _NAME_MAX))
+        )
+        stride = 2 * max(len(code_words), 1)
+        flag_key = frame[flag_pos] * stride + code_id[flag_pos] * 2 + kind[flag_pos]
+        order = np.argsort(flag_key, kind="stable")
+        flag_key, flag_text_id = flag_key[order], flag_text_id[order]
+        last = np.append(flag_key[1:] != flag_key[:-1], True) if len(flag_key) else flag_key > 0
+        flag_key, flag_text_id = flag_key[last], flag_text_id[last]
+        empty = np.array([not w for w in flag_words] or [False])
+        base = frame[value_pos] * stride + code_id[value_pos] * 2
+        flag = self._lookup(flag_key, flag_text_id, base + zs[value_pos])
+        unset = flag < 0
+        unset[~unset] = empty[flag[~unset]]
+        flag[unset] = self._lookup(flag_key, flag_text_id, base[unset])
+
+        if rejects:
+            keep = ~np.isin(frame[value_pos], np.fromiter(rejects, dtype=np.int64))
+            value_pos, values, flag = value_pos[keep], values[keep], flag[keep]
+        meta = np.array([d[1:] for d in self.data] or [(0, 0, 0, False, 0)], dtype=np.int64)
+        item_meta = meta[frame[value_pos]]
+        cid = code_id[value_pos]
+        code_b = np.array(code_words or [b""], dtype=np.bytes_)
+        flag_b = np.array(flag_words or [b""], dtype=np.bytes_)
+        factor_b = _latin1(
+            [OLD_TO_NEW.get(c.decode("latin-1"), c.decode("latin-1")) for c in code_words]
+        )
+        rows = TableRows(
+            table=HJ212_READINGS.name,
+            columns={
+                "time": item_meta[:, 0].copy(),
+                "cn": item_meta[:, 2].astype(np.int16),
+                "factor": np.where(item_meta[:, 3] == 1, code_b[cid], factor_b[cid]),
+                "code": code_b[cid],
+                "field": np.array(field_words or [b""], dtype=np.bytes_)[field_id[value_pos]],
+                "value": values,
+                "flag": np.where(flag >= 0, flag_b[np.maximum(flag, 0)], b""),
+            },
+            devices=_latin1(list(self.words))[item_meta[:, 1]],
+            frame_index=item_meta[:, 4].astype(np.int32),
+            nulls={"flag": flag < 0},
+        )
+        reject_list = [
+            Reject(self.data[f][5], f"hj212_invalid: {why}") for f, why in rejects.items()
+        ]
+        return rows, reject_list
+
+    @staticmethod
+    def _lookup(
+        keys: npt.NDArray[np.int64], ids: npt.NDArray[np.int64], wanted: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64]:
+        """``ids`` at the position of each ``wanted`` key in sorted ``keys``; -1 if absent."""
+        if not len(keys):
+            return np.full(len(wanted), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        return np.where(keys[at] == wanted, ids[at], -1)
 
 
 DECODER: Decoder = HJ212Decoder()

@@ -72,7 +72,7 @@ def test_rejects_carry_exact_reasons() -> None:
         (1, "bad_header: frame must start with '##'"),
         (2, f"bcc_mismatch expected={good[-1]:02X} got={good[-1] ^ 0x0F:02X}"),
         (3, "gbt32960_invalid: unknown information type 0x0A at offset 6"),
-        (4, "truncated: an information unit is cut short"),
+        (4, "truncated: information type 0x01 at offset 6 needs 20 bytes, 1 left"),
         (
             5,
             "gbt32960_invalid: device_mismatch: topic names 'LSVAU2180N2183294', frame "
