@@ -63,9 +63,9 @@ class MqttConfig(Section):
     )
     protocol: MqttProtocol = Field(MqttProtocol.V5, description="MQTT protocol version")
     topics: list[str] = Field(
-        ["cityflux/up/+/+/+"],
+        ["cityflux/up/+/+/+/#"],
         min_length=1,
-        description="uplink subscriptions (kind/device/format levels)",
+        description="uplink subscriptions (kind/device/format levels, then an LwM2M object path)",
     )
     qos: QoS = Field(QoS.AT_LEAST_ONCE, description="subscription QoS")
     shared_group: str | None = Field(

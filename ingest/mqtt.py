@@ -29,17 +29,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from ingest.config import MqttConfig, MqttProtocol, QoS
 from ingest.metrics import Metrics
 from ingest.pipeline import Pipeline
+from ingest.topics import downlink, parse_uplink
 
 log = logging.getLogger(__name__)
 TRANSPORT = "mqtt"
-
-
-def downlink_topic(uplink: str) -> str:
-    """``<prefix>/up/<kind>/<device>/<format>`` -> ``<prefix>/down/<kind>/<device>/<format>``."""
-    parts = uplink.rsplit("/", 4)
-    if len(parts) == 5 and parts[1] == "up":
-        parts[1] = "down"
-    return "/".join(parts)
 
 
 class MqttListener:
@@ -163,11 +156,8 @@ class MqttListener:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         topic = msg.topic
-        parts = topic.rsplit("/", 3)
-        if len(parts) == 4:
-            kind, device, fmt = parts[1], parts[2], parts[3]
-        else:
-            kind, device, fmt = "", "", "unknown"
+        levels = parse_uplink(topic)
+        kind, device, fmt = levels[:3] if levels else ("", "", "unknown")
         payload = cast(bytes, msg.payload)  # paho hands payloads as bytes
         ack_id = msg.mid if msg.qos == 1 else -1
         self._pipeline.submit(fmt, TRANSPORT, self, payload, topic, device, kind, ack_id)
@@ -186,7 +176,7 @@ class MqttListener:
         """Publish each reply on the device's downlink topic (``…/down/<kind>/<device>/<fmt>``)
         at QoS 1."""
         for topic, payload in replies:
-            self._client.publish(downlink_topic(topic), payload, qos=1)
+            self._client.publish(downlink(topic), payload, qos=1)
 
     def pause(self) -> None:
         """Stop reading the socket; the broker keeps the rest of the stream."""

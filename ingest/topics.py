@@ -1,12 +1,18 @@
-"""The MQTT topic scheme: ``<prefix>/up/<kind>/<device>/<format>`` for uplinks.
+"""The MQTT topic scheme: ``<prefix>/up/<kind>/<device>/<format>[/<object path>]`` for uplinks.
 
 ``kind`` is the device kind (env, streetlight, gantry…), ``device`` the device's external id
-as its protocol carries it, ``format`` the decoder name. Downlinks mirror it under ``down``.
+as its protocol carries it, ``format`` the decoder name. Formats whose payload is one LwM2M
+object or instance take its numeric path after the format (``…/lwm2m-tlv/3303/0``), as a
+CoAP uplink path names it; decoders read it from the frame's source. Format names are never
+numeric, so trailing numeric levels are always the object path. Downlinks mirror uplinks
+under ``down``.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+MAX_PATH_LEVELS = 3  # object / instance / resource
 
 
 class UplinkTopic(NamedTuple):
@@ -15,16 +21,32 @@ class UplinkTopic(NamedTuple):
     kind: str
     device: str
     format: str
+    path: str  # "/3303/0" for an LwM2M object path, else ""
 
 
 def parse_uplink(topic: str) -> UplinkTopic | None:
-    """Split an uplink topic into (kind, device, format), or None if it has too few levels."""
-    parts = topic.rsplit("/", 3)
-    if len(parts) < 4 or not all(parts[1:]):
+    """Split an uplink topic into its levels, or None if it has too few."""
+    parts = topic.split("/")
+    end = len(parts)
+    while end > len(parts) - MAX_PATH_LEVELS and end > 4 and parts[end - 1].isdigit():
+        end -= 1
+    if end < 4 or not all(parts[end - 3 : end]):
         return None
-    return UplinkTopic(parts[1], parts[2], parts[3])
+    path = "/" + "/".join(parts[end:]) if end < len(parts) else ""
+    return UplinkTopic(parts[end - 3], parts[end - 2], parts[end - 1], path)
 
 
-def uplink(kind: str, device: str, fmt: str, prefix: str = "cityflux") -> str:
-    """The topic a device publishes on."""
-    return f"{prefix}/up/{kind}/{device}/{fmt}"
+def uplink(kind: str, device: str, fmt: str, prefix: str = "cityflux", path: str = "") -> str:
+    """The topic a device publishes on (``path`` like ``/3303/0`` for LwM2M payloads)."""
+    return f"{prefix}/up/{kind}/{device}/{fmt}{path}"
+
+
+def downlink(uplink_topic: str) -> str:
+    """``<prefix>/up/<kind>/<device>/<format>…`` -> ``<prefix>/down/<kind>/<device>/<format>…``."""
+    parts = uplink_topic.split("/")
+    end = len(parts)
+    while end > len(parts) - MAX_PATH_LEVELS and end > 4 and parts[end - 1].isdigit():
+        end -= 1
+    if end >= 5 and parts[end - 4] == "up":
+        parts[end - 4] = "down"
+    return "/".join(parts)

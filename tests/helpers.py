@@ -31,7 +31,7 @@ def settings_for(pg_url: str, broker: Any, prefix: str, **sections: dict[str, An
         "mqtt": {
             "host": broker.host,
             "port": broker.port,
-            "topics": [f"{prefix}/up/+/+/+"],
+            "topics": [f"{prefix}/up/+/+/+/#"],
             "client_id": f"svc-{prefix}",
             "protocol": "5" if broker.v5 else "3.1.1",
         },

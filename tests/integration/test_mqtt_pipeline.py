@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
@@ -361,6 +362,32 @@ async def test_jt808_location_reports_reach_vehicle_positions(
         "SELECT lat, lon, speed_kmh, heading_deg, alarm, signal, mileage_km, "
         "time FROM vehicle_positions",
     ) == [(-33.8688, 151.2093, 42.5, 180, 1, 31, None, datetime(2026, 1, 1, 0, 30, tzinfo=UTC))]
+
+
+async def test_lwm2m_tlv_takes_its_object_from_the_topic(
+    pg_url: str, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
+    # IPSO 3303 temperature instance: 5700 sensor value 21.5 (float32), 5518 timestamp
+    tlv = (
+        b"\xe4\x16\x44"
+        + struct.pack(">f", 21.5)
+        + b"\xe4\x15\x8e"
+        + struct.pack(">I", 1_767_225_600)
+    )
+    msgs = [
+        (uplink("env", "ep-17", "lwm2m-tlv", topic_prefix, "/3303/0"), tlv),
+        (uplink("env", "ep-18", "lwm2m-tlv", topic_prefix), tlv),  # no object: a dead letter
+    ]
+    await ingest(broker, settings_for(pg_url, broker, topic_prefix), msgs)
+    assert query(
+        pg_url,
+        "SELECT d.external_id, r.metric, r.value, r.time FROM env_readings r "
+        "JOIN devices d ON d.id = r.device_id",
+    ) == [("ep-17", "temperature", 21.5, datetime(2026, 1, 1, tzinfo=UTC))]
+    [(topic, reason)] = query(pg_url, "SELECT source, reason FROM dead_letters")
+    assert topic.endswith("/ep-18/lwm2m-tlv")
+    assert reason.startswith("lwm2m_invalid: source")
+    assert "names no object" in reason
 
 
 async def test_tag_reads_from_llrp_and_json_share_one_table(
