@@ -1,9 +1,11 @@
-"""In-memory, vectorised map from external device ids to internal ids.
+"""In-memory, vectorised map from external device ids to internal ids, sized for 10M devices.
 
-External ids (bytes) are kept sorted in one numpy array; a batch resolves with one
-``np.searchsorted`` and a comparison, never a query or a dict lookup per frame. Additions
-(auto-provisioned or newly imported devices) go to a small sorted delta that is merged into
-the main arrays when it grows past a fraction of them, so an addition costs O(delta).
+Each external id (bytes, ≤ 64) is hashed to 64 bits; the index keeps the hashes sorted with
+the ids, internal ids and active flags in the same order. A batch resolves with one
+``np.searchsorted`` over integers and one comparison of the candidate ids (so a hash
+collision can never map a frame to the wrong device), never a query or a dict lookup per
+frame. Additions (auto-provisioned or newly imported devices) go to a small sorted delta
+that is merged into the main arrays when it grows past a fraction of them.
 """
 
 from __future__ import annotations
@@ -13,26 +15,88 @@ import numpy.typing as npt
 
 UNKNOWN = -1
 DISABLED = -2
+MAX_ID_BYTES = 64
 
 BytesArray = npt.NDArray[np.bytes_]
 Int32Array = npt.NDArray[np.int32]
+U64Array = npt.NDArray[np.uint64]
+BoolArray = npt.NDArray[np.bool_]
+
+_SEED = np.uint64(0x243F6A8885A308D3)
+_CHUNK = 1 << 20
+
+
+def _mix(x: U64Array) -> U64Array:
+    """The splitmix64 finaliser (a public-domain bijective mixer)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def hash_ids(keys: BytesArray) -> U64Array:
+    """A 64-bit hash of every external id, the same whatever the array's width (8-byte lanes
+    that are all NUL are padding and skipped)."""
+    n = keys.shape[0]
+    out = np.empty(n, dtype=np.uint64)
+    width = max(keys.dtype.itemsize, 1)
+    words = -(-width // 8)
+    for lo in range(0, n, _CHUNK):
+        part = np.ascontiguousarray(keys[lo : lo + _CHUNK]).view(np.uint8).reshape(-1, width)
+        padded = np.zeros((part.shape[0], words * 8), dtype=np.uint8)
+        padded[:, :width] = part
+        lanes = padded.view("<u8")
+        h = np.full(part.shape[0], _SEED, dtype=np.uint64)
+        for j in range(words):  # all-zero lanes are padding: the hash ignores the width
+            lane = lanes[:, j]
+            h = np.where(lane != 0, _mix(h ^ lane), h)
+        out[lo : lo + _CHUNK] = h
+    return out
 
 
 class _Sorted:
-    __slots__ = ("active", "ids", "keys")
+    __slots__ = ("active", "hashes", "ids", "keys", "run")
 
-    def __init__(self, keys: BytesArray, ids: Int32Array, active: npt.NDArray[np.bool_]) -> None:
-        order = np.argsort(keys, kind="stable")
+    def __init__(self, keys: BytesArray, ids: Int32Array, active: BoolArray) -> None:
+        hashes = hash_ids(keys)
+        order = np.argsort(hashes, kind="stable")
+        self.hashes = hashes[order]
         self.keys, self.ids, self.active = keys[order], ids[order], active[order]
+        # the longest run of equal hashes (1 unless two ids collide): how far lookups probe
+        if self.hashes.shape[0] > 1:
+            starts = np.flatnonzero(np.diff(self.hashes)) + 1
+            bounds = np.concatenate([[0], starts, [self.hashes.shape[0]]])
+            self.run = int(np.diff(bounds).max())
+        else:
+            self.run = 1
 
-    def lookup(self, wanted: BytesArray) -> Int32Array:
+    @classmethod
+    def empty(cls) -> _Sorted:
+        return cls(np.empty(0, dtype="S1"), np.empty(0, dtype=np.int32), np.empty(0, dtype=bool))
+
+    def __len__(self) -> int:
+        return int(self.hashes.shape[0])
+
+    def lookup(self, wanted: BytesArray, hashes: U64Array) -> Int32Array:
         out = np.full(wanted.shape[0], UNKNOWN, dtype=np.int32)
-        if self.keys.shape[0] == 0 or wanted.shape[0] == 0:
+        n = self.hashes.shape[0]
+        if n == 0 or wanted.shape[0] == 0:
             return out
-        pos = np.searchsorted(self.keys, wanted)
-        pos_c = np.minimum(pos, self.keys.shape[0] - 1)
-        hit = self.keys[pos_c] == wanted
-        out[hit] = np.where(self.active[pos_c[hit]], self.ids[pos_c[hit]], DISABLED)
+        # searching in sorted order keeps successive searches on the same cache lines
+        order = np.argsort(hashes)
+        first = np.empty(order.shape[0], dtype=np.int64)
+        first[order] = np.searchsorted(self.hashes, hashes[order])
+        pending = np.arange(wanted.shape[0])
+        for step in range(self.run):
+            at = np.minimum(first[pending] + step, n - 1)
+            same = self.hashes[at] == hashes[pending]
+            hit = same & (self.keys[at] == wanted[pending])
+            got = at[hit]
+            out[pending[hit]] = np.where(self.active[got], self.ids[got], DISABLED)
+            pending = pending[same & ~hit]
+            if pending.shape[0] == 0:
+                break
         return out
 
 
@@ -43,29 +107,39 @@ class DeviceIndex:
         self,
         keys: BytesArray | None = None,
         ids: Int32Array | None = None,
-        active: npt.NDArray[np.bool_] | None = None,
+        active: BoolArray | None = None,
     ) -> None:
         keys = keys if keys is not None else np.empty(0, dtype="S1")
         ids = ids if ids is not None else np.empty(0, dtype=np.int32)
         active = active if active is not None else np.ones(ids.shape[0], dtype=np.bool_)
         self._main = _Sorted(keys, ids.astype(np.int32), active)
-        self._delta = _Sorted(
-            np.empty(0, dtype="S1"), np.empty(0, dtype=np.int32), np.empty(0, dtype=np.bool_)
-        )
+        self._delta = _Sorted.empty()
 
     def __len__(self) -> int:
-        return int(self._main.keys.shape[0] + self._delta.keys.shape[0])
+        return len(self._main) + len(self._delta)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index arrays."""
+        return sum(
+            getattr(t, a).nbytes
+            for t in (self._main, self._delta)
+            for a in ("hashes", "keys", "ids", "active")
+        )
 
     def resolve(self, devices: BytesArray) -> Int32Array:
         """Internal id per external id; ``UNKNOWN`` (-1) or ``DISABLED`` (-2) otherwise."""
-        out = self._delta.lookup(devices)
+        hashes = hash_ids(devices)
+        out = self._delta.lookup(devices, hashes)
         miss = out == UNKNOWN
         if miss.any():
-            out[miss] = self._main.lookup(devices[miss])
+            out[miss] = self._main.lookup(devices[miss], hashes[miss])
         return out
 
-    def upsert(self, keys: BytesArray, ids: Int32Array, active: npt.NDArray[np.bool_]) -> None:
+    def upsert(self, keys: BytesArray, ids: Int32Array, active: BoolArray) -> None:
         """Add or replace entries (later entries win over earlier ones)."""
+        if keys.shape[0] == 0:
+            return
         keys = np.concatenate([self._delta.keys.astype(np.bytes_), keys.astype(np.bytes_)])
         ids = np.concatenate([self._delta.ids, ids.astype(np.int32)])
         active = np.concatenate([self._delta.active, active])
@@ -73,17 +147,22 @@ class DeviceIndex:
         _, last = np.unique(keys[::-1], return_index=True)
         last = keys.shape[0] - 1 - last
         self._delta = _Sorted(keys[last], ids[last], active[last])
-        if self._delta.keys.shape[0] > max(1024, self._main.keys.shape[0] // 16):
+        if len(self._delta) > max(1024, len(self._main) // 16):
             self._merge()
 
     def _merge(self) -> None:
-        drop = np.isin(self._main.keys, self._delta.keys)
-        keep = ~drop
+        keep = self._main.lookup(self._delta.keys, self._delta.hashes) == UNKNOWN
+        stale = np.zeros(len(self._main), dtype=bool)
+        if (~keep).any():  # entries the delta replaces
+            replaced = self._delta.keys[~keep]
+            pos = np.searchsorted(self._main.hashes, self._delta.hashes[~keep])
+            for step in range(self._main.run):
+                at = np.minimum(pos + step, len(self._main) - 1)
+                stale[at[self._main.keys[at] == replaced]] = True
+        fresh = ~stale
         self._main = _Sorted(
-            np.concatenate([self._main.keys[keep].astype(np.bytes_), self._delta.keys]),
-            np.concatenate([self._main.ids[keep], self._delta.ids]),
-            np.concatenate([self._main.active[keep], self._delta.active]),
+            np.concatenate([self._main.keys[fresh].astype(np.bytes_), self._delta.keys]),
+            np.concatenate([self._main.ids[fresh], self._delta.ids]),
+            np.concatenate([self._main.active[fresh], self._delta.active]),
         )
-        self._delta = _Sorted(
-            np.empty(0, dtype="S1"), np.empty(0, dtype=np.int32), np.empty(0, dtype=np.bool_)
-        )
+        self._delta = _Sorted.empty()

@@ -1,9 +1,18 @@
-"""Ties decoded rows to registered devices, following the unknown-device policy."""
+"""Ties decoded rows to registered devices, following each profile's unknown-device policy.
+
+The whole registry is read once with ``COPY … TO STDOUT`` and parsed with numpy (10M devices
+in seconds, no Python object per device), then followed incrementally: a statement trigger
+NOTIFYs ``cityflux_devices`` when devices are added or change identity, status or profile,
+and ``follow`` reads the rows whose ``updated_at`` passed the watermark (and polls on a
+timer, so a lost notification only delays a change).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 import numpy as np
@@ -13,6 +22,9 @@ import psycopg
 from device_registry.index import DISABLED, UNKNOWN, DeviceIndex
 
 log = logging.getLogger(__name__)
+
+WATERMARK_OVERLAP = timedelta(seconds=30)  # re-read changes committed late with older stamps
+_PARSE_CHUNK = 32 << 20
 
 
 class UnknownDevicePolicy(StrEnum):
@@ -33,6 +45,68 @@ class Resolution:
     provisioned: int = 0
 
 
+@dataclass(slots=True)
+class ProfileMatch:
+    """The profile frames of an unknown device fall under, by (kind, decoder)."""
+
+    name: str
+    policy: UnknownDevicePolicy
+
+
+@dataclass(slots=True)
+class RegistryParts:
+    """Parsed ``external_id, id, active`` rows."""
+
+    keys: npt.NDArray[np.bytes_]
+    ids: npt.NDArray[np.int32]
+    active: npt.NDArray[np.bool_]
+
+
+def parse_copy_text(data: bytes) -> RegistryParts:
+    """Rows of ``COPY (SELECT external_id, id, status = 'active' …) TO STDOUT`` (text format).
+
+    Vectorised: newline and tab positions give every field; ids are parsed as digits. Lines
+    with backslash escapes (ids holding tabs or backslashes) are decoded one by one.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == ord("\n"))
+    n = ends.shape[0]
+    if n == 0:
+        return RegistryParts(np.empty(0, "S1"), np.empty(0, np.int32), np.empty(0, bool))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    tab_at = np.flatnonzero(buf == ord("\t"))
+    if tab_at.shape[0] != 2 * n or b"\\" in data:
+        return _parse_slowly(data)
+    tabs = tab_at.reshape(n, 2)
+    key_len = tabs[:, 0] - starts
+    width = int(key_len.max())
+    cols = np.arange(width)
+    mat = buf[np.minimum(starts[:, None] + cols, buf.shape[0] - 1)]
+    mat[cols >= key_len[:, None]] = 0
+    keys = np.ascontiguousarray(mat).view(f"S{width}").ravel()
+    id_len = tabs[:, 1] - tabs[:, 0] - 1
+    digits = int(id_len.max())
+    ids = np.zeros(n, dtype=np.int64)
+    for j in range(digits):
+        present = id_len > j
+        d = buf[np.minimum(tabs[:, 0] + 1 + j, buf.shape[0] - 1)].astype(np.int64) - ord("0")
+        ids = np.where(present, ids * 10 + d, ids)
+    active = buf[tabs[:, 1] + 1] == ord("t")
+    return RegistryParts(keys, ids.astype(np.int32), active)
+
+
+def _parse_slowly(data: bytes) -> RegistryParts:
+    keys, ids, active = [], [], []
+    for line in data.splitlines():
+        ext, dev, act = line.split(b"\t")
+        keys.append(ext.decode("unicode_escape").encode("latin-1") if b"\\" in ext else ext)
+        ids.append(int(dev))
+        active.append(act == b"t")
+    return RegistryParts(
+        np.array(keys, dtype=np.bytes_), np.array(ids, np.int32), np.array(active, bool)
+    )
+
+
 class DeviceResolver:
     """Holds the in-memory ``DeviceIndex`` and resolves batches against it.
 
@@ -43,47 +117,128 @@ class DeviceResolver:
     def __init__(self, policy: UnknownDevicePolicy) -> None:
         self.policy = policy
         self.index = DeviceIndex()
+        self.profiles: dict[tuple[str, str], ProfileMatch] = {}
+        self.watermark: datetime | None = None
+        self.refreshes = 0
 
     async def load(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> int:
-        """Load every device from the database into the index; return the count."""
-        cur = await conn.execute("SELECT external_id, id, status = 'active' FROM devices")
+        """Read profiles and every device into the index; return the device count."""
+        await self.load_profiles(conn)
+        async with conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur = await conn.execute("SELECT max(updated_at) FROM devices")
+            row = await cur.fetchone()
+            watermark = row[0] if row else None
+            parts: list[RegistryParts] = []
+            pending = bytearray()
+            async with cur.copy(
+                "COPY (SELECT external_id, id, status = 'active' FROM devices) TO STDOUT"
+            ) as copy:
+                async for block in copy:
+                    pending += block
+                    if len(pending) >= _PARSE_CHUNK:
+                        cut = pending.rfind(b"\n") + 1
+                        parts.append(parse_copy_text(bytes(pending[:cut])))
+                        del pending[:cut]
+            parts.append(parse_copy_text(bytes(pending)))
+        keys = np.concatenate([p.keys for p in parts]) if parts else np.empty(0, "S1")
+        self.index = DeviceIndex(
+            keys, np.concatenate([p.ids for p in parts]), np.concatenate([p.active for p in parts])
+        )
+        self.watermark = watermark if isinstance(watermark, datetime) else None
+        log.info(
+            "device registry: %d devices loaded (%.0f MB in memory), %d profiles",
+            len(self.index),
+            self.index.nbytes / 1e6,
+            len(self.profiles),
+        )
+        return len(self.index)
+
+    async def load_profiles(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        """The (kind, decoder) → profile map that decides what happens to unknown devices."""
+        cur = await conn.execute(
+            "SELECT kind, decoder, name, unknown_devices FROM device_profiles ORDER BY name"
+        )
+        self.profiles = {
+            (str(kind), str(dec)): ProfileMatch(str(name), UnknownDevicePolicy(str(policy)))
+            for kind, dec, name, policy in await cur.fetchall()
+        }
+
+    async def refresh(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> int:
+        """Apply devices changed since the watermark; return how many rows were read."""
+        since = (
+            self.watermark - WATERMARK_OVERLAP
+            if self.watermark
+            else datetime(1970, 1, 1, tzinfo=UTC)
+        )
+        cur = await conn.execute(
+            "SELECT external_id, id, status = 'active', updated_at FROM devices "
+            "WHERE updated_at > %s ORDER BY updated_at",
+            (since,),
+        )
         rows = await cur.fetchall()
         if rows:
-            keys = np.array([r[0].encode() for r in rows], dtype=np.bytes_)  # type: ignore[attr-defined]
-            ids = np.array([r[1] for r in rows], dtype=np.int32)
-            active = np.array([r[2] for r in rows], dtype=np.bool_)
-            self.index = DeviceIndex(keys, ids, active)
-        log.info("device registry: %d devices loaded", len(rows))
+            self.index.upsert(
+                np.array([str(r[0]).encode() for r in rows], dtype=np.bytes_),
+                np.array([r[1] for r in rows], dtype=np.int32),
+                np.array([r[2] for r in rows], dtype=np.bool_),
+            )
+            last = rows[-1][3]
+            if isinstance(last, datetime):
+                self.watermark = max(self.watermark or last, last)
+        await self.load_profiles(conn)
+        self.refreshes += 1
         return len(rows)
+
+    async def follow(self, conninfo: str, poll_s: float, stop: asyncio.Event) -> None:
+        """Keep the index current until ``stop``: LISTEN for changes, poll as a fallback."""
+        while not stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                    await conn.execute("LISTEN cityflux_devices")
+                    await self.refresh(conn)
+                    while not stop.is_set():
+                        reload = False
+                        gen = conn.notifies(timeout=poll_s, stop_after=1)
+                        async for note in gen:
+                            reload = note.payload == "DELETE"
+                        if reload:
+                            await self.load(conn)
+                        else:
+                            await self.refresh(conn)
+            except psycopg.OperationalError as exc:
+                log.warning("device registry: change feed lost (%s); reconnecting", exc)
+                await asyncio.sleep(min(poll_s, 5.0))
+
+    def policy_for(self, kind: str, decoder: str) -> tuple[UnknownDevicePolicy, str | None]:
+        """The unknown-device policy and profile for frames of this kind and decoder."""
+        match = self.profiles.get((kind, decoder))
+        if match is None:
+            return self.policy, None
+        return match.policy, match.name
 
     async def resolve(
         self,
         conn: psycopg.AsyncConnection[tuple[object, ...]],
         devices: npt.NDArray[np.bytes_],
         kinds: npt.NDArray[np.bytes_],
+        decoder: str = "",
     ) -> Resolution:
-        """Resolve external ids; auto-provision unknown ones when the policy says so."""
+        """Resolve external ids; auto-provision unknown ones where the policy says so."""
         ids = self.index.resolve(devices)
         provisioned = 0
-        if self.policy is UnknownDevicePolicy.AUTO_PROVISION and (ids == UNKNOWN).any():
-            miss = ids == UNKNOWN
+        miss = ids == UNKNOWN
+        if miss.any():
             new, first = np.unique(devices[miss], return_index=True)
-            new_kinds = kinds[miss][first]
-            cur = await conn.execute(
-                "INSERT INTO devices (external_id, kind, provisioned) "
-                "SELECT * , 'auto' FROM unnest(%s::text[], %s::text[]) "
-                "ON CONFLICT (external_id) DO UPDATE SET updated_at = devices.updated_at "
-                "RETURNING external_id, id, status = 'active', (xmax = 0)",
-                ([k.decode() for k in new], [k.decode() or "unknown" for k in new_kinds]),
-            )
-            rows = await cur.fetchall()
-            self.index.upsert(
-                np.array([r[0].encode() for r in rows], dtype=np.bytes_),  # type: ignore[attr-defined]
-                np.array([r[1] for r in rows], dtype=np.int32),
-                np.array([r[2] for r in rows], dtype=np.bool_),
-            )
-            provisioned = sum(1 for r in rows if r[3])
-            ids = self.index.resolve(devices)
+            new_kinds = [k.decode() for k in kinds[miss][first]]
+            take = []
+            for j, kind in enumerate(new_kinds):
+                policy, profile = self.policy_for(kind, decoder)
+                if policy is UnknownDevicePolicy.AUTO_PROVISION:
+                    take.append((new[j].decode(), kind or "unknown", profile))
+            if take:
+                provisioned = await self._provision(conn, take)
+                ids = self.index.resolve(devices)
         return Resolution(
             ids=ids,
             ok=ids >= 0,
@@ -91,3 +246,23 @@ class DeviceResolver:
             disabled=ids == DISABLED,
             provisioned=provisioned,
         )
+
+    async def _provision(
+        self,
+        conn: psycopg.AsyncConnection[tuple[object, ...]],
+        new: list[tuple[str, str, str | None]],
+    ) -> int:
+        cur = await conn.execute(
+            "INSERT INTO devices (external_id, kind, profile, provisioned) "
+            "SELECT e, k, p, 'auto' FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(e, k, p) "
+            "ON CONFLICT (external_id) DO UPDATE SET updated_at = devices.updated_at "
+            "RETURNING external_id, id, status = 'active', (xmax = 0)",
+            ([n[0] for n in new], [n[1] for n in new], [n[2] for n in new]),
+        )
+        rows = await cur.fetchall()
+        self.index.upsert(
+            np.array([str(r[0]).encode() for r in rows], dtype=np.bytes_),
+            np.array([r[1] for r in rows], dtype=np.int32),
+            np.array([r[2] for r in rows], dtype=np.bool_),
+        )
+        return sum(1 for r in rows if r[3])

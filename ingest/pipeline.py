@@ -258,7 +258,7 @@ class Pipeline:
                     continue
                 res = await writer.retrying(
                     lambda conn, rows=rows: self._resolver.resolve(  # type: ignore[misc]
-                        conn, rows.devices, kinds[rows.frame_index]
+                        conn, rows.devices, kinds[rows.frame_index], batch.decoder
                     )
                 )
                 if res.provisioned:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from device_registry.index import DISABLED, UNKNOWN, DeviceIndex
+from device_registry.index import DISABLED, UNKNOWN, DeviceIndex, hash_ids
 
 
 def test_resolves_known_unknown_and_disabled_in_one_call() -> None:
@@ -30,3 +30,40 @@ def test_upserts_are_visible_and_survive_a_merge() -> None:
     assert idx.resolve(keys).tolist() == list(range(1, 3001))
     idx.upsert(np.array([b"dev-00007"]), np.array([7], dtype=np.int32), np.array([False]))
     assert idx.resolve(np.array([b"dev-00007", b"dev-00008"])).tolist() == [DISABLED, 9]
+
+
+def test_hash_collisions_never_resolve_to_the_wrong_device(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from device_registry import index as index_module
+
+    # every id hashes to one of two values: lookups must still compare the ids themselves
+    monkeypatch.setattr(
+        index_module,
+        "hash_ids",
+        lambda keys: np.array([len(k) % 2 for k in keys.tolist()], dtype=np.uint64),
+    )
+    keys = np.array([f"id{i}".encode() for i in range(50)])
+    idx = DeviceIndex(keys, np.arange(50, dtype=np.int32), np.ones(50, dtype=np.bool_))
+    idx.upsert(np.array([b"id7", b"new"]), np.array([70, 99], dtype=np.int32), np.ones(2, bool))
+    wanted = np.array([b"id0", b"id49", b"id7", b"new", b"id50", b"i"])
+    assert idx.resolve(wanted).tolist() == [0, 49, 70, 99, UNKNOWN, UNKNOWN]
+    idx._merge()
+    assert idx.resolve(wanted).tolist() == [0, 49, 70, 99, UNKNOWN, UNKNOWN]
+    assert len(idx) == 51
+
+
+def test_large_random_index_matches_a_dict() -> None:
+    rng = np.random.default_rng(3)
+    keys = np.unique(rng.integers(10**14, 10**15, 200_000).astype("S15"))
+    ids = rng.permutation(keys.shape[0]).astype(np.int32)
+    idx = DeviceIndex(keys, ids, np.ones(keys.shape[0], dtype=np.bool_))
+    pick = rng.integers(0, keys.shape[0], 10_000)
+    assert (idx.resolve(keys[pick]) == ids[pick]).all()
+    assert (idx.resolve(np.char.add(keys[pick], b"x")) == UNKNOWN).all()
+
+
+def test_the_hash_does_not_depend_on_the_array_width() -> None:
+    narrow = np.array([b"s0", b"861000000000001"])
+    wide = narrow.astype("S40")
+    assert hash_ids(narrow).tolist() == hash_ids(wide).tolist()
+    idx = DeviceIndex(narrow, np.array([1, 2], dtype=np.int32), np.ones(2, dtype=np.bool_))
+    assert idx.resolve(wide).tolist() == [1, 2]
