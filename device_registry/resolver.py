@@ -206,7 +206,7 @@ class DeviceResolver:
                             await self.load(conn)
                         else:
                             await self.refresh(conn)
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
                 log.warning("device registry: change feed lost (%s); reconnecting", exc)
                 await asyncio.sleep(min(poll_s, 5.0))
 

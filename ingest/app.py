@@ -13,6 +13,7 @@ import uvicorn
 
 from decoders.registry import DecoderRegistry, load_registry
 from device_registry.resolver import DeviceResolver
+from device_registry.upkeep import run_upkeep
 from ingest.config import Settings
 from ingest.http import create_app
 from ingest.metrics import Metrics
@@ -94,7 +95,7 @@ class Service:
         self.mqtt = MqttListener(s.mqtt, self.pipeline, self.metrics)
         server = _HttpServer(
             uvicorn.Config(
-                create_app(self.metrics, self.readiness),
+                create_app(self.metrics, self.readiness, conninfo),
                 host=s.http.host,
                 port=s.http.port,
                 log_level="warning",
@@ -104,6 +105,18 @@ class Service:
         async with asyncio.TaskGroup() as tg:
             pipe_task = tg.create_task(self.pipeline.run(), name="ingest.pipeline")
             mqtt_task = tg.create_task(self.mqtt.run(), name="ingest.mqtt")
+            registry_stop = asyncio.Event()
+            registry_task = tg.create_task(
+                run_upkeep(
+                    conninfo,
+                    s.registry,
+                    resolver,
+                    self.pipeline.last_seen,
+                    self.metrics,
+                    registry_stop,
+                ),
+                name="device_registry.upkeep",
+            )
             http_task = tg.create_task(server.serve(), name="ingest.http")
             while not server.started:  # noqa: ASYNC110 - uvicorn offers no start event
                 await asyncio.sleep(0.01)
@@ -123,6 +136,8 @@ class Service:
             await pipe_task
             await self.mqtt.stop()
             await mqtt_task
+            registry_stop.set()
+            await registry_task
             server.should_exit = True
             await http_task
         log.info(

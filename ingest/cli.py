@@ -7,8 +7,9 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import psycopg
 import typer
 
 from ingest.config import ConfigError, Settings, load_settings
@@ -111,3 +112,190 @@ def decode(
     from ingest.decode_cli import run_decode
 
     raise typer.Exit(run_decode(fmt, source, hex_input, path, device))
+
+
+# -- device registry ----------------------------------------------------------------------
+devices_app = typer.Typer(help="Device registry: import, export, list, show.", no_args_is_help=True)
+profiles_app = typer.Typer(help="Device profiles.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+app.add_typer(profiles_app, name="profiles")
+
+
+def _registry_conn(config: Path | None) -> psycopg.Connection[tuple[object, ...]]:
+    """A connection to a migrated database (migrations are applied if pending)."""
+    from decoders.registry import load_registry
+    from storage.migrate import MigrationError, migrate
+
+    settings = _settings(config)
+    url = settings.database.url.get_secret_value()
+    try:
+        migrate(url, load_registry().tables(), settings.database.timescaledb)
+        return psycopg.connect(url, autocommit=True)
+    except (MigrationError, psycopg.OperationalError) as exc:
+        typer.echo(f"cityflux: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, box=None, pad_edge=False)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    Console(width=200).print(table)
+
+
+@devices_app.command("import")
+def devices_import(
+    file: Annotated[Path, typer.Argument(help="CSV (header row) or JSON Lines (.jsonl)")],
+    config: ConfigOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Upsert devices from a file; invalid lines are reported and skipped (exit 1 if any)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from device_registry.importer import ImportFormatError, import_devices
+
+    if not file.is_file():
+        typer.echo(f"cityflux: {file}: no such file", err=True)
+        raise typer.Exit(2)
+    with _registry_conn(config) as conn:
+        progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            disable=quiet,
+            transient=True,
+        )
+        with progress:
+            task = progress.add_task(f"importing {file.name}", total=file.stat().st_size)
+            try:
+                result = import_devices(
+                    conn, file, lambda done: progress.update(task, completed=done)
+                )
+            except ImportFormatError as exc:
+                typer.echo(f"cityflux: {exc}", err=True)
+                raise typer.Exit(2) from None
+    for err in result.errors:
+        typer.echo(f"{file}:{err.line}: {err.field}: {err.message}", err=True)
+    typer.echo(
+        f"{result.imported} devices imported ({result.inserted} new, {result.updated} updated, "
+        f"{result.unchanged} unchanged, {result.duplicates} repeated lines superseded); "
+        f"{len(result.errors)} invalid lines"
+    )
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@devices_app.command("export")
+def devices_export(
+    file: Annotated[Path | None, typer.Argument(help="output CSV (default: stdout)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Every device as CSV in the import format."""
+    from device_registry.store import export_csv
+
+    with _registry_conn(config) as conn:
+        if file is None:
+            export_csv(conn, sys.stdout.buffer)
+        else:
+            with file.open("wb") as out:
+                export_csv(conn, out)
+
+
+@devices_app.command("list")
+def devices_list(
+    config: ConfigOpt = None,
+    offline: Annotated[bool, typer.Option("--offline", help="only offline devices")] = False,
+    online: Annotated[bool, typer.Option("--online", help="only online devices")] = False,
+    profile: Annotated[str | None, typer.Option(help="only this profile")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many")] = 100,
+    after: Annotated[int, typer.Option(help="page after this internal id")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines")] = False,
+) -> None:
+    """Devices with their online status."""
+    from device_registry.store import list_devices
+
+    state = True if offline else (False if online else None)
+    with _registry_conn(config) as conn:
+        rows = list_devices(conn, offline=state, profile=profile, after_id=after, limit=limit)
+    cols = ["id", "external_id", "profile", "kind", "status", "last_seen", "online"]
+    _print_rows(rows, cols, as_json)
+
+
+@devices_app.command("show")
+def devices_show(
+    device: Annotated[str, typer.Argument(help="external id, or #<internal id>")],
+    config: ConfigOpt = None,
+) -> None:
+    """One device as JSON."""
+    from device_registry.store import get_device
+
+    with _registry_conn(config) as conn:
+        row = get_device(conn, device)
+    if row is None:
+        typer.echo(f"cityflux: no device {device!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(row, indent=2, default=str))
+
+
+@devices_app.command("credentials")
+def devices_credentials(
+    password_file: Annotated[Path, typer.Option("--password-file", help="Mosquitto passwd")],
+    acl_file: Annotated[Path, typer.Option("--acl-file", help="Mosquitto ACL file")],
+    config: ConfigOpt = None,
+) -> None:
+    """Write Mosquitto's password and ACL files from the registry (reload it with SIGHUP)."""
+    from device_registry.credentials import export_mosquitto
+
+    settings = _settings(config)
+    service = None
+    if settings.mqtt.username and settings.mqtt.password:
+        service = (settings.mqtt.username, settings.mqtt.password.get_secret_value())
+    prefix = (
+        settings.mqtt.topics[0].split("/up/")[0]
+        if "/up/" in settings.mqtt.topics[0]
+        else "cityflux"
+    )
+    with _registry_conn(config) as conn:
+        done = export_mosquitto(conn, password_file, acl_file, prefix, service)
+    typer.echo(f"{done.devices} device credentials -> {password_file}; ACL -> {acl_file}")
+
+
+@profiles_app.command("import")
+def profiles_import(
+    file: Annotated[Path, typer.Argument(help="YAML or JSON: profiles: [...]")],
+    config: ConfigOpt = None,
+) -> None:
+    """Upsert device profiles by name."""
+    from decoders.registry import load_registry
+    from device_registry.profiles import DocumentError, load_profiles, store
+
+    try:
+        profiles = load_profiles(file, set(load_registry().names()))
+    except DocumentError as exc:
+        typer.echo(f"cityflux: {exc}", err=True)
+        raise typer.Exit(2) from None
+    with _registry_conn(config) as conn:
+        changed = store(conn, profiles)
+    typer.echo(f"{len(profiles)} profiles read, {changed} inserted or changed")
+
+
+@profiles_app.command("list")
+def profiles_list(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines")] = False,
+) -> None:
+    """Profiles with their device counts."""
+    from device_registry.store import list_profiles
+
+    with _registry_conn(config) as conn:
+        rows = list_profiles(conn)
+    cols = ["name", "kind", "decoder", "report_interval_s", "unknown_devices", "devices"]
+    _print_rows(rows, cols, as_json)

@@ -117,6 +117,20 @@ class PipelineConfig(Section):
     )
 
 
+class RegistryConfig(Section):
+    """Device registry: following changes, last seen, online status."""
+
+    refresh_s: float = Field(
+        30.0, gt=0, description="poll for device changes this often (NOTIFY wakes it sooner)"
+    )
+    last_seen_flush_s: float = Field(
+        5.0, gt=0, description="write devices' last-seen times in one UPDATE this often"
+    )
+    status_interval_s: float = Field(
+        60.0, ge=0, description="refresh the online/offline gauges this often (0 = never)"
+    )
+
+
 class HttpConfig(Section):
     """Operator HTTP endpoint: /metrics, /healthz, /readyz."""
 
@@ -146,6 +160,7 @@ class Settings(BaseSettings):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     log_level: LogLevel = Field(LogLevel.INFO, description="logging threshold")
 

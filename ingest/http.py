@@ -1,4 +1,5 @@
-"""Operator HTTP endpoint (FastAPI): /metrics, /healthz, /readyz, served inside the service loop."""
+"""Operator HTTP endpoint (FastAPI): /metrics, /healthz, /readyz and the registry API, served
+inside the service loop."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ from collections.abc import Callable
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from device_registry.api import registry_router
 from ingest.metrics import Metrics
 
 
-def create_app(metrics: Metrics, ready: Callable[[], dict[str, bool]]) -> FastAPI:
-    """The operator API; ``ready`` reports each dependency's state for /readyz."""
+def create_app(
+    metrics: Metrics, ready: Callable[[], dict[str, bool]], conninfo: str | None = None
+) -> FastAPI:
+    """The operator API; ``ready`` reports each dependency's state for /readyz; with a
+    database, the registry routes under /api/v1."""
     app = FastAPI(
         title="cityflux", description="Smart-city device ingest: operator API", version="0.1.0"
     )
+    if conninfo:
+        app.include_router(registry_router(conninfo))
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def get_metrics() -> Response:

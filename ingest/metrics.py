@@ -47,6 +47,23 @@ class Metrics:
         self.rows_written = Counter(
             "cityflux_rows_written", "Rows committed, by table", ["table"], registry=r
         )
+        self.devices_registered = Gauge(
+            "cityflux_devices_registered", "Devices in the in-memory registry index", registry=r
+        )
+        self.devices_by_state = Gauge(
+            "cityflux_devices",
+            "Registered devices by profile and state (online, offline, never_seen, disabled)",
+            ["profile", "state"],
+            registry=r,
+        )
+        self.registry_refreshes = Counter(
+            "cityflux_registry_refreshes", "Reads of the registry change feed", registry=r
+        )
+        self.last_seen_written = Counter(
+            "cityflux_last_seen_written",
+            "Device last-seen times written (one UPDATE per flush)",
+            registry=r,
+        )
         self.batch_commit_seconds = Histogram(
             "cityflux_batch_commit_seconds",
             "Time to store one batch (decode to commit)",

@@ -25,6 +25,7 @@ import numpy as np
 
 from decoders.base import Decoder
 from decoders.registry import DecoderRegistry, UnknownDecoderError
+from device_registry.lastseen import LastSeen
 from device_registry.resolver import DeviceResolver
 from ingest.batch import AckSink, Decoded, FrameBatch, TableRows
 from ingest.metrics import Metrics, reason_label
@@ -94,6 +95,7 @@ class Pipeline:
         self._idle.set()
         self.stats = PipelineStats()
         self.on_committed: list[Callable[[FrameBatch, Decoded], None]] = []
+        self.last_seen = LastSeen()
 
     # -- sources side -------------------------------------------------------------------
     def add_source(self, source: Pausable) -> None:
@@ -231,6 +233,7 @@ class Pipeline:
             writes = []
             await writer.write([], dead.columns(batch), dead.nulls(batch))
         batch.ack_sink.release(batch.ack_ids, True)
+        self._note_seen(batch, writes, dead)
         if decoded.replies:
             dead_frames = set(dead.frames)
             batch.ack_sink.send_replies(
@@ -243,6 +246,26 @@ class Pipeline:
         self._account(batch, decoded, dead, writes, time.perf_counter() - started)
         for hook in self.on_committed:
             hook(batch, decoded)
+
+    def _note_seen(self, batch: FrameBatch, writes: list[TableWrite], dead: DeadLetters) -> None:
+        """Last seen for every device with a stored frame: from the rows' device ids, and for
+        frames without rows (heartbeats) from the device the transport named."""
+        received = np.asarray(batch.received_us, dtype=np.int64)
+        covered = np.zeros(len(batch), dtype=np.bool_)
+        covered[list(dead.frames)] = True
+        for tw in writes:
+            ids = np.asarray(tw.rows.columns["device_id"], dtype=np.int32)
+            self.last_seen.note(ids, received[tw.rows.frame_index])
+            covered[tw.rows.frame_index] = True
+        rest = np.flatnonzero(~covered)
+        if rest.shape[0]:
+            hints = np.array(
+                [batch.device_hints[i].encode() for i in rest.tolist()], dtype=np.bytes_
+            )
+            named = hints != b""
+            if named.any():
+                ids = self._resolver.index.resolve(hints[named])
+                self.last_seen.note(ids, received[rest[named]])
 
     async def _resolve(
         self, batch: FrameBatch, decoded: Decoded, dead: DeadLetters, writer: BatchWriter

@@ -81,3 +81,19 @@ DROP TRIGGER IF EXISTS devices_changed ON devices;
 CREATE TRIGGER devices_changed
     AFTER INSERT OR UPDATE OF external_id, status, profile OR DELETE ON devices
     FOR EACH STATEMENT EXECUTE FUNCTION cityflux_devices_changed();
+
+-- Broker authentication straight from the registry (EMQX's PostgreSQL authenticator):
+-- password_based, backend postgresql, password_hash_algorithm {name = pbkdf2, mac_fun = sha512,
+-- iterations = 1000, dk_length = 64}, query
+-- "SELECT password_hash, salt FROM mqtt_credentials WHERE username = ${username} LIMIT 1".
+-- credential_hash is Mosquitto's $7$ form: $7$<iterations>$<base64 salt>$<base64 digest>; the
+-- salt cityflux generates is printable ASCII so both brokers hash the same bytes.
+CREATE OR REPLACE VIEW mqtt_credentials AS
+SELECT external_id AS username,
+       encode(decode(split_part(credential_hash, '$', 5), 'base64'), 'hex') AS password_hash,
+       encode(decode(split_part(credential_hash, '$', 4), 'base64'), 'escape') AS salt,
+       split_part(credential_hash, '$', 3)::integer AS iterations
+FROM devices
+WHERE status = 'active' AND credential_hash LIKE '$7$%'
+  -- binary salts (hashes made by mosquitto_passwd) cannot be passed to EMQX as text
+  AND position('\' in encode(decode(split_part(credential_hash, '$', 4), 'base64'), 'escape')) = 0;

@@ -1,0 +1,84 @@
+"""Operator HTTP API for the registry (FastAPI router, OpenAPI at /openapi.json).
+
+Endpoints are plain functions: FastAPI runs them in its thread pool, each on a short-lived
+connection, so a slow registry query never blocks the ingest event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel
+
+from device_registry import store
+
+
+class DeviceState(StrEnum):
+    """Administrative status of a device."""
+
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+class StatusChange(BaseModel):
+    """Body of PATCH /devices/{id}."""
+
+    status: DeviceState
+
+
+def registry_router(conninfo: str) -> APIRouter:
+    """The ``/api/v1`` routes: devices, profiles, online status."""
+    router = APIRouter(prefix="/api/v1", tags=["registry"])
+
+    def conn() -> Iterator[psycopg.Connection[Any]]:
+        with psycopg.connect(conninfo, autocommit=True) as c:
+            yield c
+
+    Conn = Annotated[psycopg.Connection[Any], Depends(conn)]  # noqa: N806 - a type alias
+
+    @router.get("/devices", summary="Devices in internal-id order (keyset pages)")
+    def devices(
+        db: Conn,
+        offline: Annotated[bool | None, Query(description="true: offline only")] = None,
+        profile: str | None = None,
+        status: DeviceState | None = None,
+        after: Annotated[int, Query(ge=0, description="page after this internal id")] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> dict[str, Any]:
+        rows = store.list_devices(
+            db,
+            offline=offline,
+            profile=profile,
+            status=status.value if status else None,
+            after_id=after,
+            limit=limit,
+        )
+        return {"devices": rows, "next_after": rows[-1]["id"] if len(rows) == limit else None}
+
+    @router.get("/devices/{device}", summary="One device (external id, or #<internal id>)")
+    def device(db: Conn, device: str) -> dict[str, Any]:
+        row = store.get_device(db, device)
+        if row is None:
+            raise HTTPException(404, f"no device {device!r}")
+        return row
+
+    @router.patch("/devices/{device}", summary="Enable or disable a device")
+    def patch_device(db: Conn, device: str, change: StatusChange) -> dict[str, Any]:
+        row = store.set_status(db, device, change.status.value)
+        if row is None:
+            raise HTTPException(404, f"no device {device!r}")
+        return row
+
+    @router.get("/profiles", summary="Device profiles with device counts")
+    def profiles(db: Conn) -> list[dict[str, Any]]:
+        return store.list_profiles(db)
+
+    @router.get("/status", summary="Online/offline counts per profile")
+    def status_summary(db: Conn) -> list[dict[str, Any]]:
+        return store.status_summary(db)
+
+    return router

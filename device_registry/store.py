@@ -1,0 +1,147 @@
+"""Registry queries shared by the CLI and the operator API (synchronous psycopg).
+
+Lists page by internal id (keyset pagination, cheap at any depth of a 10M-row table);
+online status comes from the ``device_status_view`` (offline after ``offline_after`` × the
+profile's report interval without a frame).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import IO, Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+DEVICE_FIELDS = (
+    "id",
+    "external_id",
+    "profile",
+    "kind",
+    "status",
+    "tenant",
+    "district",
+    "lat",
+    "lon",
+    "road",
+    "road_km",
+    "install",
+    "provisioned",
+    "created_at",
+    "updated_at",
+    "last_seen",
+)
+_SELECT = (
+    "SELECT "
+    + ", ".join(f"d.{c}" for c in DEVICE_FIELDS)
+    + ", v.online, v.offline_after_s, d.credential_hash IS NOT NULL AS has_credential "
+    "FROM devices d JOIN device_status_view v ON v.id = d.id"
+)
+EXPORT_FIELDS = (
+    "external_id",
+    "profile",
+    "kind",
+    "status",
+    "tenant",
+    "district",
+    "lat",
+    "lon",
+    "road",
+    "road_km",
+    "install",
+    "credential_hash",
+    "cert_fingerprint",
+)
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+def list_devices(
+    conn: psycopg.Connection[Any],
+    *,
+    offline: bool | None = None,
+    profile: str | None = None,
+    status: str | None = None,
+    after_id: int = 0,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Devices in internal-id order after ``after_id``, filtered."""
+    where, params = ["d.id > %s"], [after_id]
+    if offline is not None:
+        where.append("v.online IS %s" % ("false" if offline else "true"))
+    if profile:
+        where.append("d.profile = %s")
+        params.append(profile)  # type: ignore[arg-type]
+    if status:
+        where.append("d.status = %s")
+        params.append(status)  # type: ignore[arg-type]
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY d.id LIMIT %s", [*params, limit]
+        )
+        return [_jsonable(r) for r in cur.fetchall()]
+
+
+def get_device(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any] | None:
+    """One device by external id (or ``#<internal id>``)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        if ref.startswith("#") and ref[1:].isdigit():
+            cur.execute(f"{_SELECT} WHERE d.id = %s", [int(ref[1:])])
+        else:
+            cur.execute(f"{_SELECT} WHERE d.external_id = %s", [ref])
+        row = cur.fetchone()
+        return _jsonable(row) if row else None
+
+
+def set_status(conn: psycopg.Connection[Any], ref: str, status: str) -> dict[str, Any] | None:
+    """Enable or disable a device; the running services pick it up from the change feed."""
+    with conn.transaction():
+        cur = conn.execute(
+            "UPDATE devices SET status = %s WHERE external_id = %s RETURNING id", [status, ref]
+        )
+        if cur.fetchone() is None:
+            return None
+    return get_device(conn, ref)
+
+
+def status_summary(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Per profile: devices, active, online, offline, never seen."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT COALESCE(profile, '') AS profile, count(*) AS devices, "
+            "count(*) FILTER (WHERE status = 'active') AS active, "
+            "count(*) FILTER (WHERE online) AS online, "
+            "count(*) FILTER (WHERE online IS false) AS offline, "
+            "count(*) FILTER (WHERE last_seen IS NULL) AS never_seen "
+            "FROM device_status_view GROUP BY 1 ORDER BY 1"
+        )
+        return list(cur.fetchall())
+
+
+def list_profiles(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Every profile with its device count."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT p.name, p.kind, p.decoder, p.topic_pattern, p.coap_path, "
+            "p.report_interval_s, p.offline_after, p.tables, p.rule_set, "
+            "p.retention::text AS retention, p.compress_after::text AS compress_after, "
+            "p.unknown_devices, p.description, "
+            "(SELECT count(*) FROM devices d WHERE d.profile = p.name) AS devices "
+            "FROM device_profiles p ORDER BY p.name"
+        )
+        return [_jsonable(r) for r in cur.fetchall()]
+
+
+def export_csv(conn: psycopg.Connection[Any], out: IO[bytes]) -> None:
+    """Every device as CSV in the import format (re-importable), streamed."""
+    cols = ", ".join(EXPORT_FIELDS)
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            f"COPY (SELECT {cols} FROM devices ORDER BY id) TO STDOUT (FORMAT csv, HEADER)"
+        ) as copy,
+    ):
+        for block in copy:
+            out.write(block)
