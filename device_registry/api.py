@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from device_registry import store
@@ -30,15 +30,18 @@ class StatusChange(BaseModel):
     status: DeviceState
 
 
-def registry_router(conninfo: str) -> APIRouter:
-    """The ``/api/v1`` routes: devices, profiles, online status."""
+def _connect(request: Request) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(request.app.state.registry_conninfo, autocommit=True) as conn:
+        yield conn
+
+
+Conn = Annotated[psycopg.Connection[Any], Depends(_connect)]
+
+
+def registry_router() -> APIRouter:
+    """The ``/api/v1`` routes: devices, profiles, online status. The app names the database
+    in ``app.state.registry_conninfo``."""
     router = APIRouter(prefix="/api/v1", tags=["registry"])
-
-    def conn() -> Iterator[psycopg.Connection[Any]]:
-        with psycopg.connect(conninfo, autocommit=True) as c:
-            yield c
-
-    Conn = Annotated[psycopg.Connection[Any], Depends(conn)]  # noqa: N806 - a type alias
 
     @router.get("/devices", summary="Devices in internal-id order (keyset pages)")
     def devices(

@@ -32,8 +32,15 @@ class CredentialError(ValueError):
     """A credential that is not in a form the registry stores."""
 
 
+def device_salt(external_id: str) -> str:
+    """A salt unique to the device and stable across imports: re-importing the same secret
+    yields the same hash (the import stays idempotent), a new secret a new hash."""
+    mac = hmac.new(b"cityflux device salt", external_id.encode(), hashlib.sha256).digest()
+    return base64.b64encode(mac[:9], altchars=b"./").decode()
+
+
 def hash_secret(secret: str, salt: str | None = None, iterations: int = ITERATIONS) -> str:
-    """The ``$7$`` hash of a device secret."""
+    """The ``$7$`` hash of a device secret (a random salt unless one is given)."""
     salt = salt or "".join(secrets.choice(_SALT_ALPHABET) for _ in range(SALT_CHARS))
     digest = hashlib.pbkdf2_hmac("sha512", secret.encode(), salt.encode(), iterations)
     b64 = base64.b64encode

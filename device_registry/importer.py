@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg
 
-from device_registry.credentials import CredentialError, check_hash, hash_secret
+from device_registry.credentials import CredentialError, check_hash, device_salt, hash_secret
 
 FIELDS = (
     "external_id",
@@ -136,7 +136,7 @@ def validate(row: dict[str, str], profiles: frozenset[str]) -> list[str]:
     if secret:
         if len(secret) < 8:
             raise _InvalidFieldError("secret", "shorter than 8 characters")
-        hashed = hash_secret(secret)
+        hashed = hash_secret(secret, device_salt(ext))
     elif hashed:
         try:
             check_hash(hashed)

@@ -21,7 +21,8 @@ def create_app(
         title="cityflux", description="Smart-city device ingest: operator API", version="0.1.0"
     )
     if conninfo:
-        app.include_router(registry_router(conninfo))
+        app.state.registry_conninfo = conninfo
+        app.include_router(registry_router())
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def get_metrics() -> Response:

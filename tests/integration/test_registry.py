@@ -1,0 +1,258 @@
+"""Device registry end to end: CLI import/export, profiles, the running service's index
+following changes, last seen and online status, the operator HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from decoders.hj212 import frame as hj212_frame
+from ingest.cli import app
+from ingest.topics import uplink
+from tests.helpers import (
+    env_frame,
+    publish,
+    query,
+    running,
+    settings_for,
+    wait_until,
+)
+
+PROFILES = """\
+profiles:
+  - name: air-station
+    kind: water
+    decoder: hj212
+    report_interval_s: 60
+    offline_after: 2
+    unknown_devices: reject
+  - name: nbiot-env
+    kind: env
+    decoder: nbiot-env
+    report_interval_s: 600
+    unknown_devices: auto-provision
+"""
+
+
+def _cli(pg_url: str, *args: str) -> Any:
+    return CliRunner().invoke(
+        app, list(args), env={"CITYFLUX_DATABASE__URL": pg_url, "CITYFLUX_LOG_LEVEL": "WARNING"}
+    )
+
+
+def _http(port: int, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method="PATCH" if body is not None else "GET",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - http://127.0.0.1
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_profiles_file_errors_name_the_file_line_and_field(pg_url: str, tmp_path: Path) -> None:
+    bad = tmp_path / "profiles.yaml"
+    bad.write_text(PROFILES.replace("report_interval_s: 600", "report_interval_s: -5"))
+    result = _cli(pg_url, "profiles", "import", str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}:11: profiles[1].report_interval_s: Input should be greater than 0" in (
+        result.output
+    )
+    bad.write_text(PROFILES.replace("decoder: hj212", "decoder: hj999"))
+    result = _cli(pg_url, "profiles", "import", str(bad))
+    assert result.exit_code == 2
+    assert "profiles[0].decoder: unknown decoder 'hj999'" in result.output
+
+
+def test_import_reports_bad_lines_imports_the_rest_and_is_idempotent(
+    pg_url: str, tmp_path: Path
+) -> None:
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(PROFILES)
+    assert _cli(pg_url, "profiles", "import", str(profiles)).exit_code == 0
+    devices = tmp_path / "devices.csv"
+    devices.write_text(
+        "external_id,profile,district,lat,lon,secret,install\n"
+        'ST01,air-station,Futian,22.54,114.05,correct-horse,"{""pole"": 7}"\n'
+        "ST 02,air-station,,,,,\n"  # line 3: space in the id
+        "ST03,no-such,,,,,\n"  # line 4: unknown profile
+        "ST04,air-station,,95,114,,\n"  # line 5: latitude out of range
+        "ST05,air-station,,,,,\n"
+        "ST06,air-station\n"  # line 7: too few fields
+    )
+    result = _cli(pg_url, "devices", "import", "-q", str(devices))
+    assert result.exit_code == 1
+    for expected in (
+        f"{devices}:3: external_id: 'ST 02'",
+        f"{devices}:4: profile: unknown profile 'no-such'",
+        f"{devices}:5: lat: 95.0 is outside -90..90",
+        f"{devices}:7: line: 2 fields, the header has 7",
+        "2 devices imported (2 new, 0 updated, 0 unchanged",
+    ):
+        assert expected in result.output, result.output
+    rows = query(
+        pg_url,
+        "SELECT external_id, profile, kind, district, lat, install, "
+        "left(credential_hash, 3) = '$7$' "
+        "FROM devices ORDER BY external_id",
+    )
+    assert rows == [
+        ("ST01", "air-station", "water", "Futian", 22.54, {"pole": 7}, True),
+        ("ST05", "air-station", "water", None, None, {}, None),
+    ]
+    # a second import changes nothing; an export re-imports as "unchanged"
+    assert (
+        "0 new, 0 updated, 2 unchanged"
+        in _cli(pg_url, "devices", "import", "-q", str(devices)).output
+    )
+    exported = tmp_path / "export.csv"
+    assert _cli(pg_url, "devices", "export", str(exported)).exit_code == 0
+    again = _cli(pg_url, "devices", "import", "-q", str(exported))
+    assert (again.exit_code, "0 new, 0 updated, 2 unchanged" in again.output) == (0, True)
+    # JSON Lines: an update and a new device; an empty field keeps the stored value
+    jsonl = tmp_path / "more.jsonl"
+    jsonl.write_text(
+        '{"external_id": "ST05", "district": "Nanshan"}\n'
+        '{"external_id": "861000000000077", "profile": "nbiot-env", "status": "disabled"}\n'
+        '{"external_id": "X", "colour": "red"}\n'
+    )
+    result = _cli(pg_url, "devices", "import", "-q", str(jsonl))
+    assert result.exit_code == 1
+    assert f"{jsonl}:3: line: unknown field(s) colour" in result.output
+    assert "1 new, 1 updated" in result.output
+    show = _cli(pg_url, "devices", "show", "ST05")
+    shown = json.loads(show.output)
+    assert (shown["district"], shown["profile"], shown["online"]) == (
+        "Nanshan",
+        "air-station",
+        False,
+    )
+    listed = _cli(pg_url, "devices", "list", "--json", "--profile", "nbiot-env")
+    assert [json.loads(line)["status"] for line in listed.output.splitlines()] == ["disabled"]
+
+
+async def test_service_follows_registry_changes_and_tracks_last_seen(
+    pg_url: str, broker, topic_prefix: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(PROFILES)
+    assert _cli(pg_url, "profiles", "import", str(profiles)).exit_code == 0
+    devices = tmp_path / "devices.csv"
+    devices.write_text(
+        "external_id,profile,status\nST01,air-station,active\nST02,air-station,disabled\n"
+    )
+    assert _cli(pg_url, "devices", "import", "-q", str(devices)).exit_code == 0
+
+    def station(mn: str, cn: str = "2011", minute: int = 0) -> bytes:
+        cp = f"DataTime=202601010{minute:03d}00;a34004-Rtd=35.0,a34004-Flag=N"
+        if cn == "8013":
+            cp = ""
+        return hj212_frame(
+            f"QN=20260101000000000;ST=22;CN={cn};PW=123456;MN={mn};Flag=4;CP=&&{cp}&&"
+        )
+
+    settings = settings_for(
+        pg_url,
+        broker,
+        topic_prefix,
+        pipeline={"unknown_devices": "auto-provision"},
+        registry={"refresh_s": 0.5, "last_seen_flush_s": 0.2, "status_interval_s": 0.2},
+    )
+    water = lambda mn: uplink("water", mn, "hj212", topic_prefix)  # noqa: E731
+    async with running(settings) as svc:
+        port = svc.http_port or 0
+        pipe = svc.pipeline
+        assert pipe is not None
+        first = [
+            (water("ST01"), station("ST01")),
+            (water("ST02"), station("ST02")),  # disabled
+            (water("ST09"), station("ST09")),  # unknown; its profile says reject
+            (
+                uplink("env", "861000000000001", "nbiot-env", topic_prefix),
+                env_frame(861000000000001, 1),
+            ),
+        ]
+        assert await asyncio.to_thread(publish, broker, first) == 4
+        await wait_until(lambda: pipe.stats.received == 4, what="first frames")
+        assert sorted(r[0] for r in query(pg_url, "SELECT reason FROM dead_letters")) == [
+            "disabled_device: ST02",
+            "unknown_device: ST09",
+        ]
+        # the nbiot-env profile auto-provisions, under that profile
+        assert query(
+            pg_url, "SELECT profile, provisioned FROM devices WHERE external_id = '861000000000001'"
+        ) == [("nbiot-env", "auto")]
+        # an operator enables ST02 through the API; the service's index follows without restart
+        status, body = await asyncio.to_thread(
+            _http, port, "/api/v1/devices/ST02", {"status": "active"}
+        )
+        assert (status, body.get("status")) == (200, "active"), body
+        await wait_until(lambda: svc_index_has(svc, b"ST02"), what="index refresh")
+        assert (
+            await asyncio.to_thread(publish, broker, [(water("ST02"), station("ST02", minute=1))])
+            == 1
+        )
+        # a heartbeat (no rows) still counts as seen
+        assert (
+            await asyncio.to_thread(publish, broker, [(water("ST01"), station("ST01", "8013"))])
+            == 1
+        )
+        await wait_until(lambda: pipe.stats.received == 6, what="second frames")
+        await wait_until(
+            lambda: (
+                query(pg_url, "SELECT count(*) FROM devices WHERE last_seen IS NOT NULL")[0][0] == 3
+            ),
+            what="last seen flushed",
+        )
+        status, listing = await asyncio.to_thread(
+            _http, port, "/api/v1/devices?profile=air-station"
+        )
+        assert status == 200
+        assert [(d["external_id"], d["online"]) for d in listing["devices"]] == [
+            ("ST01", True),
+            ("ST02", True),
+        ]
+        status, summary = await asyncio.to_thread(_http, port, "/api/v1/status")
+        assert {s["profile"]: s["online"] for s in summary} == {"air-station": 2, "nbiot-env": 1}
+        status, schema = await asyncio.to_thread(_http, port, "/openapi.json")
+        assert {"/api/v1/devices", "/api/v1/devices/{device}", "/api/v1/status"} <= set(
+            schema["paths"]
+        )
+        assert (await asyncio.to_thread(_http, port, "/api/v1/devices/NOPE"))[0] == 404
+        gauge = 'cityflux_devices{profile="air-station",state="online"} 2.0'
+        for _ in range(100):  # the gauges refresh every 0.2 s
+            metrics = await asyncio.to_thread(_metrics, port)
+            if gauge in metrics:
+                break
+            await asyncio.sleep(0.1)
+        assert gauge in metrics
+    assert query(pg_url, "SELECT count(*) FROM hj212_readings") == [(2,)]
+    # a station silent for more than offline_after × interval is offline
+    query(
+        pg_url,
+        "UPDATE devices SET last_seen = now() - interval '3 minutes' WHERE external_id = 'ST01'",
+    )
+    offline = _cli(pg_url, "devices", "list", "--offline", "--json")
+    assert [json.loads(line)["external_id"] for line in offline.output.splitlines()] == ["ST01"]
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def svc_index_has(svc: Any, device: bytes) -> bool:
+    import numpy as np
+
+    resolver = svc.pipeline._resolver
+    return bool(resolver.index.resolve(np.array([device]))[0] >= 0)
