@@ -13,14 +13,21 @@ import csv
 import io
 import json
 import math
+import operator
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
+import numpy as np
 import psycopg
+import psycopg.errors
 
 from device_registry.credentials import CredentialError, check_hash, device_salt, hash_secret
+from device_registry.index import UNKNOWN, DeviceIndex
+from device_registry.resolver import PARSE_CHUNK, parse_copy_text
 
 FIELDS = (
     "external_id",
@@ -94,9 +101,11 @@ def _float(name: str, text: str, lo: float, hi: float) -> str:
     return text
 
 
-def validate(row: dict[str, str], profiles: frozenset[str]) -> list[str]:
-    """The staged values of one device line (``""`` = not given), or ``_InvalidFieldError``."""
-    ext = row.get("external_id", "")
+def validate(v: list[str], profiles: frozenset[str] | dict[str, str]) -> list[str]:
+    """The staged values (``STORED`` order, ``""`` = not given) of one device line given in
+    ``FIELDS`` order, or ``_InvalidFieldError`` naming the field."""
+    ext, profile, kind, status, tenant, district, lat, lon, road, road_km = v[:10]
+    install, secret, hashed, cert = v[10:]
     if not ext:
         raise _InvalidFieldError("external_id", "missing")
     if not _ID.fullmatch(ext) or len(ext.encode()) > 64:
@@ -104,25 +113,31 @@ def validate(row: dict[str, str], profiles: frozenset[str]) -> list[str]:
             "external_id",
             f"{ext!r}: 1-64 bytes without spaces, control characters, '/', '+', '#', ':' or '\\'",
         )
-    profile = row.get("profile", "")
     if profile and profile not in profiles:
         raise _InvalidFieldError("profile", f"unknown profile {profile!r}")
-    status = row.get("status", "")
     if status and status not in ("active", "disabled"):
         raise _InvalidFieldError("status", f"{status!r} is not active or disabled")
-    for name in ("kind", "tenant", "district", "road"):
-        if len(row.get(name, "")) > _TEXT_MAX:
-            raise _InvalidFieldError(name, f"longer than {_TEXT_MAX} characters")
-    lat, lon = row.get("lat", ""), row.get("lon", "")
-    if bool(lat) != bool(lon):
-        raise _InvalidFieldError("lat" if not lat else "lon", "lat and lon go together")
-    if lat:
+    if (
+        len(kind) > _TEXT_MAX
+        or len(tenant) > _TEXT_MAX
+        or len(district) > _TEXT_MAX
+        or len(road) > _TEXT_MAX
+    ):
+        name = next(
+            n
+            for n, x in zip(
+                ("kind", "tenant", "district", "road"), (kind, tenant, district, road), strict=True
+            )
+            if len(x) > _TEXT_MAX
+        )
+        raise _InvalidFieldError(name, f"longer than {_TEXT_MAX} characters")
+    if lat or lon:
+        if not (lat and lon):
+            raise _InvalidFieldError("lat" if not lat else "lon", "lat and lon go together")
         _float("lat", lat, -90, 90)
         _float("lon", lon, -180, 180)
-    road_km = row.get("road_km", "")
     if road_km:
         _float("road_km", road_km, 0, 1e6)
-    install = row.get("install", "")
     if install:
         try:
             doc = json.loads(install)
@@ -130,10 +145,9 @@ def validate(row: dict[str, str], profiles: frozenset[str]) -> list[str]:
             raise _InvalidFieldError("install", "not valid JSON") from None
         if not isinstance(doc, dict):
             raise _InvalidFieldError("install", "must be a JSON object")
-    secret, hashed = row.get("secret", ""), row.get("credential_hash", "")
-    if secret and hashed:
-        raise _InvalidFieldError("secret", "give a secret or a credential_hash, not both")
     if secret:
+        if hashed:
+            raise _InvalidFieldError("secret", "give a secret or a credential_hash, not both")
         if len(secret) < 8:
             raise _InvalidFieldError("secret", "shorter than 8 characters")
         hashed = hash_secret(secret, device_salt(ext))
@@ -142,21 +156,22 @@ def validate(row: dict[str, str], profiles: frozenset[str]) -> list[str]:
             check_hash(hashed)
         except CredentialError as exc:
             raise _InvalidFieldError("credential_hash", str(exc)) from None
-    cert = row.get("cert_fingerprint", "").replace(":", "").lower()
-    if cert and not _HEX64.fullmatch(cert):
-        raise _InvalidFieldError(
-            "cert_fingerprint", "must be a SHA-256 fingerprint (64 hex digits)"
-        )
+    if cert:
+        cert = cert.replace(":", "").lower()
+        if not _HEX64.fullmatch(cert):
+            raise _InvalidFieldError(
+                "cert_fingerprint", "must be a SHA-256 fingerprint (64 hex digits)"
+            )
     return [
         ext,
         profile,
-        row.get("kind", ""),
+        kind,
         status,
-        row.get("tenant", ""),
-        row.get("district", ""),
+        tenant,
+        district,
         lat,
         lon,
-        row.get("road", ""),
+        road,
         road_km,
         install,
         hashed,
@@ -164,7 +179,7 @@ def validate(row: dict[str, str], profiles: frozenset[str]) -> list[str]:
     ]
 
 
-def _csv_rows(fh: io.TextIOBase, name: str) -> Iterator[tuple[int, dict[str, str] | str]]:
+def _csv_rows(fh: io.TextIOBase, name: str) -> Iterator[tuple[int, list[str] | str]]:
     reader = csv.reader(fh)
     try:
         header = [h.strip() for h in next(reader)]
@@ -177,15 +192,23 @@ def _csv_rows(fh: io.TextIOBase, name: str) -> Iterator[tuple[int, dict[str, str
             f"({', '.join(FIELDS)}); unknown: {', '.join(unknown) or '-'}"
         )
     width = len(header)
-    for values in reader:
-        line = reader.line_num
+    if header == list(FIELDS):
+        for values in reader:
+            if len(values) != width:
+                yield reader.line_num, f"{len(values)} fields, the header has {width}"
+            else:
+                yield reader.line_num, values
+        return
+    pick = operator.itemgetter(*[header.index(f) if f in header else width for f in FIELDS])
+    for values in reader:  # a missing field reads the "" appended at position ``width``
         if len(values) != width:
-            yield line, f"{len(values)} fields, the header has {width}"
+            yield reader.line_num, f"{len(values)} fields, the header has {width}"
         else:
-            yield line, dict(zip(header, values, strict=True))
+            values.append("")
+            yield reader.line_num, list(pick(values))
 
 
-def _jsonl_rows(fh: io.TextIOBase, name: str) -> Iterator[tuple[int, dict[str, str] | str]]:
+def _jsonl_rows(fh: io.TextIOBase, name: str) -> Iterator[tuple[int, list[str] | str]]:
     del name
     for line, text in enumerate(fh, start=1):
         if not text.strip():
@@ -202,16 +225,18 @@ def _jsonl_rows(fh: io.TextIOBase, name: str) -> Iterator[tuple[int, dict[str, s
         if unknown:
             yield line, f"unknown field(s) {', '.join(unknown)}"
             continue
-        row = {}
-        for k, v in doc.items():
-            if v is None:
-                continue
-            row[k] = json.dumps(v) if k == "install" else str(v)
-        yield line, row
+        yield (
+            line,
+            [
+                "" if doc.get(k) is None else json.dumps(doc[k]) if k == "install" else str(doc[k])
+                for k in FIELDS
+            ],
+        )
 
 
-def read_rows(path: Path, fh: io.TextIOBase) -> Iterator[tuple[int, dict[str, str] | str]]:
-    """(line number, row or the reason it cannot be read) for every device line of a file."""
+def read_rows(path: Path, fh: io.TextIOBase) -> Iterator[tuple[int, list[str] | str]]:
+    """(line number, values in ``FIELDS`` order or the reason the line cannot be read) for
+    every device line of a file."""
     if path.suffix in (".jsonl", ".ndjson", ".json"):
         return _jsonl_rows(fh, str(path))
     return _csv_rows(fh, str(path))
@@ -250,6 +275,16 @@ WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.external_id = s.external_id)
 """
 
 
+_DIRECT = (
+    "COPY devices (external_id, profile, kind, status, tenant, district, lat, lon, road, "
+    "road_km, install, credential_hash, cert_fingerprint) FROM STDIN (FORMAT csv)"
+)
+_STAGED = (
+    "COPY devices_import (line, external_id, profile, kind, status, tenant, district, "
+    "lat, lon, road, road_km, install, credential_hash, cert_fingerprint) FROM STDIN (FORMAT csv)"
+)
+
+
 def import_devices(
     conn: psycopg.Connection[tuple[object, ...]],
     path: Path,
@@ -257,54 +292,126 @@ def import_devices(
 ) -> ImportResult:
     """Validate ``path`` and upsert its valid devices in one transaction.
 
-    ``progress`` is called with the number of bytes read so far.
+    Devices the registry does not have yet are copied straight into ``devices`` (checked
+    against the registry's ids, read the way the service reads them); the others go through
+    a staging table and one UPDATE. If the direct copy meets a unique violation (a device
+    named twice in the file, or added concurrently), the import is redone entirely through
+    the staging table. ``progress`` is called with the number of bytes read so far.
     """
-    cur = conn.execute("SELECT name FROM device_profiles")
-    profiles = frozenset(str(r[0]) for r in cur.fetchall())
+    cur = conn.execute("SELECT name, kind FROM device_profiles")
+    profiles = {str(name): str(kind) for name, kind in cur.fetchall()}
+    known = read_index(conn)
+    try:
+        return _import(conn, path, profiles, known, progress)
+    except psycopg.errors.UniqueViolation:
+        return _import(conn, path, profiles, None, progress)
+
+
+def _import(
+    conn: psycopg.Connection[tuple[object, ...]],
+    path: Path,
+    profiles: dict[str, str],
+    known: DeviceIndex | None,
+    progress: Callable[[int], None] | None,
+) -> ImportResult:
     result = ImportResult()
     with (
         conn.transaction(),
         path.open("rb") as raw,
         io.TextIOWrapper(raw, encoding="utf-8", newline="") as fh,
+        tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as spool,
     ):
-        conn.execute(_STAGE)
-        staged = 0
-        with conn.cursor().copy(
-            "COPY devices_import (line, external_id, profile, kind, status, tenant, district, "
-            "lat, lon, road, road_km, install, credential_hash, cert_fingerprint) "
-            "FROM STDIN (FORMAT csv)"
-        ) as copy:
-            out = io.StringIO()
-            writer = csv.writer(out, lineterminator="\n")
-            rows = 0
-            for line, row in read_rows(path, fh):
+        staged = csv.writer(spool, lineterminator="\n")
+        out = io.StringIO()
+        direct = csv.writer(out, lineterminator="\n")
+        lines: list[int] = []
+        rows: list[list[str]] = []
+
+        def flush(copy: psycopg.Copy | None) -> None:
+            if not rows:
+                return
+            if known is None or copy is None:
+                new = np.zeros(len(rows), dtype=np.bool_)
+            else:
+                ids = np.array([r[0].encode() for r in rows], dtype=np.bytes_)
+                new = known.resolve(ids) == UNKNOWN
+            for line, row, is_new in zip(lines, rows, new.tolist(), strict=True):
+                if is_new:
+                    if not row[2]:
+                        row[2] = profiles.get(row[1], "unknown")
+                    row[3] = row[3] or "active"
+                    row[10] = row[10] or "{}"
+                    direct.writerow(row)
+                    result.inserted += 1
+                else:
+                    staged.writerow([line, *row])
+            if copy is not None and out.tell():
+                copy.write(out.getvalue())
+                out.seek(0)
+                out.truncate()
+            lines.clear()
+            rows.clear()
+            if progress:
+                progress(raw.tell())
+
+        with conn.cursor().copy(_DIRECT) as copy:
+            for line, values in read_rows(path, fh):
                 result.lines += 1
-                if isinstance(row, str):
-                    result.errors.append(LineError(line, "line", row))
+                if isinstance(values, str):
+                    result.errors.append(LineError(line, "line", values))
                     continue
                 try:
-                    values = validate(row, profiles)
+                    rows.append(validate(values, profiles))
                 except _InvalidFieldError as exc:
                     result.errors.append(LineError(line, exc.field, str(exc)))
                     continue
-                writer.writerow([line, *values])
-                rows += 1
-                if rows == _CHUNK_ROWS:
-                    copy.write(out.getvalue())
-                    out.seek(0)
-                    out.truncate()
-                    staged += rows
-                    rows = 0
-                    if progress:
-                        progress(raw.tell())
-            copy.write(out.getvalue())
-            staged += rows
+                lines.append(line)
+                if len(rows) == _CHUNK_ROWS:
+                    flush(copy)
+            flush(copy)
         if progress:
             progress(path.stat().st_size)
-        result.duplicates = conn.execute(_DEDUPE).rowcount
-        result.updated = conn.execute(_UPDATE).rowcount
-        result.inserted = conn.execute(_INSERT).rowcount
+        if spool.tell():
+            staged_rows = _stage(conn, spool)
+            result.duplicates = conn.execute(_DEDUPE).rowcount
+            result.updated = conn.execute(_UPDATE).rowcount
+            late = conn.execute(_INSERT).rowcount  # new devices of the careful path
+            result.inserted += late
+            result.unchanged = staged_rows - result.duplicates - result.updated - late
         if result.inserted > 100_000:
             conn.execute("ANALYZE devices")
-    result.unchanged = staged - result.duplicates - result.updated - result.inserted
     return result
+
+
+def _stage(conn: psycopg.Connection[tuple[object, ...]], spool: IO[str]) -> int:
+    """Load the spooled rows into the staging table; return how many."""
+    conn.execute(_STAGE)
+    spool.seek(0)
+    n = 0
+    with conn.cursor().copy(_STAGED) as copy:
+        while block := spool.read(1 << 20):
+            copy.write(block)
+            n += block.count("\n")
+    return n
+
+
+def read_index(conn: psycopg.Connection[tuple[object, ...]]) -> DeviceIndex:
+    """The registry's current ids, read and parsed as the service reads them."""
+    parts = []
+    pending = bytearray()
+    with (
+        conn.cursor() as cur,
+        cur.copy("COPY (SELECT external_id, id, status = 'active' FROM devices) TO STDOUT") as copy,
+    ):
+        for block in copy:
+            pending += block
+            if len(pending) >= PARSE_CHUNK:
+                cut = pending.rfind(b"\n") + 1
+                parts.append(parse_copy_text(bytes(pending[:cut])))
+                del pending[:cut]
+    parts.append(parse_copy_text(bytes(pending)))
+    return DeviceIndex(
+        np.concatenate([p.keys for p in parts]),
+        np.concatenate([p.ids for p in parts]),
+        np.concatenate([p.active for p in parts]),
+    )

@@ -24,7 +24,7 @@ from device_registry.index import DISABLED, UNKNOWN, DeviceIndex
 log = logging.getLogger(__name__)
 
 WATERMARK_OVERLAP = timedelta(seconds=30)  # re-read changes committed late with older stamps
-_PARSE_CHUNK = 32 << 20
+PARSE_CHUNK = 8 << 20  # bytes of COPY text parsed at a time (bounds the parse's temporaries)
 
 
 class UnknownDevicePolicy(StrEnum):
@@ -136,7 +136,7 @@ class DeviceResolver:
             ) as copy:
                 async for block in copy:
                     pending += block
-                    if len(pending) >= _PARSE_CHUNK:
+                    if len(pending) >= PARSE_CHUNK:
                         cut = pending.rfind(b"\n") + 1
                         parts.append(parse_copy_text(bytes(pending[:cut])))
                         del pending[:cut]

@@ -125,11 +125,14 @@ def test_import_reports_bad_lines_imports_the_rest_and_is_idempotent(
         '{"external_id": "ST05", "district": "Nanshan"}\n'
         '{"external_id": "861000000000077", "profile": "nbiot-env", "status": "disabled"}\n'
         '{"external_id": "X", "colour": "red"}\n'
+        '{"external_id": "ST07", "district": "A"}\n'
+        '{"external_id": "ST07", "district": "B"}\n'  # named twice: the last line wins
     )
     result = _cli(pg_url, "devices", "import", "-q", str(jsonl))
     assert result.exit_code == 1
     assert f"{jsonl}:3: line: unknown field(s) colour" in result.output
-    assert "1 new, 1 updated" in result.output
+    assert "2 new, 1 updated, 0 unchanged, 1 repeated lines superseded" in result.output
+    assert query(pg_url, "SELECT district FROM devices WHERE external_id = 'ST07'") == [("B",)]
     show = _cli(pg_url, "devices", "show", "ST05")
     shown = json.loads(show.output)
     assert (shown["district"], shown["profile"], shown["online"]) == (
