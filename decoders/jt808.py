@@ -6,13 +6,20 @@ are computed with one ``np.bitwise_xor.reduceat``; headers and bodies are read w
 
 - 0x0200 location report and 0x0704 batches of them → ``vehicle_positions`` (fix time BCD,
   UTC+8 → UTC; extra items 0x01 mileage, 0x02 fuel, 0x30 signal, 0x31 satellites).
-- 0x0002 heartbeat, 0x0100 registration, 0x0102 authentication: valid frames, no rows yet
-  (registration data goes to the device registry in its own issue).
+- Replies for the transport to send back (JT/T 808-2013 §8.1–8.6): 0x8100 to a 0x0100
+  registration (result 0 and an authentication code, HMAC-SHA256 of the phone number under
+  ``CITYFLUX_JT808_AUTH_KEY``, so no state is kept); 0x8001 platform general reply to 0x0102
+  authentication (0 if the code matches, else 1), to 0x0002 heartbeats, 0x0003 logout and
+  to location reports 0x0200/0x0704 (0 = received). Whether the terminal is registered is the
+  registry's decision (its frames with rows go through the profile's unknown-device policy).
 - The device is the terminal's phone number (BCD[6] in 2013, BCD[10] in 2019).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import re
 import struct
 
@@ -50,6 +57,16 @@ def _bcd(raw: bytes) -> str:
     if not text.isdigit():
         raise JT808Error(f"BCD field {text!r} has non-decimal digits")
     return text
+
+
+GENERAL_REPLY, REGISTRATION_REPLY = 0x8001, 0x8100
+_ACKED = frozenset((0x0002, 0x0003, 0x0200, 0x0704))
+
+
+def auth_code(phone: str) -> str:
+    """The authentication code a registration is answered with (and 0x0102 must present)."""
+    key = os.environ.get("CITYFLUX_JT808_AUTH_KEY", "cityflux").encode()
+    return hmac.new(key, phone.encode(), hashlib.sha256).hexdigest()[:16].upper()
 
 
 def _fix_time_us(raw: bytes) -> int:
@@ -155,6 +172,7 @@ class JT808Decoder:
             starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
             sums = np.bitwise_xor.reduceat(flat, starts)  # XOR incl. the checksum byte: 0 if ok
         rows: list[tuple[object, ...]] = []
+        replies: list[tuple[int, bytes]] = []
         for j, i in enumerate(index):
             raw = raws[j]
             if sums[j] != 0:
@@ -165,7 +183,9 @@ class JT808Decoder:
                 continue
             mark = len(rows)
             try:
-                self._message(raw[:-1], i, batch.device_hints[i], rows)
+                reply = self._message(raw[:-1], i, batch.device_hints[i], rows)
+                if reply:
+                    replies.append((i, reply))
             except JT808Error as exc:
                 del rows[mark:]
                 rejects.append(Reject(i, f"jt808_invalid: {exc}"))
@@ -177,21 +197,25 @@ class JT808Decoder:
             rows={VEHICLE_POSITIONS.name: _build(rows)},
             rejects=rejects,
             frames_ok=len(batch) - len(rejects),
+            replies=replies,
         )
 
     @staticmethod
-    def _message(raw: bytes, i: int, hint: str, rows: list[tuple[object, ...]]) -> None:
+    def _message(raw: bytes, i: int, hint: str, rows: list[tuple[object, ...]]) -> bytes:
+        """Read one message into ``rows``; return the reply frame it calls for (or b"")."""
         msg_id, props = struct.unpack_from(">HH", raw, 0)
         length, split, v2019 = props & 0x3FF, bool(props & 0x2000), bool(props & 0x4000)
         if props & 0x1C00:
             raise JT808Error("encrypted body (RSA) is not supported")
         pos = 4
+        version = 1
         if v2019:
-            pos += 1  # protocol version
+            version, pos = raw[pos], pos + 1  # protocol version
             phone, pos = _bcd(raw[pos : pos + 10]), pos + 10
         else:
             phone, pos = _bcd(raw[pos : pos + 6]), pos + 6
-        pos += 2  # serial
+        (serial,) = struct.unpack_from(">H", raw, pos)
+        pos += 2
         if split:
             pos += 4
         body = raw[pos:]
@@ -216,6 +240,22 @@ class JT808Decoder:
                 raise JT808Error(f"0x0704 has {len(body) - p} bytes after its {count} items")
         elif msg_id not in KNOWN_IDS:
             raise JT808Error(f"unsupported message id 0x{msg_id:04X}")
+
+        def reply(reply_id: int, body: bytes) -> bytes:
+            return frame(
+                reply_id, phone, serial, body, version_2019=v2019, protocol_version=version
+            )
+
+        if msg_id == 0x0100:
+            code = auth_code(device).encode()
+            return reply(REGISTRATION_REPLY, struct.pack(">HB", serial, 0) + code)
+        if msg_id == 0x0102:
+            sent = body[1 : 1 + body[0]] if v2019 and body else body
+            result = 0 if hmac.compare_digest(sent, auth_code(device).encode()) else 1
+            return reply(GENERAL_REPLY, struct.pack(">HHB", serial, msg_id, result))
+        if msg_id in _ACKED:
+            return reply(GENERAL_REPLY, struct.pack(">HHB", serial, msg_id, 0))
+        return b""
 
 
 def _location(body: bytes, device: str, i: int) -> tuple[object, ...]:

@@ -23,7 +23,22 @@ from device_registry.index import DISABLED, UNKNOWN, DeviceIndex
 
 log = logging.getLogger(__name__)
 
-WATERMARK_OVERLAP = timedelta(seconds=30)  # re-read changes committed late with older stamps
+WATERMARK_OVERLAP = timedelta(seconds=30)  # when other sessions' transactions are not visible
+FULL_RELOAD_ROWS = 200_000  # more changed rows than this: reload everything with COPY
+# A row's updated_at is its transaction's start time, so a transaction still running when we
+# read can commit rows older than what we have seen. The next read therefore starts at the
+# start of the oldest transaction in progress (or our read time if there is none), not at the
+# newest row seen: nothing is missed, and a finished bulk import is not read again.
+_HORIZON = """
+SELECT LEAST(clock_timestamp(), (
+           SELECT min(xact_start) FROM pg_stat_activity
+           WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
+             AND state NOT IN ('idle')
+       )),
+       EXISTS (SELECT 1 FROM pg_stat_activity
+               WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
+                 AND state IS NULL)
+"""
 PARSE_CHUNK = 8 << 20  # bytes of COPY text parsed at a time (bounds the parse's temporaries)
 
 
@@ -126,14 +141,15 @@ class DeviceResolver:
         await self.load_profiles(conn)
         async with conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cur = await conn.execute("SELECT max(updated_at) FROM devices")
-            row = await cur.fetchone()
-            watermark = row[0] if row else None
+            watermark = await self._horizon(conn)
             parts: list[RegistryParts] = []
             pending = bytearray()
-            async with cur.copy(
-                "COPY (SELECT external_id, id, status = 'active' FROM devices) TO STDOUT"
-            ) as copy:
+            async with (
+                conn.cursor() as cur,
+                cur.copy(
+                    "COPY (SELECT external_id, id, status = 'active' FROM devices) TO STDOUT"
+                ) as copy,
+            ):
                 async for block in copy:
                     pending += block
                     if len(pending) >= PARSE_CHUNK:
@@ -145,7 +161,7 @@ class DeviceResolver:
         self.index = DeviceIndex(
             keys, np.concatenate([p.ids for p in parts]), np.concatenate([p.active for p in parts])
         )
-        self.watermark = watermark if isinstance(watermark, datetime) else None
+        self.watermark = watermark
         log.info(
             "device registry: %d devices loaded (%.0f MB in memory), %d profiles",
             len(self.index),
@@ -164,28 +180,42 @@ class DeviceResolver:
             for kind, dec, name, policy in await cur.fetchall()
         }
 
+    async def _horizon(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> datetime:
+        """Where the next change-feed read starts (see ``_HORIZON``)."""
+        try:
+            cur = await conn.execute(_HORIZON)
+            row = await cur.fetchone()
+        except psycopg.Error:  # no statistics views (some embedded builds): be conservative
+            row = None
+        if row is None or not isinstance(row[0], datetime):
+            return datetime.now(UTC) - WATERMARK_OVERLAP
+        # sessions whose state we may not see (other roles): keep the overlap for them
+        return row[0] - WATERMARK_OVERLAP if row[1] else row[0]
+
     async def refresh(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> int:
         """Apply devices changed since the watermark; return how many rows were read."""
-        since = (
-            self.watermark - WATERMARK_OVERLAP
-            if self.watermark
-            else datetime(1970, 1, 1, tzinfo=UTC)
-        )
-        cur = await conn.execute(
-            "SELECT external_id, id, status = 'active', updated_at FROM devices "
-            "WHERE updated_at > %s ORDER BY updated_at",
-            (since,),
-        )
-        rows = await cur.fetchall()
-        if rows:
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        since = self.watermark or epoch
+        async with conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            horizon = await self._horizon(conn)
+            cur = await conn.execute(
+                "SELECT external_id, id, status = 'active' FROM devices "
+                "WHERE updated_at >= %s LIMIT %s",
+                (since, FULL_RELOAD_ROWS + 1),
+            )
+            rows = await cur.fetchall()
+        if len(rows) > FULL_RELOAD_ROWS:
+            log.info("device registry: more than %d changes; reloading", FULL_RELOAD_ROWS)
+            await self.load(conn)
+        elif rows:
             self.index.upsert(
                 np.array([str(r[0]).encode() for r in rows], dtype=np.bytes_),
                 np.array([r[1] for r in rows], dtype=np.int32),
                 np.array([r[2] for r in rows], dtype=np.bool_),
             )
-            last = rows[-1][3]
-            if isinstance(last, datetime):
-                self.watermark = max(self.watermark or last, last)
+        if len(rows) <= FULL_RELOAD_ROWS:
+            self.watermark = horizon
         await self.load_profiles(conn)
         self.refreshes += 1
         return len(rows)

@@ -103,3 +103,46 @@ def test_rejects_carry_exact_reasons() -> None:
             "jt808_invalid: device_mismatch: topic names '13800138000', frame carries 013900000000",
         ),
     ]
+
+
+def _unframe(reply: bytes) -> tuple[int, str, int, bytes]:
+    raw = unescape(reply[1:-1])
+    check = 0
+    for b in raw[:-1]:
+        check ^= b
+    assert check == raw[-1]
+    msg_id, props = struct.unpack_from(">HH", raw, 0)
+    if props & 0x4000:
+        phone, pos = raw[5:15].hex(), 15
+    else:
+        phone, pos = raw[4:10].hex(), 10
+    (serial,) = struct.unpack_from(">H", raw, pos)
+    body = raw[pos + 2 : -1]
+    assert len(body) == props & 0x3FF
+    return msg_id, phone.lstrip("0"), serial, body
+
+
+@pytest.mark.parametrize("v2019", [False, True])
+def test_registration_authentication_and_acks_get_their_replies(v2019: bool) -> None:
+    from decoders.jt808 import auth_code
+
+    # 0x0100 (JT/T 808-2013 §8.5): province, city, maker[5], model[20], terminal id[7],
+    # plate colour, plate
+    reg = struct.pack(">HH", 44, 300) + b"MAKER" + b"M" * 20 + b"T000001" + b"\x01" + b"B12345"
+    code = auth_code(PHONE).encode()
+    auth = bytes([len(code)]) + code + b"8" * 15 + b"1" * 20 if v2019 else code
+    wrong = bytes([6]) + b"WRONG!" + b"8" * 15 + b"1" * 20 if v2019 else b"WRONG!"
+    out = _decode(
+        frame(0x0100, PHONE, 1, reg, version_2019=v2019),
+        frame(0x0102, PHONE, 2, auth, version_2019=v2019),
+        frame(0x0102, PHONE, 3, wrong, version_2019=v2019),
+        frame(0x0002, PHONE, 4, b"", version_2019=v2019),
+        frame(0x0200, PHONE, 5, BODY, version_2019=v2019),
+    )
+    assert out.rejects == []
+    replies = {i: _unframe(r) for i, r in out.replies}
+    assert replies[0] == (0x8100, PHONE, 1, struct.pack(">HB", 1, 0) + code)
+    assert replies[1] == (0x8001, PHONE, 2, struct.pack(">HHB", 2, 0x0102, 0))
+    assert replies[2] == (0x8001, PHONE, 3, struct.pack(">HHB", 3, 0x0102, 1))
+    assert replies[3] == (0x8001, PHONE, 4, struct.pack(">HHB", 4, 0x0002, 0))
+    assert replies[4] == (0x8001, PHONE, 5, struct.pack(">HHB", 5, 0x0200, 0))
