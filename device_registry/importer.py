@@ -380,6 +380,9 @@ def _import(
             result.unchanged = staged_rows - result.duplicates - result.updated - late
         if result.inserted > 100_000:
             conn.execute("ANALYZE devices")
+            # summarise the new block ranges, or change-feed reads scan them all until the
+            # next autovacuum
+            conn.execute("SELECT brin_summarize_new_values('devices_updated_at_brin')")
     return result
 
 

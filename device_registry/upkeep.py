@@ -38,7 +38,7 @@ async def run_upkeep(
     then flush last seen one final time."""
     follow = asyncio.create_task(resolver.follow(conninfo, cfg.refresh_s, stop))
     loop = asyncio.get_running_loop()
-    next_status = loop.time() + min(cfg.status_interval_s, 5.0)  # not during startup
+    next_status = loop.time() + min(cfg.status_interval_s, 30.0)  # not during startup
     counted = 0
     try:
         while True:

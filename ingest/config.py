@@ -127,7 +127,9 @@ class RegistryConfig(Section):
         5.0, gt=0, description="write devices' last-seen times in one UPDATE this often"
     )
     status_interval_s: float = Field(
-        60.0, ge=0, description="refresh the online/offline gauges this often (0 = never)"
+        300.0,
+        ge=0,
+        description="refresh the online/offline gauges this often (scans the registry; 0 = never)",
     )
 
 
