@@ -24,6 +24,7 @@ BoolArray = npt.NDArray[np.bool_]
 
 _SEED = np.uint64(0x243F6A8885A308D3)
 _CHUNK = 1 << 20
+_DEDUPE_ABOVE = 1024
 
 
 def _mix(x: U64Array) -> U64Array:
@@ -128,8 +129,20 @@ class DeviceIndex:
         )
 
     def resolve(self, devices: BytesArray) -> Int32Array:
-        """Internal id per external id; ``UNKNOWN`` (-1) or ``DISABLED`` (-2) otherwise."""
+        """Internal id per external id; ``UNKNOWN`` (-1) or ``DISABLED`` (-2) otherwise.
+
+        Rows repeat devices (a frame's readings, a device's frames): large batches are
+        reduced to their distinct hashes first, so the index is searched once per device."""
         hashes = hash_ids(devices)
+        if devices.shape[0] > _DEDUPE_ABOVE:
+            distinct, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+            if distinct.shape[0] < devices.shape[0] // 2:
+                wanted = devices[first]
+                if (wanted[inverse] == devices).all():  # no two ids share a hash here
+                    return self._resolve(wanted, distinct)[inverse]
+        return self._resolve(devices, hashes)
+
+    def _resolve(self, devices: BytesArray, hashes: U64Array) -> Int32Array:
         out = self._delta.lookup(devices, hashes)
         miss = out == UNKNOWN
         if miss.any():

@@ -63,13 +63,8 @@ def describe(
     ]
 
 
-def run_decode(fmt: str, source: str, hex_input: bool, path: str = "cli", device: str = "") -> int:
-    """Decode each line of ``source``; print results; return the exit code."""
-    try:
-        decoder = load_registry().get(fmt)
-    except UnknownDecoderError as exc:
-        print(f"cityflux: {exc}", file=sys.stderr)
-        return 2
+def read_frames(source: str, hex_input: bool) -> tuple[list[bytes], dict[int, str]]:
+    """One frame per line of ``source`` (a file or ``-``), and the lines that are bad hex."""
     stream: IO[bytes] = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
     frames: list[bytes] = []
     bad_hex: dict[int, str] = {}
@@ -82,6 +77,17 @@ def run_decode(fmt: str, source: str, hex_input: bool, path: str = "cli", device
                 except ValueError as exc:
                     bad_hex[n] = f"hex_invalid: {exc}"
             frames.append(raw)
+    return frames, bad_hex
+
+
+def run_decode(fmt: str, source: str, hex_input: bool, path: str = "cli", device: str = "") -> int:
+    """Decode each line of ``source``; print results; return the exit code."""
+    try:
+        decoder = load_registry().get(fmt)
+    except UnknownDecoderError as exc:
+        print(f"cityflux: {exc}", file=sys.stderr)
+        return 2
+    frames, bad_hex = read_frames(source, hex_input)
     good = [i for i in range(len(frames)) if i not in bad_hex]
     now_us = int(datetime.now(UTC).timestamp() * 1e6)
     # the path and device stand in for what a transport would say about each frame
