@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TSDB   := tests/timescaledb/node_modules/.installed
 DURATION ?= 30
 
-.PHONY: demo test lint typecheck bench bench-quick fmt clean
+.PHONY: demo test lint typecheck bench bench-quick bench-registry fmt clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench: $(STAMP)                ## medians of several runs; writes bench/results/
 
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
+
+bench-registry: $(STAMP)       ## 10M-device registry: import, index, lookups, pipeline (~10 min)
+	$(PY) -m bench.registry_scale
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -24,7 +24,8 @@ BoolArray = npt.NDArray[np.bool_]
 
 _SEED = np.uint64(0x243F6A8885A308D3)
 _CHUNK = 1 << 20
-_DEDUPE_ABOVE = 1024
+_DEDUPE_ABOVE = 1024  # rows in a batch
+_BIG_INDEX = 1 << 17  # below this the whole index stays in cache: searching is cheaper
 
 
 def _mix(x: U64Array) -> U64Array:
@@ -134,7 +135,7 @@ class DeviceIndex:
         Rows repeat devices (a frame's readings, a device's frames): large batches are
         reduced to their distinct hashes first, so the index is searched once per device."""
         hashes = hash_ids(devices)
-        if devices.shape[0] > _DEDUPE_ABOVE:
+        if devices.shape[0] > _DEDUPE_ABOVE and len(self._main) > _BIG_INDEX:
             distinct, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
             if distinct.shape[0] < devices.shape[0] // 2:
                 wanted = devices[first]

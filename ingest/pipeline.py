@@ -254,9 +254,14 @@ class Pipeline:
         covered = np.zeros(len(batch), dtype=np.bool_)
         covered[list(dead.frames)] = True
         for tw in writes:
-            ids = np.asarray(tw.rows.columns["device_id"], dtype=np.int32)
-            self.last_seen.note(ids, received[tw.rows.frame_index])
-            covered[tw.rows.frame_index] = True
+            frames = tw.rows.frame_index
+            if not frames.shape[0]:
+                continue
+            # one entry per frame, not per reading: a frame's rows are consecutive
+            first = np.flatnonzero(np.concatenate([[True], frames[1:] != frames[:-1]]))
+            ids = np.asarray(tw.rows.columns["device_id"], dtype=np.int32)[first]
+            self.last_seen.note(ids, received[frames[first]])
+            covered[frames] = True
         rest = np.flatnonzero(~covered)
         if rest.shape[0]:
             hints = np.array(

@@ -67,3 +67,16 @@ def test_the_hash_does_not_depend_on_the_array_width() -> None:
     assert hash_ids(narrow).tolist() == hash_ids(wide).tolist()
     idx = DeviceIndex(narrow, np.array([1, 2], dtype=np.int32), np.ones(2, dtype=np.bool_))
     assert idx.resolve(wide).tolist() == [1, 2]
+
+
+def test_copy_text_parses_vectorised_and_with_escapes() -> None:
+    from device_registry.resolver import parse_copy_text
+
+    plain = parse_copy_text(b"861000000000001\t1\tt\nST-01\t23\tf\nG\t4567890\tt\n")
+    assert plain.keys.tolist() == [b"861000000000001", b"ST-01", b"G"]
+    assert plain.ids.tolist() == [1, 23, 4567890]
+    assert plain.active.tolist() == [True, False, True]
+    # COPY text escapes a backslash in an id (auto-provisioned ids come from topics)
+    escaped = parse_copy_text(b"a\\\\b\t7\tt\n")
+    assert (escaped.keys.tolist(), escaped.ids.tolist()) == ([b"a\\b"], [7])
+    assert parse_copy_text(b"").keys.shape == (0,)
