@@ -27,7 +27,7 @@ import psycopg.errors
 
 from device_registry.credentials import CredentialError, check_hash, device_salt, hash_secret
 from device_registry.index import UNKNOWN, DeviceIndex
-from device_registry.resolver import PARSE_CHUNK, parse_copy_text
+from device_registry.resolver import INDEX_COPY, IndexBuilder
 
 FIELDS = (
     "external_id",
@@ -400,21 +400,8 @@ def _stage(conn: psycopg.Connection[tuple[object, ...]], spool: IO[str]) -> int:
 
 def read_index(conn: psycopg.Connection[tuple[object, ...]]) -> DeviceIndex:
     """The registry's current ids, read and parsed as the service reads them."""
-    parts = []
-    pending = bytearray()
-    with (
-        conn.cursor() as cur,
-        cur.copy("COPY (SELECT external_id, id, status = 'active' FROM devices) TO STDOUT") as copy,
-    ):
+    builder = IndexBuilder()
+    with conn.cursor() as cur, cur.copy(INDEX_COPY) as copy:
         for block in copy:
-            pending += block
-            if len(pending) >= PARSE_CHUNK:
-                cut = pending.rfind(b"\n") + 1
-                parts.append(parse_copy_text(bytes(pending[:cut])))
-                del pending[:cut]
-    parts.append(parse_copy_text(bytes(pending)))
-    return DeviceIndex(
-        np.concatenate([p.keys for p in parts]),
-        np.concatenate([p.ids for p in parts]),
-        np.concatenate([p.active for p in parts]),
-    )
+            builder.feed(block)
+    return builder.index()

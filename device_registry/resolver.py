@@ -110,6 +110,35 @@ def parse_copy_text(data: bytes) -> RegistryParts:
     return RegistryParts(keys, ids.astype(np.int32), active)
 
 
+INDEX_COPY = "COPY (SELECT external_id, id, status = 'active' FROM devices) TO STDOUT"
+
+
+class IndexBuilder:
+    """Feed it the blocks of ``INDEX_COPY`` as they arrive; ``index()`` parses the rest and
+    builds the ``DeviceIndex`` (parsing 8 MB at a time bounds the temporaries)."""
+
+    def __init__(self) -> None:
+        self._parts: list[RegistryParts] = []
+        self._pending = bytearray()
+
+    def feed(self, block: bytes | bytearray | memoryview) -> None:
+        """Add one block of COPY text."""
+        self._pending += block
+        if len(self._pending) >= PARSE_CHUNK:
+            cut = self._pending.rfind(b"\n") + 1
+            self._parts.append(parse_copy_text(bytes(self._pending[:cut])))
+            del self._pending[:cut]
+
+    def index(self) -> DeviceIndex:
+        """The index of everything fed."""
+        parts = [*self._parts, parse_copy_text(bytes(self._pending))]
+        return DeviceIndex(
+            np.concatenate([p.keys for p in parts]),
+            np.concatenate([p.ids for p in parts]),
+            np.concatenate([p.active for p in parts]),
+        )
+
+
 def _parse_slowly(data: bytes) -> RegistryParts:
     keys, ids, active = [], [], []
     for line in data.splitlines():
@@ -142,25 +171,11 @@ class DeviceResolver:
         async with conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             watermark = await self._horizon(conn)
-            parts: list[RegistryParts] = []
-            pending = bytearray()
-            async with (
-                conn.cursor() as cur,
-                cur.copy(
-                    "COPY (SELECT external_id, id, status = 'active' FROM devices) TO STDOUT"
-                ) as copy,
-            ):
+            builder = IndexBuilder()
+            async with conn.cursor() as cur, cur.copy(INDEX_COPY) as copy:
                 async for block in copy:
-                    pending += block
-                    if len(pending) >= PARSE_CHUNK:
-                        cut = pending.rfind(b"\n") + 1
-                        parts.append(parse_copy_text(bytes(pending[:cut])))
-                        del pending[:cut]
-            parts.append(parse_copy_text(bytes(pending)))
-        keys = np.concatenate([p.keys for p in parts]) if parts else np.empty(0, "S1")
-        self.index = DeviceIndex(
-            keys, np.concatenate([p.ids for p in parts]), np.concatenate([p.active for p in parts])
-        )
+                    builder.feed(block)
+        self.index = builder.index()
         self.watermark = watermark
         log.info(
             "device registry: %d devices loaded (%.0f MB in memory), %d profiles",
