@@ -15,7 +15,6 @@ import numpy.typing as npt
 
 UNKNOWN = -1
 DISABLED = -2
-MAX_ID_BYTES = 64
 
 BytesArray = npt.NDArray[np.bytes_]
 Int32Array = npt.NDArray[np.int32]
@@ -80,8 +79,9 @@ class _Sorted:
     def __len__(self) -> int:
         return int(self.hashes.shape[0])
 
-    def lookup(self, wanted: BytesArray, hashes: U64Array) -> Int32Array:
-        out = np.full(wanted.shape[0], UNKNOWN, dtype=np.int32)
+    def positions(self, wanted: BytesArray, hashes: U64Array) -> npt.NDArray[np.int64]:
+        """Where each wanted id is in these arrays, or -1."""
+        out = np.full(wanted.shape[0], -1, dtype=np.int64)
         n = self.hashes.shape[0]
         if n == 0 or wanted.shape[0] == 0:
             return out
@@ -94,11 +94,19 @@ class _Sorted:
             at = np.minimum(first[pending] + step, n - 1)
             same = self.hashes[at] == hashes[pending]
             hit = same & (self.keys[at] == wanted[pending])
-            got = at[hit]
-            out[pending[hit]] = np.where(self.active[got], self.ids[got], DISABLED)
+            out[pending[hit]] = at[hit]
             pending = pending[same & ~hit]
             if pending.shape[0] == 0:
                 break
+        return out
+
+    def lookup(self, wanted: BytesArray, hashes: U64Array) -> Int32Array:
+        """Internal ids (``UNKNOWN``/``DISABLED`` markers) of the wanted ids."""
+        pos = self.positions(wanted, hashes)
+        out = np.full(wanted.shape[0], UNKNOWN, dtype=np.int32)
+        hit = pos >= 0
+        got = pos[hit]
+        out[hit] = np.where(self.active[got], self.ids[got], DISABLED)
         return out
 
 
@@ -165,14 +173,9 @@ class DeviceIndex:
             self._merge()
 
     def _merge(self) -> None:
-        keep = self._main.lookup(self._delta.keys, self._delta.hashes) == UNKNOWN
+        replaced = self._main.positions(self._delta.keys, self._delta.hashes)
         stale = np.zeros(len(self._main), dtype=bool)
-        if (~keep).any():  # entries the delta replaces
-            replaced = self._delta.keys[~keep]
-            pos = np.searchsorted(self._main.hashes, self._delta.hashes[~keep])
-            for step in range(self._main.run):
-                at = np.minimum(pos + step, len(self._main) - 1)
-                stale[at[self._main.keys[at] == replaced]] = True
+        stale[replaced[replaced >= 0]] = True  # entries the delta replaces
         fresh = ~stale
         self._main = _Sorted(
             np.concatenate([self._main.keys[fresh].astype(np.bytes_), self._delta.keys]),
