@@ -32,7 +32,7 @@ from device_registry.importer import import_devices
 from device_registry.profiles import DeviceProfile, store
 from storage.migrate import TimescaleMode, migrate
 
-from . import mqtt_rates
+from . import mqtt_rates, workloads
 from .common import BenchBroker
 
 RESULTS = Path(__file__).parent / "results"
@@ -125,9 +125,9 @@ def e2e(port: int, url: str, msgs: list[tuple[str, bytes]]) -> float:
     """Pipeline messages/s (QoS 1, MQTT to commit) against this database's registry."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE env_readings")
-    rate, stored = mqtt_rates.e2e_rate(port, url, msgs, 1, "reg")
-    assert stored == len(msgs), f"stored {stored} of {len(msgs)}"
-    return rate
+    run = mqtt_rates.e2e_rate(port, url, msgs, 1, "reg")
+    assert run.frames_stored == len(msgs), f"stored {run.frames_stored} of {len(msgs)}"
+    return run.rate
 
 
 def run(devices: int, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def run(devices: int, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
         per_run.setdefault(key, []).append(value)
         log(f"  {key}: {value:,.2f}")
 
-    msgs = mqtt_rates.messages(50_000, devices=1000, base_imei=BASE_IMEI)
+    msgs = workloads.multi_reading(50_000, devices=1000, base_imei=BASE_IMEI)
     with tempfile.TemporaryDirectory(prefix="cityflux-reg-") as tmp_s:
         tmp = Path(tmp_s)
         path = tmp / "devices.csv"

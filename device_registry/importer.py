@@ -1,10 +1,10 @@
-"""Bulk device import: CSV or JSON Lines, validated line by line, upserted in one transaction.
+"""Bulk device import, reading side: CSV or JSON Lines into validated columns.
 
-Each line is checked in Python (cheap checks, no model object per line) and streamed as CSV
-into a temporary staging table with ``COPY``; PostgreSQL then updates the devices that exist
-and inserts the rest. Invalid lines are reported with their line number and field and left
-out; the rest is imported. Re-importing a file changes nothing (idempotent upsert). An empty
-field keeps the stored value; a device named twice in one file takes its last line.
+Plain CSV lines are read and checked a block at a time with numpy (:mod:`csvscan`); every
+other line (quoted fields, JSON Lines, secrets to hash, anything a quick check refuses) is
+validated here in Python, which also words every error: ``LINE: field: problem``. The
+valid lines end up as one :class:`DeviceRows` (numpy columns), which :mod:`upsert` writes
+in one transaction. Invalid lines are reported and left out; the rest is imported.
 """
 
 from __future__ import annotations
@@ -15,41 +15,26 @@ import json
 import math
 import operator
 import re
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 import psycopg.errors
 
 from device_registry.credentials import CredentialError, check_hash, device_salt, hash_secret
-from device_registry.index import UNKNOWN, DeviceIndex
-from device_registry.resolver import INDEX_COPY, IndexBuilder
+from device_registry.csvscan import TEXT_MAX, scan_block
+from device_registry.devicerows import FIELDS, DeviceRows
+from device_registry.upsert import stream_devices, write_devices
 
-FIELDS = (
-    "external_id",
-    "profile",
-    "kind",
-    "status",
-    "tenant",
-    "district",
-    "lat",
-    "lon",
-    "road",
-    "road_km",
-    "install",
-    "secret",
-    "credential_hash",
-    "cert_fingerprint",
-)
-STORED = tuple(f for f in FIELDS if f != "secret")  # secret is stored as credential_hash
 _ID = re.compile(r"[^\s/+#:\\\x00-\x1f\x7f]{1,64}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_TEXT_MAX = 128
-_CHUNK_ROWS = 20_000
+_TEXT_MAX = TEXT_MAX
+BLOCK_BYTES = 16 << 20  # CSV read and scanned this much at a time
+Progress = Callable[[int, int, str], None]
+"""Called with (done, total, what): bytes read, then rows written."""
 
 
 class ImportFormatError(ValueError):
@@ -105,7 +90,7 @@ def validate(v: list[str], profiles: frozenset[str] | dict[str, str]) -> list[st
     """The staged values (``STORED`` order, ``""`` = not given) of one device line given in
     ``FIELDS`` order, or ``_InvalidFieldError`` naming the field."""
     ext, profile, kind, status, tenant, district, lat, lon, road, road_km = v[:10]
-    install, secret, hashed, cert = v[10:]
+    install, secret, hashed, cert, kid, oscore_secret, salt = v[10:]
     if not ext:
         raise _InvalidFieldError("external_id", "missing")
     if not _ID.fullmatch(ext) or len(ext.encode()) > 64:
@@ -162,6 +147,11 @@ def validate(v: list[str], profiles: frozenset[str] | dict[str, str]) -> list[st
             raise _InvalidFieldError(
                 "cert_fingerprint", "must be a SHA-256 fingerprint (64 hex digits)"
             )
+    kid = _hex_field("oscore_kid", kid, 1, 7)
+    oscore_secret = _hex_field("oscore_secret", oscore_secret, 16, 64)
+    salt = _hex_field("oscore_salt", salt, 0, 32)
+    if kid and not oscore_secret:
+        raise _InvalidFieldError("oscore_secret", "an oscore_kid needs its oscore_secret")
     return [
         ext,
         profile,
@@ -176,36 +166,95 @@ def validate(v: list[str], profiles: frozenset[str] | dict[str, str]) -> list[st
         install,
         hashed,
         cert,
+        kid,
+        oscore_secret,
+        salt,
     ]
 
 
-def _csv_rows(fh: io.TextIOBase, name: str) -> Iterator[tuple[int, list[str] | str]]:
-    reader = csv.reader(fh)
+def _hex_field(name: str, text: str, lo: int, hi: int) -> str:
+    """Hex bytes of lo..hi bytes (spaces and colons allowed), as lower-case hex."""
+    if not text:
+        return ""
+    clean = text.replace(":", "").replace(" ", "").lower()
     try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        return
+        raw = bytes.fromhex(clean)
+    except ValueError:
+        raise _InvalidFieldError(name, "not hex") from None
+    if not lo <= len(raw) <= hi:
+        raise _InvalidFieldError(name, f"{len(raw)} bytes, must be {lo}-{hi}")
+    return clean
+
+
+def _header(first: bytes, name: str) -> list[str]:
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ImportFormatError(f"{name}: line 1: header is not UTF-8") from None
+    header = [h.strip() for h in next(csv.reader([text]), [])]
     unknown = [h for h in header if h not in FIELDS]
     if unknown or "external_id" not in header:
         raise ImportFormatError(
             f"{name}: line 1: header must name external_id and only known fields "
             f"({', '.join(FIELDS)}); unknown: {', '.join(unknown) or '-'}"
         )
+    return header
+
+
+def _picker(header: list[str]) -> Callable[[list[str]], list[str]]:
+    """Values in ``FIELDS`` order from values in header order (absent fields empty)."""
     width = len(header)
     if header == list(FIELDS):
-        for values in reader:
-            if len(values) != width:
-                yield reader.line_num, f"{len(values)} fields, the header has {width}"
-            else:
-                yield reader.line_num, values
-        return
+        return lambda values: values
     pick = operator.itemgetter(*[header.index(f) if f in header else width for f in FIELDS])
-    for values in reader:  # a missing field reads the "" appended at position ``width``
+    return lambda values: list(pick([*values, ""]))
+
+
+def _csv_values(
+    lines: Iterable[tuple[int, bytes]], header: list[str]
+) -> Iterator[tuple[int, list[str] | str]]:
+    """Single physical lines through Python's csv reader (quoted fields, odd lines)."""
+    width, pick = len(header), _picker(header)
+    for line, raw in lines:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield line, "not valid UTF-8"
+            continue
+        values = next(csv.reader([text]), [])
         if len(values) != width:
-            yield reader.line_num, f"{len(values)} fields, the header has {width}"
+            yield line, f"{len(values)} fields, the header has {width}"
         else:
-            values.append("")
-            yield reader.line_num, list(pick(values))
+            yield line, pick(values)
+
+
+def _csv_stream(
+    fh: io.TextIOBase, header: list[str], first_line: int
+) -> Iterator[tuple[int, list[str] | str]]:
+    """The rest of a file through Python's csv reader (fields spanning lines)."""
+    reader = csv.reader(fh)
+    width, pick = len(header), _picker(header)
+    for values in reader:
+        line = first_line - 1 + reader.line_num
+        if len(values) != width:
+            yield line, f"{len(values)} fields, the header has {width}"
+        else:
+            yield line, pick(values)
+
+
+def _open_quote_line(block: bytes) -> int:
+    """Offset of the first line of ``block`` with an odd number of quotes (a quoted field
+    that runs onto the next line), or -1."""
+    if b'"' not in block:
+        return -1
+    buf = np.frombuffer(block, dtype=np.uint8)
+    nl = np.flatnonzero(buf == 10)
+    quotes = np.flatnonzero(buf == 34)
+    per_line = np.bincount(np.searchsorted(nl, quotes), minlength=nl.shape[0] + 1)
+    odd = np.flatnonzero(per_line[: nl.shape[0]] % 2 == 1)
+    if odd.shape[0] == 0:
+        return -1
+    return 0 if odd[0] == 0 else int(nl[odd[0] - 1]) + 1
 
 
 def _jsonl_rows(fh: io.TextIOBase, name: str) -> Iterator[tuple[int, list[str] | str]]:
@@ -234,174 +283,157 @@ def _jsonl_rows(fh: io.TextIOBase, name: str) -> Iterator[tuple[int, list[str] |
         )
 
 
-def read_rows(path: Path, fh: io.TextIOBase) -> Iterator[tuple[int, list[str] | str]]:
-    """(line number, values in ``FIELDS`` order or the reason the line cannot be read) for
-    every device line of a file."""
+class _Validator:
+    """Turns lines into parts of valid rows (columns) and errors; Python validates the lines
+    the vectorised scan left (or all of them, for JSON Lines)."""
+
+    def __init__(self, profiles: dict[str, str], result: ImportResult) -> None:
+        self.profiles = profiles
+        self.result = result
+
+    def python(self, rows: Iterable[tuple[int, list[str] | str]]) -> Iterator[DeviceRows]:
+        """Validate rows in Python; a part every 20,000 valid rows."""
+        lines: list[int] = []
+        valid: list[list[str]] = []
+        for line, values in rows:
+            self.result.lines += 1
+            if isinstance(values, str):
+                self.result.errors.append(LineError(line, "line", values))
+                continue
+            try:
+                valid.append(validate(values, self.profiles))
+            except _InvalidFieldError as exc:
+                self.result.errors.append(LineError(line, exc.field, str(exc)))
+                continue
+            lines.append(line)
+            if len(valid) >= 20_000:
+                yield DeviceRows.from_values(lines, valid)
+                lines, valid = [], []
+        if valid:
+            yield DeviceRows.from_values(lines, valid)
+
+    def block(
+        self, block: bytes, line: int, header: list[str], known: npt.NDArray[np.bytes_]
+    ) -> Iterator[DeviceRows]:
+        """A block of CSV lines: the simple ones scanned, the others validated in Python."""
+        scanned = scan_block(block, line, header, known)
+        self.result.lines += int(scanned.lines.shape[0])
+        yield DeviceRows.from_scan(scanned)
+        yield from self.python(_csv_values(scanned.slow, header))
+
+
+def _read_csv(path: Path, check: _Validator, progress: Progress | None) -> Iterator[DeviceRows]:
+    total = path.stat().st_size
+    known = np.array(sorted(p.encode() for p in check.profiles), dtype=np.bytes_)
+    with path.open("rb") as fh:
+        first = fh.readline()
+        if not first.strip():
+            return
+        header = _header(first, str(path))
+        line, pending = 2, b""
+        while True:
+            chunk = fh.read(BLOCK_BYTES)
+            data = pending + chunk
+            cut = data.rfind(b"\n") + 1 if chunk else len(data)
+            if chunk and cut == 0:
+                pending = data
+                continue
+            block, pending = data[:cut], data[cut:]
+            if block and not block.endswith(b"\n"):
+                block += b"\n"
+            opened = _open_quote_line(block)
+            if opened >= 0:  # a field spans lines: Python's csv reader takes the rest
+                head = block[:opened]
+                if head:
+                    yield from check.block(head, line, header, known)
+                line += head.count(b"\n")
+                rest = io.TextIOWrapper(
+                    io.BufferedReader(_Chain(block[opened:] + pending, fh)),
+                    encoding="utf-8",
+                    errors="replace",
+                    newline="",
+                )
+                yield from check.python(_csv_stream(rest, header, line))
+                break
+            if block:
+                yield from check.block(block, line, header, known)
+                line += block.count(b"\n")
+            if progress:
+                progress(fh.tell(), total, f"importing {path.name}")
+            if not chunk:
+                break
+
+
+class _Chain(io.RawIOBase):
+    """Bytes already read, then the rest of a file."""
+
+    def __init__(self, head: bytes, rest: io.BufferedReader) -> None:
+        self._head, self._rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def iter_devices(
+    path: Path, profiles: dict[str, str], result: ImportResult, progress: Progress | None = None
+) -> Iterator[DeviceRows]:
+    """The valid device lines of ``path``, a part (numpy columns) at a time; line counts and
+    errors go to ``result``. Raises ``ImportFormatError`` when the file cannot be imported."""
+    check = _Validator(profiles, result)
     if path.suffix in (".jsonl", ".ndjson", ".json"):
-        return _jsonl_rows(fh, str(path))
-    return _csv_rows(fh, str(path))
+        with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+            yield from check.python(_jsonl_rows(fh, str(path)))
+    else:
+        yield from _read_csv(path, check, progress)
 
 
-_STAGE = """
-CREATE TEMP TABLE devices_import (
-    line bigint, external_id text COLLATE "C", profile text, kind text, status text,
-    tenant text, district text, lat float8, lon float8, road text, road_km float8,
-    install jsonb, credential_hash text, cert_fingerprint text
-) ON COMMIT DROP
-"""
-_DEDUPE = """
-DELETE FROM devices_import a USING devices_import b
-WHERE a.external_id = b.external_id AND a.line < b.line
-"""
-_KEPT = ("profile", "kind", "status", "tenant", "district", "lat", "lon", "road", "road_km")
-_ALL = (*_KEPT, "install", "credential_hash", "cert_fingerprint")
-_UPDATE = f"""
-UPDATE devices d SET {", ".join(f"{c} = COALESCE(s.{c}, d.{c})" for c in _ALL)},
-    updated_at = now()
-FROM devices_import s
-WHERE d.external_id = s.external_id
-  AND ({", ".join(f"d.{c}" for c in _ALL)})
-      IS DISTINCT FROM ({", ".join(f"COALESCE(s.{c}, d.{c})" for c in _ALL)})
-"""
-_INSERT = """
-INSERT INTO devices (external_id, profile, kind, status, tenant, district, lat, lon, road,
-                     road_km, install, credential_hash, cert_fingerprint)
-SELECT s.external_id, s.profile, COALESCE(s.kind, p.kind, 'unknown'), COALESCE(s.status, 'active'),
-       s.tenant, s.district, s.lat, s.lon, s.road, s.road_km, COALESCE(s.install, '{}'),
-       s.credential_hash, s.cert_fingerprint
-FROM devices_import s
-LEFT JOIN device_profiles p ON p.name = s.profile
-WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.external_id = s.external_id)
-"""
+def read_devices(
+    path: Path, profiles: dict[str, str], progress: Progress | None = None
+) -> tuple[DeviceRows, ImportResult]:
+    """Every valid device line of ``path`` as columns (each block's simple lines first, not
+    in line order), and the result so far (line count, errors in line order)."""
+    result = ImportResult()
+    rows = DeviceRows.concat(list(iter_devices(path, profiles, result, progress)))
+    result.errors.sort(key=lambda e: e.line)
+    return rows, result
 
 
-_DIRECT = (
-    "COPY devices (external_id, profile, kind, status, tenant, district, lat, lon, road, "
-    "road_km, install, credential_hash, cert_fingerprint) FROM STDIN (FORMAT csv)"
-)
-_STAGED = (
-    "COPY devices_import (line, external_id, profile, kind, status, tenant, district, "
-    "lat, lon, road, road_km, install, credential_hash, cert_fingerprint) FROM STDIN (FORMAT csv)"
-)
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 24), b"")) + 1
 
 
 def import_devices(
     conn: psycopg.Connection[tuple[object, ...]],
     path: Path,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> ImportResult:
-    """Validate ``path`` and upsert its valid devices in one transaction.
+    """Read, validate and upsert the devices of ``path`` in one transaction.
 
-    Devices the registry does not have yet are copied straight into ``devices`` (checked
-    against the registry's ids, read the way the service reads them); the others go through
-    a staging table and one UPDATE. If the direct copy meets a unique violation (a device
-    named twice in the file, or added concurrently), the import is redone entirely through
-    the staging table. ``progress`` is called with the number of bytes read so far.
+    One pass: each block read is split into new and known devices and the new ones are
+    copied at once (``upsert.stream_devices``), so reading and writing overlap. A device
+    named twice among the new ones makes the server refuse the copy; the import then runs
+    again with every device's last line only (``upsert.write_devices``). ``progress`` is
+    called with (done, total, what).
     """
     cur = conn.execute("SELECT name, kind FROM device_profiles")
     profiles = {str(name): str(kind) for name, kind in cur.fetchall()}
-    known = read_index(conn)
-    try:
-        return _import(conn, path, profiles, known, progress)
-    except psycopg.errors.UniqueViolation:
-        return _import(conn, path, profiles, None, progress)
-
-
-def _import(
-    conn: psycopg.Connection[tuple[object, ...]],
-    path: Path,
-    profiles: dict[str, str],
-    known: DeviceIndex | None,
-    progress: Callable[[int], None] | None,
-) -> ImportResult:
     result = ImportResult()
-    with (
-        conn.transaction(),
-        path.open("rb") as raw,
-        io.TextIOWrapper(raw, encoding="utf-8", newline="") as fh,
-        tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as spool,
-    ):
-        staged = csv.writer(spool, lineterminator="\n")
-        out = io.StringIO()
-        direct = csv.writer(out, lineterminator="\n")
-        lines: list[int] = []
-        rows: list[list[str]] = []
-
-        def flush(copy: psycopg.Copy | None) -> None:
-            if not rows:
-                return
-            if known is None or copy is None:
-                new = np.zeros(len(rows), dtype=np.bool_)
-            else:
-                ids = np.array([r[0].encode() for r in rows], dtype=np.bytes_)
-                new = known.resolve(ids) == UNKNOWN
-            for line, row, is_new in zip(lines, rows, new.tolist(), strict=True):
-                if is_new:
-                    if not row[2]:
-                        row[2] = profiles.get(row[1], "unknown")
-                    row[3] = row[3] or "active"
-                    row[10] = row[10] or "{}"
-                    direct.writerow(row)
-                    result.inserted += 1
-                else:
-                    staged.writerow([line, *row])
-            if copy is not None and out.tell():
-                copy.write(out.getvalue())
-                out.seek(0)
-                out.truncate()
-            lines.clear()
-            rows.clear()
-            if progress:
-                progress(raw.tell())
-
-        with conn.cursor().copy(_DIRECT) as copy:
-            for line, values in read_rows(path, fh):
-                result.lines += 1
-                if isinstance(values, str):
-                    result.errors.append(LineError(line, "line", values))
-                    continue
-                try:
-                    rows.append(validate(values, profiles))
-                except _InvalidFieldError as exc:
-                    result.errors.append(LineError(line, exc.field, str(exc)))
-                    continue
-                lines.append(line)
-                if len(rows) == _CHUNK_ROWS:
-                    flush(copy)
-            flush(copy)
-        if progress:
-            progress(path.stat().st_size)
-        if spool.tell():
-            staged_rows = _stage(conn, spool)
-            result.duplicates = conn.execute(_DEDUPE).rowcount
-            result.updated = conn.execute(_UPDATE).rowcount
-            late = conn.execute(_INSERT).rowcount  # new devices of the careful path
-            result.inserted += late
-            result.unchanged = staged_rows - result.duplicates - result.updated - late
-        if result.inserted > 100_000:
-            conn.execute("ANALYZE devices")
-            # summarise the new block ranges, or change-feed reads scan them all until the
-            # next autovacuum
-            conn.execute("SELECT brin_summarize_new_values('devices_updated_at_brin')")
+    try:
+        parts = iter_devices(path, profiles, result, progress)
+        stream_devices(conn, parts, profiles, result, _count_lines(path), progress)
+    except psycopg.errors.UniqueViolation:
+        rows, result = read_devices(path, profiles, progress)
+        write_devices(conn, rows, profiles, result, progress)
+    result.errors.sort(key=lambda e: e.line)
     return result
-
-
-def _stage(conn: psycopg.Connection[tuple[object, ...]], spool: IO[str]) -> int:
-    """Load the spooled rows into the staging table; return how many."""
-    conn.execute(_STAGE)
-    spool.seek(0)
-    n = 0
-    with conn.cursor().copy(_STAGED) as copy:
-        while block := spool.read(1 << 20):
-            copy.write(block)
-            n += block.count("\n")
-    return n
-
-
-def read_index(conn: psycopg.Connection[tuple[object, ...]]) -> DeviceIndex:
-    """The registry's current ids, read and parsed as the service reads them."""
-    builder = IndexBuilder()
-    with conn.cursor() as cur, cur.copy(INDEX_COPY) as copy:
-        for block in copy:
-            builder.feed(block)
-    return builder.index()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -164,6 +165,8 @@ class DeviceResolver:
         self.profiles: dict[tuple[str, str], ProfileMatch] = {}
         self.watermark: datetime | None = None
         self.refreshes = 0
+        self.on_change: list[Callable[[npt.NDArray[np.int64] | None], None]] = []
+        """Called with the internal ids of devices that changed (None: all may have)."""
 
     async def load(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> int:
         """Read profiles and every device into the index; return the device count."""
@@ -177,6 +180,8 @@ class DeviceResolver:
                     builder.feed(block)
         self.index = builder.index()
         self.watermark = watermark
+        for hook in self.on_change:
+            hook(None)
         log.info(
             "device registry: %d devices loaded (%.0f MB in memory), %d profiles",
             len(self.index),
@@ -229,6 +234,9 @@ class DeviceResolver:
                 np.array([r[1] for r in rows], dtype=np.int32),
                 np.array([r[2] for r in rows], dtype=np.bool_),
             )
+            changed = np.array([r[1] for r in rows], dtype=np.int64)
+            for hook in self.on_change:
+                hook(changed)
         if len(rows) <= FULL_RELOAD_ROWS:
             self.watermark = horizon
         await self.load_profiles(conn)

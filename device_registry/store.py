@@ -51,6 +51,7 @@ EXPORT_FIELDS = (
     "install",
     "credential_hash",
     "cert_fingerprint",
+    "oscore_kid",
 )
 
 
@@ -135,8 +136,11 @@ def list_profiles(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 
 
 def export_csv(conn: psycopg.Connection[Any], out: IO[bytes]) -> None:
-    """Every device as CSV in the import format (re-importable), streamed."""
-    cols = ", ".join(EXPORT_FIELDS)
+    """Every device as CSV in the import format (re-importable), streamed. OSCORE secrets are
+    not exported (their ids are); a re-import keeps the stored ones."""
+    cols = ", ".join(
+        f"encode({c}, 'hex') AS {c}" if c == "oscore_kid" else c for c in EXPORT_FIELDS
+    )
     with (
         conn.cursor() as cur,
         cur.copy(

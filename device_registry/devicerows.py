@@ -1,0 +1,92 @@
+"""Validated device lines as numpy columns: what the import reads and writes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from device_registry.csvscan import ScannedBlock
+
+FIELDS = (
+    "external_id",
+    "profile",
+    "kind",
+    "status",
+    "tenant",
+    "district",
+    "lat",
+    "lon",
+    "road",
+    "road_km",
+    "install",
+    "secret",
+    "credential_hash",
+    "cert_fingerprint",
+    "oscore_kid",
+    "oscore_secret",
+    "oscore_salt",
+)
+STORED = tuple(f for f in FIELDS if f != "secret")  # secret is stored as credential_hash
+TEXT_FIELDS = tuple(f for f in STORED if f not in ("lat", "lon", "road_km"))
+NUMBER_FIELDS = ("lat", "lon", "road_km")
+
+
+@dataclass(slots=True)
+class DeviceRows:
+    """Valid device lines as columns: text fields as UTF-8 bytes (``b""`` = not given),
+    lat/lon/road_km as float64 (NaN = not given), and each row's line number."""
+
+    lines: npt.NDArray[np.int64]
+    text: dict[str, npt.NDArray[np.bytes_]]
+    numbers: dict[str, npt.NDArray[np.float64]]
+
+    def __len__(self) -> int:
+        return int(self.lines.shape[0])
+
+    def take(self, keep: npt.NDArray[np.bool_] | npt.NDArray[np.int64]) -> DeviceRows:
+        """The rows selected by a mask or index array."""
+        return DeviceRows(
+            self.lines[keep],
+            {k: v[keep] for k, v in self.text.items()},
+            {k: v[keep] for k, v in self.numbers.items()},
+        )
+
+    @classmethod
+    def concat(cls, parts: list[DeviceRows]) -> DeviceRows:
+        """All parts' rows, in order."""
+        if not parts:
+            return cls.from_values([], [])
+        return cls(
+            np.concatenate([p.lines for p in parts]),
+            {k: np.concatenate([p.text[k] for p in parts]) for k in TEXT_FIELDS},
+            {k: np.concatenate([p.numbers[k] for p in parts]) for k in NUMBER_FIELDS},
+        )
+
+    @classmethod
+    def from_values(cls, lines: list[int], rows: list[list[str]]) -> DeviceRows:
+        """Rows validated in Python (``validate``'s output, ``STORED`` order)."""
+        cols = list(zip(*rows, strict=True)) if rows else [() for _ in STORED]
+        by_name = dict(zip(STORED, cols, strict=True))
+        return cls(
+            np.array(lines, dtype=np.int64),
+            {k: np.array([v.encode() for v in by_name[k]], dtype=np.bytes_) for k in TEXT_FIELDS},
+            {
+                k: np.array([float(v) if v else math.nan for v in by_name[k]], dtype=np.float64)
+                for k in NUMBER_FIELDS
+            },
+        )
+
+    @classmethod
+    def from_scan(cls, block: ScannedBlock) -> DeviceRows:
+        """The simple lines of a scanned CSV block (absent fields are empty)."""
+        n = block.lines.shape[0]
+        empty = np.zeros(n, dtype="S1")
+        nan = np.full(n, math.nan)
+        return cls(
+            block.lines,
+            {k: block.fields.get(k, empty) for k in TEXT_FIELDS},
+            {k: block.numbers.get(k, nan) for k in NUMBER_FIELDS},
+        )
