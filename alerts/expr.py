@@ -78,7 +78,8 @@ class Expression:
 
 
 def compile_expr(source: str, columns: Iterable[str] | None = None) -> Expression:
-    """Parse and check ``source``; ``columns`` (if given) are the only names allowed."""
+    """Parse and check ``source``; ``columns`` (if given) are the only names allowed (an
+    entry ending in ``*`` allows every name with that prefix, e.g. ``install_*``)."""
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
@@ -101,6 +102,13 @@ class _Compiler:
     def __init__(self, known: frozenset[str] | None, names: set[str]) -> None:
         self.known = known
         self.names = names
+        self.prefixes = tuple(k[:-1] for k in known or () if k.endswith("*"))
+
+    def _allowed(self, name: str) -> bool:
+        assert self.known is not None
+        return name in self.known or any(
+            name.startswith(p) and len(name) > len(p) for p in self.prefixes
+        )
 
     def visit(self, node: ast.AST) -> Compiled:
         method = getattr(self, f"_{type(node).__name__}", None)
@@ -124,7 +132,7 @@ class _Compiler:
         if name in ("True", "False"):
             const = np.asarray(name == "True")
             return lambda cols: const
-        if self.known is not None and name not in self.known:
+        if self.known is not None and not self._allowed(name):
             raise ExprError(
                 f"unknown column {name!r} (known: {', '.join(sorted(self.known))})", _col(node)
             )

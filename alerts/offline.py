@@ -1,8 +1,11 @@
 """``cityflux rules check`` and ``cityflux rules test``: rules against recorded frames, offline.
 
-``test`` decodes the frames with the named decoder, gives each device a stable id, runs the
-rules in frame time (batches of 10,000 frames, in file order) and prints one JSON object per
-alert event. Nothing touches a database or a broker.
+``test`` decodes the frames with the named decoder, gives each device a stable id (devices
+named in ``--devices`` first, in file order), runs the rules in frame time (batches of 10,000
+frames, in file order, then the clock-driven checks at the newest frame time) and prints one
+JSON object per alert event. ``--devices`` (the import format) gives rules their registry
+attributes (location, road position, install values); ``--profiles`` the report intervals
+absence rules need. Nothing touches a database or a broker.
 """
 
 from __future__ import annotations
@@ -11,12 +14,16 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from alerts.engine import Engine
-from alerts.rules import CompiledRule, load_rules
+from alerts.attributes import DeviceAttributes
+from alerts.engine import AlertEvent, Engine
+from alerts.rules import RuleSet, install_keys, load_rules
 from decoders.registry import UnknownDecoderError, load_registry
+from device_registry.importer import ImportFormatError, read_devices
+from device_registry.profiles import load_profiles
 from ingest.batch import FrameBatch
 from ingest.decode_cli import read_frames
 from ingest.yamlfile import DocumentError
@@ -24,7 +31,7 @@ from ingest.yamlfile import DocumentError
 BATCH = 10_000
 
 
-def _rules(path: Path) -> list[CompiledRule] | None:
+def _rules(path: Path) -> RuleSet | None:
     try:
         return load_rules(path, {t.name: t for t in load_registry().tables()})
     except DocumentError as exc:
@@ -37,17 +44,87 @@ def run_check(path: Path) -> int:
     rules = _rules(path)
     if rules is None:
         return 2
-    tables = sorted({r.rule.table for r in rules})
+    tables = sorted({t for r in rules.rules for t in r.tables} or {"-"})
     print(f"{path}: {len(rules)} rules OK ({', '.join(tables)})")
     return 0
 
 
-def _iso(us: int) -> str:
+def iso(us: int) -> str:
+    """µs since the epoch as ISO 8601 UTC with a Z."""
     return datetime.fromtimestamp(us / 1e6, UTC).isoformat().replace("+00:00", "Z")
 
 
+class _Devices:
+    """Stable internal ids for the external ids met, and their attributes."""
+
+    def __init__(self, attributes: DeviceAttributes) -> None:
+        self.ids: dict[bytes, int] = {}
+        self.names: dict[int, str] = {}
+        self.attributes = attributes
+
+    def id_of(self, ext: bytes) -> int:
+        got = self.ids.get(ext)
+        if got is None:
+            got = self.ids[ext] = len(self.ids) + 1
+            self.names[got] = ext.decode(errors="replace")
+        return got
+
+    def load(self, devices: Path, profiles: Path | None) -> None:
+        intervals: dict[str, tuple[float, float]] = {}
+        if profiles is not None:
+            for p in load_profiles(profiles):
+                intervals[p.name] = (p.report_interval_s, p.report_interval_s * p.offline_after)
+        rows, result = read_devices(devices, dict.fromkeys(intervals, "") or _AnyProfile())
+        for err in result.errors:
+            print(f"{devices}:{err.line}: {err.field}: {err.message}", file=sys.stderr)
+        out: list[dict[str, Any]] = []
+        for i in range(len(rows)):
+            rec: dict[str, Any] = {k: v[i].decode() for k, v in rows.text.items()}
+            rec.update({k: float(v[i]) for k, v in rows.numbers.items()})
+            rec["id"] = self.id_of(rows.text["external_id"][i])
+            interval = intervals.get(rec.get("profile") or "")
+            if interval:
+                rec["report_interval_s"], rec["offline_after_s"] = interval
+            out.append(rec)
+        self.attributes.load_rows(out)
+
+
+class _AnyProfile(dict[str, str]):
+    """Without a profiles file, any profile name in the devices file is accepted."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return "unknown"
+
+
+def _print(e: AlertEvent, devices: _Devices) -> None:
+    subject = e.subject
+    if subject is None and e.device_id is not None:
+        subject = devices.names.get(e.device_id, str(e.device_id))
+    out: dict[str, Any] = {
+        "rule": e.rule,
+        "device": subject,
+        "state": e.state,
+        "at": iso(e.at_us),
+        "value": e.value,
+        "severity": e.severity,
+    }
+    if e.details:
+        out["details"] = e.details
+    print(json.dumps(out))
+
+
 def run_test(
-    rules_path: Path, fmt: str, source: str, hex_input: bool, path: str, device: str
+    rules_path: Path,
+    fmt: str,
+    source: str,
+    hex_input: bool,
+    path: str,
+    device: str,
+    devices_file: Path | None = None,
+    profiles_file: Path | None = None,
 ) -> int:
     """Decode frames, run the rules, print the alert events; return the exit code."""
     rules = _rules(rules_path)
@@ -58,10 +135,16 @@ def run_test(
     except UnknownDecoderError as exc:
         print(f"cityflux: {exc}", file=sys.stderr)
         return 2
+    engine = Engine(rules, DeviceAttributes(install_keys(rules.rules)))
+    devices = _Devices(engine.attributes)
+    if devices_file is not None:
+        try:
+            devices.load(devices_file, profiles_file)
+        except (ImportFormatError, DocumentError) as exc:
+            print(f"cityflux: {exc}", file=sys.stderr)
+            return 2
     frames, bad_hex = read_frames(source, hex_input)
     good = [f for i, f in enumerate(frames) if i not in bad_hex]
-    engine = Engine(rules)
-    ids: dict[bytes, int] = {}
     events = rejected = 0
     now_us = int(datetime.now(UTC).timestamp() * 1e6)
     for lo in range(0, len(good), BATCH):
@@ -70,26 +153,17 @@ def run_test(
             batch.append(raw, path, device, "", now_us)
         decoded = decoder.decode_batch(batch)
         rejected += len(decoded.rejects)
-        for rows in decoded.rows.values():
-            if not len(rows):
-                continue
-            dev_ids = np.array(
-                [ids.setdefault(d, len(ids)) for d in rows.devices.tolist()], dtype=np.int64
-            )
-            for e in engine.evaluate(rows, dev_ids):
-                events += 1
-                print(
-                    json.dumps(
-                        {
-                            "rule": e.rule,
-                            "device": e.device,
-                            "state": e.state,
-                            "at": _iso(e.at_us),
-                            "value": e.value,
-                            "severity": e.severity,
-                        }
-                    )
-                )
+        tables = {}
+        for name, rows in decoded.rows.items():
+            if len(rows):
+                ids = [devices.id_of(d) for d in rows.devices.tolist()]
+                rows.columns["device_id"] = np.array(ids, dtype=np.int32)
+                tables[name] = rows
+        found = engine.evaluate(tables)
+        found += engine.tick(engine.clock_us)
+        for e in found:
+            _print(e, devices)
+        events += len(found)
     print(
         f"{len(frames)} frames ({rejected + len(bad_hex)} rejected), {events} alert events",
         file=sys.stderr,

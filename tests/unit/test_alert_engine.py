@@ -58,8 +58,11 @@ def _engine(tmp_path: Path, text: str = RULE) -> Engine:
 
 
 def _events(engine: Engine, rows: TableRows) -> list[tuple[str, str, int, float | None]]:
-    ids = np.array([int(d[1:]) for d in rows.devices.tolist()], dtype=np.int64)
-    return [(e.device, e.state, (e.at_us - T0) // MIN, e.value) for e in engine.evaluate(rows, ids)]
+    rows.columns["device_id"] = np.array([int(d[1:]) for d in rows.devices.tolist()], np.int32)
+    return [
+        (e.subject or "", e.state, (e.at_us - T0) // MIN, e.value)
+        for e in engine.evaluate({rows.table: rows})
+    ]
 
 
 # device A: above 75 from minute 0, raised at 10; 70 is inside the hysteresis band; below
@@ -149,14 +152,15 @@ def test_ev_example_fires_on_alarm_level_and_cell_spread() -> None:
     b = FrameBatch("gbt32960", "t")
     b.append(gbt_frame(0x02, "LSVAU2180N0000001", realtime_data()), "t", "", "", 0)
     rows = DECODER.decode_batch(b).rows["ev_status"]
-    events = engine.evaluate(rows, np.zeros(len(rows), dtype=np.int64))
+    rows.columns["device_id"] = np.zeros(len(rows), dtype=np.int32)
+    events = engine.evaluate({"ev_status": rows})
     # realtime_data(): alarm level 2; cells 4.125 / 3.980 V (spread 0.145: no alert)
     assert [(e.rule, e.state, e.value) for e in events] == [("ev-alarm-level", "raised", 2.0)]
 
 
 def test_rules_check_cli(tmp_path: Path) -> None:
     ok = CliRunner().invoke(app, ["rules", "check", str(EXAMPLES / "air-quality.yaml")])
-    assert (ok.exit_code, "2 rules OK (hj212_readings)" in ok.output) == (0, True)
+    assert (ok.exit_code, "3 rules OK (hj212_readings)" in ok.output) == (0, True)
     bad = tmp_path / "bad.yaml"
     bad.write_text(RULE.replace("severity: critical", "severity: loud"))
     result = CliRunner().invoke(app, ["rules", "check", str(bad)])

@@ -1,0 +1,238 @@
+"""Delivering alert events: MQTT and webhooks, each reading the event log like an outbox.
+
+Each sink keeps a cursor (the last event id it delivered) in ``alert_sink_cursors``. It reads
+the events after it, delivers them in order and only then moves the cursor, so an event is
+delivered at least once, in order, whatever crashes; a sink that cannot deliver (broker
+down, webhook answering 500) retries the same events with exponential backoff — nothing is
+dropped, and later events wait behind the failed ones. The pipeline wakes the sinks after
+each commit that wrote events, so delivery follows within milliseconds.
+
+Contract: ``deliver`` either delivers every event given or raises; it may be called again
+with the same events (receivers should de-duplicate by the event ``id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import httpx
+import paho.mqtt.client as paho
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from alerts import store
+from ingest.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where alert events go."""
+
+    name: str
+
+    async def deliver(self, events: Sequence[dict[str, Any]]) -> None:
+        """Deliver every event (in order) or raise."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def event_json(e: dict[str, Any]) -> dict[str, Any]:
+    """An event as delivered: the log row with ISO times."""
+    return {
+        k: v.isoformat() if isinstance(v, datetime) else v for k, v in e.items() if v is not None
+    }
+
+
+def _level(text: str) -> str:
+    """A topic level from free text (MQTT wildcards and separators replaced)."""
+    return "".join("_" if c in "/+#\x00" else c for c in text) or "_"
+
+
+class MqttSink:
+    """Publishes each event at QoS 1 on ``<prefix>/<severity>/<rule>/<subject>`` and waits for
+    the broker's PUBACKs before the cursor moves."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        prefix: str,
+        *,
+        qos: int = 1,
+        v5: bool = True,
+        username: str | None = None,
+        password: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.name = "mqtt"
+        self.prefix = prefix.rstrip("/")
+        self.qos = qos
+        self.timeout_s = timeout_s
+        self._host, self._port = host, port
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"cityflux-alerts-{uuid.uuid4().hex[:8]}",
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        )
+        if username:
+            self._client.username_pw_set(username, password)
+        self._connected = threading.Event()
+        self._client.on_connect = lambda *a: self._connected.set()
+        self._client.on_disconnect = lambda *a: self._connected.clear()
+        self._started = False
+
+    def topic(self, e: dict[str, Any]) -> str:
+        """Where an event is published."""
+        return "/".join(
+            (self.prefix, _level(e["severity"]), _level(e["rule"]), _level(str(e["subject"])))
+        )
+
+    def _publish(self, events: Sequence[dict[str, Any]]) -> None:
+        if not self._started:
+            self._client.connect_async(self._host, self._port, keepalive=30)
+            self._client.loop_start()
+            self._started = True
+        if not self._connected.wait(self.timeout_s):
+            raise ConnectionError(f"MQTT broker {self._host}:{self._port} not connected")
+        infos = [
+            self._client.publish(self.topic(e), json.dumps(event_json(e)), qos=self.qos)
+            for e in events
+        ]
+        for info in infos:
+            info.wait_for_publish(self.timeout_s)
+            if not info.is_published():
+                raise ConnectionError("MQTT broker did not acknowledge an alert event")
+
+    async def deliver(self, events: Sequence[dict[str, Any]]) -> None:
+        """Publish and wait for every PUBACK (in a thread: paho's API blocks)."""
+        await asyncio.to_thread(self._publish, events)
+
+    async def close(self) -> None:
+        """Disconnect."""
+        if self._started:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+
+class WebhookSink:
+    """POSTs ``{"events": [...]}`` to a URL; any 2xx is delivered. With a secret, the body is
+    signed: ``X-Cityflux-Signature: sha256=<hex HMAC of the body>``."""
+
+    def __init__(self, url: str, *, secret: str | None = None, timeout_s: float = 10.0) -> None:
+        self.url = url
+        self.name = f"webhook:{url}"
+        self._secret = secret.encode() if secret else None
+        self._client = httpx.AsyncClient(timeout=timeout_s)
+
+    async def deliver(self, events: Sequence[dict[str, Any]]) -> None:
+        """One POST for the events."""
+        body = json.dumps({"events": [event_json(e) for e in events]}).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "cityflux-alerts"}
+        if self._secret is not None:
+            sig = hmac.new(self._secret, body, hashlib.sha256).hexdigest()
+            headers["X-Cityflux-Signature"] = f"sha256={sig}"
+        resp = await self._client.post(self.url, content=body, headers=headers)
+        if not 200 <= resp.status_code < 300:
+            raise ConnectionError(f"webhook {self.url} answered {resp.status_code}")
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        await self._client.aclose()
+
+
+class Dispatcher:
+    """Runs one sink: read after the cursor, deliver, move the cursor; retry on failure."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        conninfo: str,
+        metrics: Metrics,
+        *,
+        batch: int = 500,
+        retry_initial_s: float = 1.0,
+        retry_max_s: float = 300.0,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.sink = sink
+        self._conninfo = conninfo
+        self._metrics = metrics
+        self._batch = batch
+        self._retry = (retry_initial_s, retry_max_s)
+        self._poll_s = poll_s
+        self.wake = asyncio.Event()
+        self.delivered = 0
+        self.failures = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop``."""
+        delay = self._retry[0]
+        while not stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True
+                ) as conn:
+                    cursor = await store.cursor_of(conn, self.sink.name)
+                    while not stop.is_set():
+                        events = await store.events_after(conn, cursor, self._batch)
+                        self._metrics.alert_backlog.labels(self.sink.name).set(
+                            await store.newest_event(conn) - cursor
+                        )
+                        if not events:
+                            self.wake.clear()
+                            await _wait(self.wake, stop, self._poll_s)
+                            continue
+                        try:
+                            await self.sink.deliver(events)
+                        except Exception as exc:  # any failure: retry the same events later
+                            self.failures += 1
+                            self._metrics.alert_deliveries.labels(self.sink.name, "failed").inc(
+                                len(events)
+                            )
+                            log.warning(
+                                "alert sink %s: delivering %d events from id %d failed (%s); "
+                                "retrying in %.0f s, nothing is dropped",
+                                self.sink.name,
+                                len(events),
+                                events[0]["id"],
+                                exc,
+                                delay,
+                            )
+                            await _wait(asyncio.Event(), stop, delay)
+                            delay = min(delay * 2, self._retry[1])
+                            continue
+                        delay = self._retry[0]
+                        cursor = int(events[-1]["id"])
+                        await store.advance_cursor(conn, self.sink.name, cursor)
+                        self.delivered += len(events)
+                        self._metrics.alert_deliveries.labels(self.sink.name, "delivered").inc(
+                            len(events)
+                        )
+            except psycopg.OperationalError as exc:
+                log.warning(
+                    "alert sink %s: database unavailable (%s); retrying", self.sink.name, exc
+                )
+                await _wait(asyncio.Event(), stop, min(delay, 5.0))
+        await self.sink.close()
+
+
+async def _wait(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
