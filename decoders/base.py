@@ -23,6 +23,7 @@ class ColumnType(StrEnum):
     BOOL = "boolean"
     TEXT = "text"  # numpy bytes (UTF-8), fixed width 'S<n>'
     BYTEA = "bytea"  # numpy object array of bytes
+    JSONB = "jsonb"  # numpy bytes holding JSON text (UTF-8)
 
 
 NUMPY_DTYPE: dict[ColumnType, np.dtype[np.generic]] = {
@@ -35,6 +36,7 @@ NUMPY_DTYPE: dict[ColumnType, np.dtype[np.generic]] = {
     ColumnType.BOOL: np.dtype(np.bool_),
     ColumnType.TEXT: np.dtype("S1"),
     ColumnType.BYTEA: np.dtype(object),
+    ColumnType.JSONB: np.dtype("S1"),
 }
 
 

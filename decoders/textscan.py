@@ -25,13 +25,18 @@ def first_at_or_after(marks: IntArray, starts: IntArray, missing: int) -> IntArr
 
 def cut(buf: ByteMatrix, start: IntArray, length: IntArray, width: int) -> ByteMatrix:
     """``buf[start:start+length]`` of every item as a zero-padded ``n × width`` matrix
-    (parts longer than ``width`` are truncated; callers check ``length`` themselves)."""
+    (parts longer than ``width`` are truncated; callers check ``length`` themselves).
+
+    Rows are copied from a sliding-window view of the buffer (one contiguous copy per item)
+    rather than gathered byte by byte through an ``n × width`` index matrix."""
     width = max(width, 1)
-    cols = np.arange(width)
-    idx = start[:, None] + cols
-    np.minimum(idx, len(buf) - 1, out=idx)
-    mat: ByteMatrix = buf[idx]
-    mat[cols >= length[:, None]] = 0
+    if start.shape[0] and int(start.max()) + width > buf.shape[0]:
+        buf = np.concatenate([buf, np.zeros(width, dtype=np.uint8)])
+    elif buf.shape[0] < width:
+        buf = np.concatenate([buf, np.zeros(width - buf.shape[0], dtype=np.uint8)])
+    windows = np.lib.stride_tricks.sliding_window_view(buf, width)
+    mat: ByteMatrix = windows[start]
+    mat[np.arange(width) >= length[:, None]] = 0
     return mat
 
 

@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ingest.batch import Outcome
 from ingest.config import MqttConfig, MqttProtocol, QoS
 from ingest.metrics import Metrics
 from ingest.pipeline import Pipeline
@@ -163,8 +164,9 @@ class MqttListener:
         self._pipeline.submit(fmt, TRANSPORT, self, payload, topic, device, kind, ack_id)
 
     # -- AckSink and backpressure -----------------------------------------------------------
-    def release(self, ack_ids: Sequence[int], ok: bool) -> None:
-        """PUBACK the frames of a committed batch; send nothing for an abandoned one."""
+    def release(self, ack_ids: Sequence[int], ok: bool, outcome: Outcome | None = None) -> None:
+        """PUBACK the frames of a committed batch (dead-lettered ones too: they are stored);
+        send nothing for an abandoned one."""
         if not ok:
             return
         ack = self._client.ack

@@ -14,6 +14,9 @@ from ingest.topics import UplinkTopic, downlink, parse_uplink, uplink
         ("city/a/up/env/ep-1/lwm2m-tlv/3303/0", ("env", "ep-1", "lwm2m-tlv", "/3303/0")),
         ("cityflux/up/env/ep-1/lwm2m-tlv/3303", ("env", "ep-1", "lwm2m-tlv", "/3303")),
         ("cityflux/up/env/ep-1/lwm2m-tlv/3/0/7", ("env", "ep-1", "lwm2m-tlv", "/3/0/7")),
+        ("cityflux/up/env/esp-7/value/temperature", ("env", "esp-7", "value", "/temperature")),
+        ("cityflux/up/env/esp-7/value/3303", ("env", "esp-7", "value", "/3303")),
+        ("cityflux/up/env/value/hj212", ("env", "value", "hj212", "")),  # a device "value"
         ("a/b/c", None),
         ("cityflux/up//dev/hj212", None),
     ],
