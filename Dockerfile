@@ -18,7 +18,7 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER cityflux
 ENV CITYFLUX_HTTP__HOST=0.0.0.0 \
     PYTHONUNBUFFERED=1
-EXPOSE 9108
+EXPOSE 9108 5683/udp
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=2).status == 200 else 1)"]
 ENTRYPOINT ["cityflux"]

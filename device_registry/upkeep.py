@@ -48,7 +48,6 @@ async def run_upkeep(
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), cfg.last_seen_flush_s)
                         await _flush(conn, last_seen, metrics)
-                        metrics.devices_registered.set(len(resolver.index))
                         metrics.registry_refreshes.inc(resolver.refreshes - counted)
                         counted = resolver.refreshes
                         if cfg.status_interval_s and loop.time() >= next_status:

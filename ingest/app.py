@@ -8,20 +8,27 @@ import logging
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from decoders.registry import DecoderRegistry, load_registry
 from device_registry.resolver import DeviceResolver
 from device_registry.upkeep import run_upkeep
-from ingest.config import Settings
-from ingest.http import create_app
+from ingest.coap import CoapListener
+from ingest.coap_oscore import DeviceKeyStore
+from ingest.config import CoapMode, MqttProtocol, Settings
+from ingest.http import AlertsApi, create_app
 from ingest.metrics import Metrics
 from ingest.mqtt import MqttListener
+from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pipeline
 from storage.ddl import Backend
 from storage.migrate import migrate
 from storage.writer import BatchWriter, RetryPolicy
+
+if TYPE_CHECKING:
+    from alerts.stage import AlertStage
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,9 @@ class Service:
     decoders: DecoderRegistry = field(default_factory=load_registry)
     backend: Backend | None = None
     pipeline: Pipeline | None = None
-    mqtt: MqttListener | None = None
+    mqtt: MqttListener | Mqtt5Listener | None = None
+    coap: CoapListener | None = None
+    alerts: AlertStage | None = None
     http_port: int | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -55,10 +64,37 @@ class Service:
         """Ask the service to drain and stop (what SIGTERM does)."""
         self._stop.set()
 
+    def reload_rules(self) -> None:
+        """Reload the alert rules file (what SIGHUP does)."""
+        if self.alerts is not None:
+            self.alerts.request_reload()
+
+    def _rules_api(self) -> AlertsApi | None:
+        if self.alerts is None:
+            return None
+        stage = self.alerts
+
+        def rules() -> list[dict[str, object]]:
+            return [
+                {
+                    "name": r.name,
+                    "kind": r.kind,
+                    "tables": list(r.tables),
+                    "severity": r.rule.severity.value,
+                    "description": r.rule.description,
+                    "open_alerts": stage.engine.runtimes[r.name].states.active,
+                }
+                for r in stage.engine.rules
+            ]
+
+        return AlertsApi(rules, self.metrics.alerts_acknowledged.inc)
+
     def readiness(self) -> dict[str, bool]:
         """Per-dependency readiness, for /readyz."""
         return {
             "mqtt": self.mqtt is not None and self.mqtt.connected,
+            "coap": self.settings.coap.mode is CoapMode.OFF
+            or (self.coap is not None and self.coap.bound.is_set()),
             "database": self.backend is not None,
             "accepting": not self._draining,
         }
@@ -83,6 +119,19 @@ class Service:
         ]
         resolver = DeviceResolver(s.pipeline.unknown_devices)
         await resolver.load(await writers[0].connection())
+        # read at scrape time: tools that register devices wait for the index to catch up
+        self.metrics.devices_registered.set_function(lambda: len(resolver.index))
+        self.metrics.registry_watermark.set_function(
+            lambda: resolver.watermark.timestamp() if resolver.watermark else 0.0
+        )
+        if s.alerts.rules_file is not None:
+            from alerts.stage import AlertStage
+
+            self.alerts = AlertStage(
+                s.alerts, self.decoders.tables(), conninfo, self.metrics, s.mqtt
+            )
+            resolver.on_change.append(self.alerts.engine.attributes.forget_changed)
+            await self.alerts.restore(await writers[0].connection())
         self.pipeline = Pipeline(
             self.decoders,
             resolver,
@@ -91,11 +140,27 @@ class Service:
             batch_max_frames=s.pipeline.batch_max_frames,
             flush_interval_ms=s.pipeline.flush_interval_ms,
             max_inflight_frames=s.pipeline.max_inflight_frames,
+            alerts=self.alerts,
+            flush_by_transport={"coap": s.coap.flush_interval_ms},
         )
-        self.mqtt = MqttListener(s.mqtt, self.pipeline, self.metrics)
+        if s.mqtt.protocol is MqttProtocol.V5:
+            self.mqtt = Mqtt5Listener(s.mqtt, self.pipeline, self.metrics)
+        else:  # MQTT 3.1.1 brokers (the embedded amqtt fallback): paho
+            self.mqtt = MqttListener(s.mqtt, self.pipeline, self.metrics)
+        if s.coap.mode is not CoapMode.OFF:
+            keys = DeviceKeyStore(conninfo)
+            resolver.on_change.append(keys.forget)
+            profiles = resolver.profiles
+
+            def kind_decoders(kind: str) -> list[str]:
+                return [dec for (k, dec) in profiles if k == kind]
+
+            self.coap = CoapListener(
+                s.coap, self.pipeline, self.metrics, self.decoders, keys, kind_decoders
+            )
         server = _HttpServer(
             uvicorn.Config(
-                create_app(self.metrics, self.readiness, conninfo),
+                create_app(self.metrics, self.readiness, conninfo, self._rules_api()),
                 host=s.http.host,
                 port=s.http.port,
                 log_level="warning",
@@ -105,6 +170,10 @@ class Service:
         async with asyncio.TaskGroup() as tg:
             pipe_task = tg.create_task(self.pipeline.run(), name="ingest.pipeline")
             mqtt_task = tg.create_task(self.mqtt.run(), name="ingest.mqtt")
+            coap_task = None
+            if self.coap is not None:
+                coap_task = tg.create_task(self.coap.run(), name="ingest.coap")
+                await self.coap.bound.wait()
             registry_stop = asyncio.Event()
             registry_task = tg.create_task(
                 run_upkeep(
@@ -117,6 +186,9 @@ class Service:
                 ),
                 name="device_registry.upkeep",
             )
+            alerts_stop = asyncio.Event()
+            if self.alerts is not None:
+                tg.create_task(self.alerts.run(alerts_stop), name="alerts")
             http_task = tg.create_task(server.serve(), name="ingest.http")
             while not server.started:  # noqa: ASYNC110 - uvicorn offers no start event
                 await asyncio.sleep(0.01)
@@ -132,12 +204,20 @@ class Service:
             log.info("stopping: draining %d uncommitted frames", self.pipeline.inflight)
             self._draining = True
             self.mqtt.stop_reading()
+            if self.coap is not None:
+                self.coap.stop_reading()
             await self.pipeline.close()
             await pipe_task
             await self.mqtt.stop()
             await mqtt_task
+            if self.coap is not None and coap_task is not None:
+                await self.coap.stop()
+                await coap_task
             registry_stop.set()
             await registry_task
+            if self.alerts is not None:
+                await self.alerts.checkpoint()
+            alerts_stop.set()
             server.should_exit = True
             await http_task
         log.info(
@@ -153,4 +233,5 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
+    loop.add_signal_handler(signal.SIGHUP, service.reload_rules)
     await service.run()

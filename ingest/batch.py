@@ -20,16 +20,27 @@ BoolArray = npt.NDArray[np.bool_]
 BytesArray = npt.NDArray[np.bytes_]
 
 
+@dataclass(slots=True)
+class Outcome:
+    """What became of a committed batch's frames, by frame index: the dead-lettered ones
+    with their reasons, and the replies their protocol asks for (e.g. HJ 212 9014)."""
+
+    rejected: dict[int, str] = field(default_factory=dict)
+    replies: dict[int, bytes] = field(default_factory=dict)
+
+
 class AckSink(Protocol):
     """Releases the transport-level acknowledgements of frames once their batch is durable.
 
     Contract: ``release`` is called exactly once per batch, from the event-loop thread, after
     the transaction holding every row (and dead letter) of the batch has committed, with
-    ``ok=True``; or with ``ok=False`` when the service stops before the batch could be stored,
-    in which case the transport must not acknowledge (the device or broker will redeliver).
+    ``ok=True`` and the frames' ``outcome``; or with ``ok=False`` when the service stops
+    before the batch could be stored, in which case the transport must not acknowledge (the
+    device or broker will redeliver). A dead-lettered frame is acknowledged too (it is
+    stored, as a dead letter); transports that answer per frame (CoAP) tell the device why.
     """
 
-    def release(self, ack_ids: Sequence[int], ok: bool) -> None:
+    def release(self, ack_ids: Sequence[int], ok: bool, outcome: Outcome | None = None) -> None:
         """Acknowledge (ok) or abandon (not ok) the frames with these transport ids."""
         ...
 
@@ -42,7 +53,7 @@ class AckSink(Protocol):
 class NoAck:
     """Ack sink for transports without acknowledgements (MQTT QoS 0, CoAP NON, replays)."""
 
-    def release(self, ack_ids: Sequence[int], ok: bool) -> None:
+    def release(self, ack_ids: Sequence[int], ok: bool, outcome: Outcome | None = None) -> None:
         """Nothing to acknowledge."""
 
     def send_replies(self, replies: Sequence[tuple[str, bytes]]) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,14 @@ import psycopg
 import typer
 
 from ingest.config import ConfigError, Settings, load_settings
+
+
+class Transport(StrEnum):
+    """How a simulated fleet reaches the service."""
+
+    MQTT = "mqtt"
+    COAP = "coap"
+
 
 app = typer.Typer(
     help="cityflux: smart-city device ingest into TimescaleDB, with alerts.",
@@ -53,31 +62,58 @@ def _settings(config: Path | None) -> Settings:
 def serve(config: ConfigOpt = None) -> None:
     """Run the ingest service against the configured broker and database."""
     from ingest.app import serve as run
+    from ingest.yamlfile import DocumentError
 
-    asyncio.run(run(_settings(config)))
+    try:
+        asyncio.run(run(_settings(config)))
+    except DocumentError as exc:
+        typer.echo(f"cityflux: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="one run of smaller sizes, under a minute")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Measure cityflux against the machine's limits and peers (bench/README.md): a private
+    mosquitto, a fresh database on the local PostgreSQL (or a throwaway cluster)."""
+    from bench.__main__ import main as run_bench
+
+    run_bench([*(["--quick"] if quick else []), *(["--json"] if as_json else [])])
 
 
 @app.command()
 def demo(
     config: ConfigOpt = None,
-    duration: Annotated[float, typer.Option(help="seconds the simulated fleet sends")] = 10.0,
-    rate: Annotated[float, typer.Option(help="fleet's total frames per second cap")] = 5_000.0,
+    scenario: Annotated[
+        Path | None, typer.Option(help="scenario YAML (default: simulators/scenarios/demo.yaml)")
+    ] = None,
+    duration: Annotated[float | None, typer.Option(help="seconds of device time to send")] = None,
+    rate: Annotated[float | None, typer.Option(help="cap on the fleet's frames per second")] = None,
+    transport: Annotated[
+        Transport | None, typer.Option(help="send every group over mqtt (QoS 1) or coap (CON)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     data_dir: Annotated[Path | None, typer.Option(help="keep the embedded services here")] = None,
 ) -> None:
-    """Run service + embedded PostgreSQL/broker + a simulated fleet; print the summary."""
-    from ingest.demo import run_demo
+    """Embedded PostgreSQL and broker, the service, a simulated city; the loss accounting."""
+    from ingest.demo import demo_scenario, run_demo
+    from ingest.fleet_cli import _print_report
+    from ingest.yamlfile import DocumentError
 
     settings = _settings(config)
-    if as_json:
-        logging.getLogger().setLevel(logging.WARNING)
-    summary = run_demo(settings, config, duration, rate, data_dir)
-    if as_json:
-        typer.echo(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            typer.echo(f"{key:>18}: {value}")
-    if summary["lost"]:
+    try:
+        sc = demo_scenario(scenario, duration, rate, transport.value if transport else None)
+    except (DocumentError, ValueError) as exc:
+        typer.echo(f"cityflux: {exc}", err=True)
+        raise typer.Exit(2) from None
+    logging.getLogger().setLevel(logging.WARNING)
+    report = run_demo(settings, config, sc, data_dir)
+    _print_report(report, as_json)
+    if not as_json:
+        typer.echo(f"database: {report['database']}; broker: {report['broker']}")
+    if report["lost"]:
         raise typer.Exit(1)
 
 
@@ -157,7 +193,7 @@ def devices_import(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Upsert devices from a file; invalid lines are reported and skipped (exit 1 if any)."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from device_registry.importer import ImportFormatError, import_devices
 
@@ -168,17 +204,19 @@ def devices_import(
         progress = Progress(
             "[progress.description]{task.description}",
             BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
             disable=quiet,
             transient=True,
         )
         with progress:
-            task = progress.add_task(f"importing {file.name}", total=file.stat().st_size)
+            task = progress.add_task(f"reading {file.name}", total=file.stat().st_size)
+
+            def step(done: int, total: int, what: str) -> None:
+                progress.update(task, completed=done, total=total, description=what)
+
             try:
-                result = import_devices(
-                    conn, file, lambda done: progress.update(task, completed=done)
-                )
+                result = import_devices(conn, file, step)
             except ImportFormatError as exc:
                 typer.echo(f"cityflux: {exc}", err=True)
                 raise typer.Exit(2) from None
@@ -324,8 +362,25 @@ def rules_test(
     hex_input: Annotated[bool, typer.Option("--hex", help="lines are hex-encoded bytes")] = False,
     path: Annotated[str, typer.Option(help="source path, e.g. /3303/0 for lwm2m-tlv")] = "cli",
     device: Annotated[str, typer.Option(help="device id the transport would name")] = "",
+    devices: Annotated[
+        Path | None,
+        typer.Option(help="devices file (import format): locations, road positions, install"),
+    ] = None,
+    profiles: Annotated[
+        Path | None, typer.Option(help="profiles file: report intervals for absence rules")
+    ] = None,
 ) -> None:
     """Decode frames, run the rules in frame time, print one JSON object per alert event."""
     from alerts.offline import run_test
 
-    raise typer.Exit(run_test(rules, fmt, source, hex_input, path, device))
+    raise typer.Exit(run_test(rules, fmt, source, hex_input, path, device, devices, profiles))
+
+
+# -- fleets: simulate, record, replay (ingest/fleet_cli.py) ----------------------------------
+def _fleet_commands() -> None:
+    from ingest.fleet_cli import register_commands
+
+    register_commands(app)
+
+
+_fleet_commands()

@@ -13,7 +13,7 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from device_registry.resolver import UnknownDevicePolicy
@@ -88,6 +88,45 @@ class MqttConfig(Section):
     reconnect_max_s: float = Field(10.0, gt=0, description="longest wait between reconnects")
 
 
+class CoapMode(StrEnum):
+    """Whether to listen for CoAP uplinks, and how devices prove who they are."""
+
+    OFF = "off"
+    OPEN = "open"  # no authentication (a trusted network, or tests)
+    OSCORE = "oscore"  # every request OSCORE-protected with its device's registry key
+
+
+class CoapConfig(Section):
+    """CoAP source (UDP): NB-IoT devices' uplinks."""
+
+    mode: CoapMode = Field(CoapMode.OFF, description="off, open (no authentication) or oscore")
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(5683, ge=0, le=65535, description="UDP port (0 = any free port)")
+    path_prefix: str = Field(
+        "up", pattern=r"^[A-Za-z0-9._~-]+$", description="uplinks: /<prefix>/<kind>/<device>/…"
+    )
+    flush_interval_ms: int = Field(
+        50,
+        ge=1,
+        description="seal CoAP batches at this age (devices wait for the commit's answer)",
+    )
+    piggyback_ms: int = Field(
+        1_500,
+        ge=0,
+        le=10_000,
+        description="answer in the ACK if the commit comes within this; else ACK now, answer later",
+    )
+    retry_after_s: int = Field(
+        10, ge=0, le=86_400, description="Max-Age of 5.03 answers while the pipeline is saturated"
+    )
+    max_body_bytes: int = Field(
+        65_536, ge=1_024, description="largest block-wise uplink accepted (else 4.13)"
+    )
+    dedup_entries: int = Field(
+        100_000, ge=100, description="recent exchanges remembered to answer retransmissions"
+    )
+
+
 class DatabaseConfig(Section):
     """PostgreSQL / TimescaleDB sink."""
 
@@ -133,6 +172,43 @@ class RegistryConfig(Section):
     )
 
 
+class AlertsConfig(Section):
+    """The rules engine and where alerts are delivered."""
+
+    rules_file: Path | None = Field(None, description="alert rules (YAML); unset = no rules engine")
+    reload_check_s: float = Field(
+        2.0, gt=0, description="look for a changed rules file this often (SIGHUP: at once)"
+    )
+    tick_s: float = Field(
+        5.0, gt=0, description="check offline devices and clear_after this often (wall clock)"
+    )
+    checkpoint_s: float = Field(
+        60.0, gt=0, description="save the engine's state (pending conditions…) this often"
+    )
+    mqtt_topic_prefix: str = Field(
+        "cityflux/alerts",
+        description="publish alert events under <prefix>/<severity>/<rule>/<subject>; '' = off",
+    )
+    mqtt_qos: QoS = Field(QoS.AT_LEAST_ONCE, description="QoS of published alert events")
+    webhook_urls: list[str] = Field(
+        default_factory=list, description="POST alert events to these URLs (JSON)"
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="sign webhook bodies: X-Cityflux-Signature: sha256=<HMAC>"
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="webhook request timeout")
+    retry_initial_ms: int = Field(1_000, ge=1, description="first delivery retry backoff")
+    retry_max_ms: int = Field(300_000, ge=1, description="longest delivery retry backoff")
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return v
+
+
 class HttpConfig(Section):
     """Operator HTTP endpoint: /metrics, /healthz, /readyz."""
 
@@ -160,9 +236,11 @@ class Settings(BaseSettings):
     )
 
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    coap: CoapConfig = Field(default_factory=CoapConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     log_level: LogLevel = Field(LogLevel.INFO, description="logging threshold")
 
@@ -222,5 +300,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                 source = "command line"
             else:
                 source = "defaults"
-            problems.append(f"{field}: {err['msg']} (from {source})")
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{field}: {msg} (from {source})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

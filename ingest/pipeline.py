@@ -17,22 +17,36 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from decoders.base import Decoder
 from decoders.registry import DecoderRegistry, UnknownDecoderError
 from device_registry.lastseen import LastSeen
 from device_registry.resolver import DeviceResolver
-from ingest.batch import AckSink, Decoded, FrameBatch, TableRows
+from ingest.batch import AckSink, Decoded, FrameBatch, Outcome, TableRows
 from ingest.metrics import Metrics, reason_label
 from storage.dead_letters import DeadLetters
 from storage.writer import BatchWriter, StorageRejectedError, TableWrite
 
 log = logging.getLogger(__name__)
+
+
+def frame_ages_s(n: int, writes: Sequence[TableWrite]) -> npt.NDArray[np.float64]:
+    """Seconds from each stored frame's device time (its earliest row) to now."""
+    first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    for tw in writes:
+        if len(tw.rows):
+            np.minimum.at(
+                first, tw.rows.frame_index, np.asarray(tw.rows.columns["time"], dtype=np.int64)
+            )
+    stored = first[first != np.iinfo(np.int64).max]
+    ages: npt.NDArray[np.float64] = np.maximum(time.time_ns() // 1000 - stored, 0) / 1e6
+    return ages
 
 
 @dataclass(slots=True)
@@ -46,6 +60,22 @@ class PipelineStats:
     rows: int = 0
     batches: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+
+
+class AlertHook(Protocol):
+    """The rules engine as the pipeline sees it (alerts.stage.AlertStage)."""
+
+    def new_note(self, batch: FrameBatch) -> Any:
+        """A holder for one batch's alert events (kept across retries)."""
+        ...
+
+    async def within(self, conn: Any, writes: Sequence[TableWrite], note: Any) -> None:
+        """Evaluate the batch's rows and store the alerts, inside its transaction."""
+        ...
+
+    def committed(self, note: Any) -> None:
+        """The batch's transaction committed."""
+        ...
 
 
 class Pausable(Protocol):
@@ -77,13 +107,18 @@ class Pipeline:
         batch_max_frames: int = 5000,
         flush_interval_ms: int = 200,
         max_inflight_frames: int = 100_000,
+        alerts: AlertHook | None = None,
+        flush_by_transport: dict[str, int] | None = None,
     ) -> None:
         self._decoders = decoders
+        self._alerts = alerts
         self._resolver = resolver
         self._writers = writers
         self._metrics = metrics
         self._max_frames = batch_max_frames
         self._flush_s = flush_interval_ms / 1000
+        self._flush_by_transport = {t: ms / 1000 for t, ms in (flush_by_transport or {}).items()}
+        """Batch age per transport, where it differs (CoAP devices wait for the commit)."""
         self._max_inflight = max_inflight_frames
         self._open: dict[tuple[str, str], _Open] = {}
         self._sealed: asyncio.Queue[FrameBatch | None] = asyncio.Queue()
@@ -161,11 +196,17 @@ class Pipeline:
             ager.cancel()
 
     async def _age_loop(self) -> None:
-        tick = max(self._flush_s / 4, 0.005)
+        ages = [self._flush_s, *self._flush_by_transport.values()]
+        tick = max(min(ages) / 4, 0.005)
+        by_transport = self._flush_by_transport
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            for key in [k for k, s in self._open.items() if now - s.opened >= self._flush_s]:
+            for key in [
+                k
+                for k, s in self._open.items()
+                if now - s.opened >= by_transport.get(k[1], self._flush_s)
+            ]:
                 self._seal(key)
 
     def flush(self) -> None:
@@ -218,8 +259,17 @@ class Pipeline:
             for rej in decoded.rejects:
                 dead.add(rej.index, rej.reason)
         writes = await self._resolve(batch, decoded, dead, writer)
+        hook = self._alerts
+        note = hook.new_note(batch) if hook is not None else None
+
+        async def then(conn: Any, writes: Sequence[TableWrite] = writes) -> None:
+            assert hook is not None
+            await hook.within(conn, writes, note)
+
         try:
-            await writer.write(writes, dead.columns(batch), dead.nulls(batch))
+            await writer.write(
+                writes, dead.columns(batch), dead.nulls(batch), then if hook else None
+            )
         except StorageRejectedError as exc:
             log.error(
                 "database refused batch of %d %s frames (%s); storing them as dead letters instead",
@@ -231,21 +281,25 @@ class Pipeline:
             for i in range(n):
                 dead.add(i, f"storage_rejected: {exc}")
             writes = []
-            await writer.write([], dead.columns(batch), dead.nulls(batch))
-        batch.ack_sink.release(batch.ack_ids, True)
+            await writer.write(
+                [],
+                dead.columns(batch),
+                dead.nulls(batch),
+                (lambda c: then(c, [])) if hook else None,
+            )
+        if hook is not None:
+            hook.committed(note)
+        outcome = Outcome(dict(zip(dead.frames, dead.reasons, strict=True)))
+        outcome.replies = {i: p for i, p in decoded.replies if i not in outcome.rejected}
+        batch.ack_sink.release(batch.ack_ids, True, outcome)
         self._note_seen(batch, writes, dead)
-        if decoded.replies:
-            dead_frames = set(dead.frames)
+        if outcome.replies:
             batch.ack_sink.send_replies(
-                [
-                    (batch.sources[i], payload)
-                    for i, payload in decoded.replies
-                    if i not in dead_frames
-                ]
+                [(batch.sources[i], payload) for i, payload in outcome.replies.items()]
             )
         self._account(batch, decoded, dead, writes, time.perf_counter() - started)
-        for hook in self.on_committed:
-            hook(batch, decoded)
+        for on_committed in self.on_committed:
+            on_committed(batch, decoded)
 
     def _note_seen(self, batch: FrameBatch, writes: list[TableWrite], dead: DeadLetters) -> None:
         """Last seen for every device with a stored frame: from the rows' device ids, and for
@@ -327,6 +381,7 @@ class Pipeline:
             m.frames_rejected.labels(fmt, reason).inc(count)
         for tw in writes:
             m.rows_written.labels(tw.spec.name).inc(len(tw.rows))
+        m.frame_age.observe_many(batch.transport, frame_ages_s(n, writes))
         acked = sum(1 for a in batch.ack_ids if a >= 0)
         m.frames_acked.labels(batch.transport).inc(acked)
         m.batch_commit_seconds.labels(fmt).observe(elapsed)

@@ -62,5 +62,7 @@ def describe(path: Path, node: yaml.Node | None, exc: ValidationError, prefix: s
         field = prefix + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in loc)
         line = line_of(node, loc)
         where = f"{path}:{line}" if line else str(path)
-        lines.append(f"{where}: {field.lstrip('.')}: {err['msg']}")
+        field = field.lstrip(".")
+        msg = err["msg"].removeprefix("Value error, ")  # pydantic's wording for our checks
+        lines.append(f"{where}: {field}: {msg}" if field else f"{where}: {msg}")
     return "\n".join(lines)

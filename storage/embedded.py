@@ -33,6 +33,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def reachable(host: str, port: int) -> bool:
+    """Whether a TCP connection to host:port succeeds now."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
+
+
 def find_bindir() -> Path:
     """Directory holding initdb, pg_ctl and postgres."""
     candidates: list[Path] = []

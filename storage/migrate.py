@@ -80,6 +80,8 @@ def migrate(conninfo: str, tables: Sequence[TableSpec], mode: TimescaleMode) -> 
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             backend = detect_backend(conn, mode)
+            # migrations that differ by backend read this (e.g. 0003's hypertables)
+            conn.execute("SELECT set_config('cityflux.backend', %s, true)", (backend.value,))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
                 "name text NOT NULL, checksum text NOT NULL, "

@@ -12,7 +12,7 @@ one compress turns the padded rows into the exact stream.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -36,9 +36,17 @@ _WIRE: dict[ColumnType, str] = {
 
 
 def _varwidth(
-    values: npt.NDArray[np.generic],
+    values: npt.NDArray[np.generic], jsonb: bool = False
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
-    """Bytes of a text/bytea column as an (n, width) uint8 matrix plus each value's length."""
+    """Bytes of a text/bytea column as an (n, width) uint8 matrix plus each value's length.
+
+    jsonb's binary form is a version byte (1) followed by the JSON text (jsonb_recv)."""
+    if jsonb:
+        mat, lens = _varwidth(values)
+        out = np.empty((mat.shape[0], mat.shape[1] + 1), dtype=np.uint8)
+        out[:, 0] = 1
+        out[:, 1:] = mat
+        return out, lens + 1
     n = values.shape[0]
     if values.dtype.kind == "S":
         fixed = values.astype(np.bytes_, copy=False)
@@ -52,6 +60,24 @@ def _varwidth(
         fixed = np.array(list(values), dtype=f"S{max(width, 1)}")
     width = fixed.dtype.itemsize
     return fixed.view(np.uint8).reshape(n, width), lens
+
+
+def encode_stream(
+    columns: Sequence[Column],
+    data: Mapping[str, npt.NDArray[np.generic]],
+    nulls: Mapping[str, npt.NDArray[np.bool_]] | None = None,
+    rows_per_chunk: int = 100_000,
+) -> Iterator[bytes]:
+    """One binary COPY payload for many rows, in chunks (bounded temporaries): the first
+    chunk starts with the signature, the last ends with the trailer."""
+    nulls = nulls or {}
+    n = int(next(iter(data.values())).shape[0]) if data else 0
+    yield SIGNATURE
+    for lo in range(0, n, rows_per_chunk):
+        part = {k: v[lo : lo + rows_per_chunk] for k, v in data.items()}
+        part_nulls = {k: v[lo : lo + rows_per_chunk] for k, v in nulls.items()}
+        yield encode_rows(columns, part, part_nulls)[len(SIGNATURE) : -len(TRAILER)]
+    yield TRAILER
 
 
 def encode_rows(
@@ -85,7 +111,7 @@ def encode_rows(
                 lengths.append((f"l_{col.name}", np.where(null, -1, width).astype(np.int32)))
                 drops.append((offset + 4, width, np.broadcast_to(~null[:, None], (n, width))))
         else:
-            mat, lens = _varwidth(arr)
+            mat, lens = _varwidth(arr, jsonb=col.type is ColumnType.JSONB)
             width = mat.shape[1]
             fields += [(f"l_{col.name}", ">i4"), (f"v_{col.name}", f"V{width}")]
             values.append((f"v_{col.name}", mat.view(f"V{width}").ravel()))

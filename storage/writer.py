@@ -85,7 +85,7 @@ def _py_values(
                 np.datetime64(int(v), "us").astype("datetime64[us]").item().isoformat() + "+00:00"
                 for v in arr.tolist()
             ]
-        elif typ is ColumnType.TEXT:
+        elif typ in (ColumnType.TEXT, ColumnType.JSONB):
             vals = [v.decode() if isinstance(v, bytes) else str(v) for v in arr.tolist()]
         else:
             vals = arr.tolist()
@@ -183,8 +183,10 @@ class BatchWriter:
         tables: Sequence[TableWrite],
         dead: Columns | None = None,
         dead_nulls: Mapping[str, np.ndarray] | None = None,
+        then: Callable[[Conn], Awaitable[None]] | None = None,
     ) -> None:
-        """Store the batch in one transaction; retry on connection loss until it commits."""
+        """Store the batch in one transaction; retry on connection loss until it commits.
+        ``then`` runs inside the transaction after the rows (e.g. the batch's alerts)."""
 
         async def op(conn: Conn) -> None:
             assert conn.info.transaction_status is TransactionStatus.IDLE, (
@@ -202,6 +204,8 @@ class BatchWriter:
                         dead,
                         dead_nulls or {},
                     )
+                if then is not None:
+                    await then(conn)
 
         await self.retrying(op)
 

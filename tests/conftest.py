@@ -22,8 +22,8 @@ import psycopg
 import pytest
 
 from ingest.broker import EmbeddedBroker
-from storage.embedded import EmbeddedPostgres, free_port
-from tests.services import TimescaleWasm, reachable
+from storage.embedded import EmbeddedPostgres, free_port, reachable
+from tests.services import TimescaleWasm
 
 EMBEDDED = os.environ.get("CITYFLUX_TEST_EMBEDDED") == "1"
 

@@ -61,6 +61,16 @@ def service_env(settings: Settings) -> dict[str, str]:
             "CITYFLUX_HTTP__PORT": "0",
         }
     )
+    a = s.alerts
+    if a.rules_file is not None:
+        env.update(
+            {
+                "CITYFLUX_ALERTS__RULES_FILE": str(a.rules_file),
+                "CITYFLUX_ALERTS__RELOAD_CHECK_S": str(a.reload_check_s),
+                "CITYFLUX_ALERTS__TICK_S": str(a.tick_s),
+                "CITYFLUX_ALERTS__MQTT_TOPIC_PREFIX": a.mqtt_topic_prefix,
+            }
+        )
     return env
 
 

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 TIMESCALEDB_DIR = Path(__file__).parent / "timescaledb"
-
-
-def reachable(host: str, port: int) -> bool:
-    """Whether a TCP connection to host:port succeeds now."""
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
-        return True
-    return False
 
 
 class TimescaleWasm:

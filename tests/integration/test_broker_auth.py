@@ -20,8 +20,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from typer.testing import CliRunner
 
 from ingest.cli import app
-from storage.embedded import free_port
-from tests.services import reachable
+from storage.embedded import free_port, reachable
 
 MOSQUITTO = shutil.which("mosquitto")
 pytestmark = pytest.mark.skipif(

@@ -9,6 +9,7 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import paho.mqtt.client as paho
+import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
@@ -207,14 +208,22 @@ async def test_backpressure_pauses_the_source_and_loses_nothing(
     msgs = env_messages(topic_prefix, devices=20, per_device=30)
     async with running(settings) as svc:
         assert svc.pipeline is not None
+        pipe = svc.pipeline
         spy = _Spy()
-        svc.pipeline.add_source(spy)
-        await asyncio.to_thread(publish, broker, msgs)
-        await wait_until(lambda: svc.pipeline.stats.received == 600, what="600 frames")
-        batches = svc.pipeline.stats.batches
+        pipe.add_source(spy)
+        # commits wait behind this lock, so frames pile up past max_inflight_frames
+        with psycopg.connect(pg_url) as blocker:
+            blocker.execute("LOCK TABLE env_readings IN ACCESS EXCLUSIVE MODE")
+            sender = asyncio.create_task(asyncio.to_thread(publish, broker, msgs))
+            await wait_until(lambda: "pause" in spy.calls, what="the source to be paused")
+            assert pipe.inflight >= 50
+            blocker.rollback()
+        assert await sender == 600
+        await wait_until(lambda: pipe.stats.received == 600, what="600 frames")
+        await wait_until(lambda: pipe.inflight == 0, what="every frame committed")
+        batches = pipe.stats.batches
     assert query(pg_url, "SELECT count(DISTINCT (device_id, time)) FROM env_readings") == [(600,)]
     assert batches >= 30  # never more than 20 frames per batch
-    assert "pause" in spy.calls
     assert spy.calls[-1] == "resume"
 
 

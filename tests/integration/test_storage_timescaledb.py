@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 
+from alerts import store
+from alerts.runtimes import AlertEvent
 from decoders.tables import ALL_TABLES, ENV_READINGS
 from ingest.batch import TableRows
 from storage.ddl import Backend
@@ -46,7 +48,8 @@ def test_migrations_create_hypertable_policies_and_continuous_aggregate(
         caggs = conn.execute(
             "SELECT view_name FROM timescaledb_information.continuous_aggregates"
         ).fetchall()
-    assert sorted(hyper) == sorted((t.name, True) for t in ALL_TABLES)
+    alert_tables = [("alert_events", False), ("alerts", False)]  # migration 0003
+    assert sorted(hyper) == sorted([(t.name, True) for t in ALL_TABLES] + alert_tables)
     assert [(c, str(i)) for c, i in dims] == [("time", "1 day, 0:00:00")]
     assert segment == [("device_id", 1)]
     assert '"compress_after": "7 days"' in jobs["policy_compression"]
@@ -87,3 +90,34 @@ async def test_rows_written_to_the_hypertable_read_back_once(timescaledb: Timesc
     assert last.timestamp() == T0 / 1e6 + (n - 1) * 60
     assert chunks == (1,)
     assert hourly == (5, n)  # real-time aggregate over 5 hours of minute data
+
+
+async def test_alerts_live_in_hypertables_and_can_be_acknowledged(
+    timescaledb: TimescaleWasm,
+) -> None:
+    migrate(timescaledb.url, ALL_TABLES, TimescaleMode.REQUIRE)
+    hour = 3_600_000_000
+    raised = AlertEvent("no2-high", "critical", "raised", T0, "ST01", 7, 7, 90.0, T0, 90.0)
+    other = AlertEvent("pm-high", "warning", "raised", T0, "ST02", 8, 8, 80.0, T0, 80.0)
+    cleared = AlertEvent("pm-high", "warning", "cleared", T0 + hour, "ST02", 8, 8, 10.0, T0, 80.0)
+    async with await psycopg.AsyncConnection.connect(timescaledb.url, autocommit=True) as conn:
+        for batch in ([raised, other], [cleared], [cleared]):  # the last one: a retry
+            async with conn.transaction():
+                await store.lock(conn)
+                await store.write_events(conn, batch)
+    with psycopg.connect(timescaledb.url, autocommit=True) as conn:
+        open_ = store.list_alerts(conn)
+        assert [(a["rule"], a["subject"], a["state"]) for a in open_] == [
+            ("no2-high", "ST01", "raised")
+        ]
+        acked = store.acknowledge(conn, open_[0]["id"], "operator-7", "crew sent")
+        assert (acked["state"], acked["acknowledged_by"]) == ("acknowledged", "operator-7")
+        cleared_rows = store.list_alerts(conn, state="cleared")
+        assert [(a["subject"], a["cleared_value"]) for a in cleared_rows] == [("ST02", 10.0)]
+        events = conn.execute("SELECT rule, event FROM alert_events ORDER BY id").fetchall()
+    assert events == [
+        ("no2-high", "raised"),
+        ("pm-high", "raised"),
+        ("pm-high", "cleared"),
+        ("no2-high", "acknowledged"),
+    ]

@@ -70,7 +70,9 @@ def test_shipped_example_config_is_current_and_its_values_are_the_defaults(tmp_p
         )
     )
     data = tomllib.loads(uncommented.read_text())
-    assert set(data) == {"mqtt", "database", "pipeline", "registry", "http", "log_level"}
+    assert set(data) == {
+        *("mqtt", "coap", "database", "pipeline", "registry", "alerts", "http", "log_level")
+    }
     assert load_settings(uncommented) == load_settings()
 
 
