@@ -1,5 +1,6 @@
-"""``cityflux demo``: embedded PostgreSQL and broker (unless configured), the service and a
-simulated fleet for a while, then a loss-accounted summary from the database itself."""
+"""``cityflux demo``: embedded PostgreSQL and broker (unless configured), the service, and a
+simulated city (``simulators/scenarios/demo.yaml`` or ``--scenario``) registered and run
+against it; then the loss-accounting report, from the database itself."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import logging
 import multiprocessing
 import os
 import tempfile
-import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from ingest.app import Service
 from ingest.broker import EmbeddedBroker
-from ingest.config import ENV_PREFIX, MqttProtocol, Settings
-from simulators.fleet import DemoFleet, FleetReport
+from ingest.config import ENV_PREFIX, CoapMode, MqttProtocol, Settings
+from simulators.scenario import Scenario, load_scenario
+from simulators.session import run_scenario
 from storage.embedded import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
@@ -64,21 +63,36 @@ def prepare(
     return env
 
 
-def _count_stored(url: str, report: FleetReport) -> tuple[int, int, int]:
-    """(frames stored, readings stored, dead letters) for this run's devices."""
-    with psycopg.connect(url) as conn:
-        frames, readings = conn.execute(
-            "SELECT count(DISTINCT (r.device_id, r.time)), count(*) FROM env_readings r "
-            "JOIN devices d ON d.id = r.device_id WHERE d.external_id = ANY(%s)",
-            (report.devices,),
-        ).fetchone() or (0, 0)
-        dead = conn.execute(
-            "SELECT count(*) FROM dead_letters WHERE device = ANY(%s)", (report.devices,)
-        ).fetchone()
-    return int(frames), int(readings), int(dead[0] if dead else 0)
+DEMO_SCENARIO = Path(__file__).parents[1] / "simulators" / "scenarios" / "demo.yaml"
 
 
-async def _run(settings: Settings, duration_s: float, rate: float) -> dict[str, Any]:
+def demo_scenario(
+    path: Path | None,
+    duration_s: float | None,
+    rate_cap: float | None,
+    transport: str | None,
+) -> Scenario:
+    """The scenario the demo runs: ``path`` or the built-in one, with the CLI's overrides
+    (``transport`` moves every group to MQTT QoS 1 or CoAP CON)."""
+    sc = load_scenario(path or DEMO_SCENARIO)
+    data = sc.model_dump()
+    if duration_s is not None:
+        data["duration_s"] = duration_s
+    if rate_cap is not None:
+        data["rate_cap_per_s"] = rate_cap
+    if transport is not None:
+        for g in data["groups"]:
+            g.update(transport=transport, qos=1, confirmable=True)
+    return Scenario.model_validate(data)
+
+
+def _fleet(scenario: Scenario, settings: Settings, metrics_port: int) -> dict[str, Any]:
+    """The fleet's side, in its own process: register, run, account."""
+    logging.basicConfig(level=logging.WARNING)
+    return run_scenario(scenario, settings, do_register=True, metrics_port=metrics_port)
+
+
+async def _run(settings: Settings, scenario: Scenario) -> dict[str, Any]:
     service = Service(settings)
     task = asyncio.create_task(service.run(), name="demo.service")
     started = asyncio.ensure_future(service.started.wait())
@@ -86,55 +100,41 @@ async def _run(settings: Settings, duration_s: float, rate: float) -> dict[str, 
     if task.done():
         task.result()
     assert service.mqtt is not None
-    assert service.pipeline is not None
     await service.mqtt.wait_connected(30)
-    fleet = DemoFleet(
-        settings.mqtt.host,
-        settings.mqtt.port,
-        v5=settings.mqtt.protocol is MqttProtocol.V5,
-        rate_per_s=rate,
-    )
-    t0 = time.monotonic()
+    fleet_settings = settings.model_copy(deep=True)
+    if service.coap is not None and service.coap.port is not None:
+        fleet_settings.coap.port = service.coap.port
+    assert service.http_port is not None
     # The fleet runs in its own process so that it does not share the service's GIL.
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        report = await asyncio.get_running_loop().run_in_executor(pool, fleet.run, duration_s)
-    deadline = time.monotonic() + 60
-    pipe = service.pipeline
-    while (pipe.stats.received < report.acked or pipe.inflight) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    elapsed = time.monotonic() - t0
-    service.stop()
-    await task
-    url = settings.database.url.get_secret_value()
-    stored, readings, dead = await asyncio.to_thread(_count_stored, url, report)
-    return {
-        "sent": report.sent,
-        "acknowledged": report.acked,
-        "stored": stored,
-        "readings": readings,
-        "rejected": dead,
-        "rejected_expected": report.malformed_acked,
-        "lost": max(0, report.valid_acked - stored),
-        "msgs_per_s": round(stored / elapsed, 1) if elapsed else 0.0,
-        "readings_per_s": round(readings / elapsed, 1) if elapsed else 0.0,
-        "devices": len(report.devices),
-        "duration_s": round(elapsed, 2),
-        "backend": service.backend.value if service.backend else None,
-    }
+    loop = asyncio.get_running_loop()
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            report = await loop.run_in_executor(
+                pool, _fleet, scenario, fleet_settings, service.http_port
+            )
+    finally:
+        service.stop()
+        await task
+    report["backend"] = service.backend.value if service.backend else None
+    return report
 
 
 def run_demo(
     settings: Settings,
     config_file: Path | None,
-    duration_s: float,
-    rate: float,
+    scenario: Scenario,
     data_dir: Path | None,
 ) -> dict[str, Any]:
-    """Run the whole demo and return its summary."""
+    """Run the whole demo and return its report."""
     with ExitStack() as stack:
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cityflux-")))
         env = prepare(settings, config_file, data_dir, stack)
-        summary = asyncio.run(_run(settings, duration_s, rate))
-        summary["database"], summary["broker"] = env.database, env.broker
-        return summary
+        if any(g.transport.value == "coap" for g in scenario.groups):
+            if settings.coap.mode is CoapMode.OFF:
+                settings.coap.mode = CoapMode.OPEN
+            if not _configured("coap", config_file):
+                settings.coap.port = 0
+        report = asyncio.run(_run(settings, scenario))
+        report["database"], report["broker"] = env.database, env.broker
+        return report
