@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest.broker import MOSQUITTO_CONF
-from simulators.publisher import publish_confirmed
-from storage.embedded import free_port
+from simulators.mqtt_publisher import BulkPublisher
+from storage.embedded import EmbeddedPostgres, free_port, reachable
 
 BENCH_BROKER_CONF = MOSQUITTO_CONF + "queue_qos0_messages true\n"
 
@@ -59,7 +62,14 @@ def create_session(port: int, client_id: str, topic: str, qos: int) -> None:
 
 def preload(port: int, messages: list[tuple[str, bytes]]) -> None:
     """Publish every message at QoS 1 (so the broker drops none) and wait for all acks."""
-    acked = publish_confirmed("127.0.0.1", port, messages, qos=1, window=5000)
+    pub = BulkPublisher("127.0.0.1", port, f"preload-{uuid.uuid4().hex[:8]}").connect()
+    try:
+        for topic, payload in messages:
+            pub.publish(topic, payload)
+        pub.drain(120)
+    finally:
+        pub.close()
+    acked = pub.acked[0]
     if acked != len(messages):
         raise RuntimeError(f"broker acknowledged {acked} of {len(messages)} preloaded frames")
 
@@ -68,3 +78,27 @@ def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
     """Median and all values of ``runs`` calls."""
     values = [fn() for _ in range(runs)]
     return statistics.median(values), values
+
+
+def bench_database(tmp: Path) -> tuple[str, Callable[[], None]]:
+    """A fresh database for one bench (on $CITYFLUX_BENCH_PG_URL's server, the local
+    PostgreSQL on 5432, or a throwaway cluster in ``tmp``) and the function that drops it."""
+    admin = os.environ.get("CITYFLUX_BENCH_PG_URL")
+    cluster = None
+    if admin is None:
+        if reachable("127.0.0.1", 5432):
+            admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+        else:
+            cluster = EmbeddedPostgres(tmp / "pg").start()
+            admin = cluster.url
+    name = f"cityflux_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if cluster is not None:
+            cluster.stop()
+
+    return admin.rpartition("/")[0] + "/" + name, drop

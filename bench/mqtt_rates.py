@@ -12,46 +12,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
-from decoders.nbiot_env import encode_frame
+import psycopg
+
 from ingest.app import Service
 from ingest.config import MqttConfig, QoS, load_settings
 from ingest.metrics import Metrics
 from ingest.mqtt import MqttListener
+from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pausable
-from ingest.topics import uplink
 
 from .common import create_session, preload
 
-TOPIC = "bench/up/+/+/+"
-
-
-def messages(
-    n: int, devices: int = 1000, base_imei: int = 862000000000000
-) -> list[tuple[str, bytes]]:
-    """N single-reading-set NB-IoT env frames over ``devices`` devices."""
-    out = []
-    for i in range(n):
-        d, seq = i % devices, i // devices
-        imei = base_imei + d
-        out.append(
-            (
-                uplink("env", str(imei), "nbiot-env", "bench"),
-                encode_frame(
-                    imei,
-                    1_767_225_600 + seq * 60,
-                    seq & 0xFFFF,
-                    temperature=21,
-                    humidity=50,
-                    pm2_5=10,
-                    pm10=20,
-                    noise=40,
-                    battery=3600,
-                    rssi=-80,
-                ),
-            )
-        )
-    return out
+TOPIC = "bench/up/#"
 
 
 def bare_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: str) -> float:
@@ -85,7 +59,7 @@ class _CountingPipeline:
         self.n, self.seen, self.first = n, 0, 0.0
         self.done = asyncio.Event()
         self._pending: list[int] = []
-        self._sink: MqttListener | None = None
+        self._sink: MqttListener | Mqtt5Listener | None = None
 
     def add_source(self, source: Pausable) -> None:
         """Part of the pipeline interface the listener uses."""
@@ -100,7 +74,7 @@ class _CountingPipeline:
         self,
         fmt: str,
         transport: str,
-        ack_sink: MqttListener,
+        ack_sink: MqttListener | Mqtt5Listener,
         payload: bytes,
         source: str,
         device: str,
@@ -122,7 +96,7 @@ class _CountingPipeline:
 async def _listener_rate(port: int, cid: str, n: int, qos: int) -> float:
     cfg = MqttConfig(host="127.0.0.1", port=port, client_id=cid, topics=[TOPIC], qos=QoS(qos))
     pipe = _CountingPipeline(n)
-    listener = MqttListener(cfg, pipe, Metrics())  # type: ignore[arg-type]
+    listener = Mqtt5Listener(cfg, pipe, Metrics())  # type: ignore[arg-type]
     task = asyncio.create_task(listener.run())
     await asyncio.wait_for(pipe.done.wait(), 600)
     elapsed = time.perf_counter() - pipe.first
@@ -137,6 +111,14 @@ def listener_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: s
     create_session(port, cid, TOPIC, qos)
     preload(port, list(msgs))
     return asyncio.run(_listener_rate(port, cid, len(msgs), qos))
+
+
+class E2E(NamedTuple):
+    """One end-to-end run: frames/s, frames the pipeline stored, and rows in the database."""
+
+    rate: float
+    frames_stored: int
+    rows_in_db: int
 
 
 async def _e2e_rate(port: int, pg_url: str, cid: str, n: int, qos: int) -> tuple[float, int]:
@@ -164,11 +146,16 @@ async def _e2e_rate(port: int, pg_url: str, cid: str, n: int, qos: int) -> tuple
     return n / elapsed, stored
 
 
-def e2e_rate(
-    port: int, pg_url: str, msgs: Sequence[tuple[str, bytes]], qos: int, tag: str
-) -> tuple[float, int]:
-    """Frames/s from MQTT to committed rows, and how many were stored."""
+def e2e_rate(port: int, pg_url: str, msgs: Sequence[tuple[str, bytes]], qos: int, tag: str) -> E2E:
+    """Frames/s from MQTT to committed rows, with what was stored (env_readings and the dead
+    letters are emptied first, so the count is this run's)."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('env_readings')").fetchone() != (None,):
+            conn.execute("TRUNCATE env_readings, dead_letters")
     cid = f"e2e-{tag}-{time.time_ns()}"
     create_session(port, cid, TOPIC, qos)
     preload(port, list(msgs))
-    return asyncio.run(_e2e_rate(port, pg_url, cid, len(msgs), qos))
+    rate, stored = asyncio.run(_e2e_rate(port, pg_url, cid, len(msgs), qos))
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT count(*) FROM env_readings").fetchone()
+    return E2E(rate, stored, int(row[0]) if row else 0)
