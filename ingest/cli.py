@@ -44,14 +44,16 @@ ConfigOpt = Annotated[
 ]
 
 
-def _settings(config: Path | None) -> Settings:
+def _settings(config: Path | None, log_level: str | None = None) -> Settings:
+    """The config (a clear error and exit 2 when invalid), with logging set up from it (or at
+    ``log_level``: fleet commands keep the service's INFO lines off their report)."""
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         typer.echo(f"cityflux: {exc}", err=True)
         raise typer.Exit(2) from None
     logging.basicConfig(
-        level=settings.log_level.value,
+        level=log_level or settings.log_level.value,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )

@@ -7,9 +7,7 @@ an acknowledged frame was lost. Ctrl-C stops sending; the report covers what was
 from __future__ import annotations
 
 import json
-import logging
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ingest.config import ConfigError, Settings, load_settings
+from ingest.config import Settings
 
 ConfigOpt = Annotated[
     Path | None,
@@ -27,13 +25,9 @@ ConfigOpt = Annotated[
 
 
 def _settings(config: Path | None) -> Settings:
-    try:
-        settings = load_settings(config)
-    except ConfigError as exc:
-        typer.echo(f"cityflux: {exc}", err=True)
-        raise typer.Exit(2) from None
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return settings
+    from ingest.cli import _settings as settings_of
+
+    return settings_of(config, "WARNING")
 
 
 @contextmanager

@@ -400,7 +400,8 @@ def render(report: dict[str, Any]) -> str:
     if r.get("broker_dropped"):
         lines.append(
             f"{'dropped by the broker':<26}{r['broker_dropped']:>12,}   (Mosquitto $SYS: the "
-            "service's session queue overflowed; raise max_queued_messages, deploy/mosquitto.conf)"
+            "service's session queue overflowed; raise max_queued_messages as "
+            "deploy/mosquitto/mosquitto.conf does)"
         )
     lines.append(
         f"{'faults injected':<26}{'':>12}   {r['offline_devices']:,} devices offline, "

@@ -140,9 +140,7 @@ def run_scenario(
     report = account(url, ledger, facts, ages_before=before, metrics_url=metrics, on_wait=on_wait)
     if scenario.speed != 1 or scenario.start != "now":
         report["latency_s"] = None  # device times are not the wall clock's: ages mean nothing
-        report["latency_note"] = (
-            "not measured: device time is not the wall clock (speed 1, start now)"
-        )
+        report["latency_note"] = "not measured: device time is not the clock's (needs speed 1)"
     report["broker_dropped"] = None
     if dropped_before is not None:
         if report["lost"]:  # Mosquitto refreshes $SYS every 10 s: let it count the run
