@@ -1,9 +1,9 @@
 """An embedded MQTT broker for the demo and tests: mosquitto if installed, else amqtt.
 
-The mosquitto configuration mirrors deploy/mosquitto.conf: queues sized for a consumer that
-is down for a while (persistent sessions keep QoS 1 frames) and no in-flight cap beyond the
-client's Receive Maximum. amqtt (pure Python) speaks MQTT 3.1.1 only, so with it the
-listener falls back to 3.1.1 and shared subscriptions are unavailable.
+The mosquitto configuration mirrors deploy/mosquitto/mosquitto.conf: queues sized for a
+consumer that is down for a while (persistent sessions keep QoS 1 frames) and no in-flight
+cap beyond the client's Receive Maximum. amqtt (pure Python) speaks MQTT 3.1.1 only, so with
+it the listener falls back to 3.1.1 and shared subscriptions are unavailable.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_frame(
     log = tmp_path / "serve.log"
     proc = await start_serve_subscribed(settings, log)
     # 1,500 frames at 300/s: while the service is down (~2 s) the broker queues < 1,000,
-    # Mosquitto's default max_queued_messages (deploy/mosquitto.conf raises it).
+    # Mosquitto's default max_queued_messages (deploy/mosquitto/mosquitto.conf raises it).
     msgs = env_messages(topic_prefix, devices=50, per_device=30)
     sent = asyncio.create_task(asyncio.to_thread(publish, broker, msgs, 1, 300.0))
     await wait_until(lambda: frames_stored(pg_url) >= 300, 30, "300 frames stored")
