@@ -237,6 +237,7 @@ class PahoPublisher:
         self.acked: Counter[int] = Counter()
         self.refused: Counter[int] = Counter()
         self._tags: dict[int, int] = {}
+        self._early: set[int] = set()
         self._lock = threading.Lock()
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv311
@@ -249,9 +250,15 @@ class PahoPublisher:
         self._host, self._port = host, port
 
     def _on_publish(self, client: object, userdata: object, mid: int, *rest: object) -> None:
+        # paho calls this holding its own outgoing-message lock: ``publish`` must never hold
+        # ``_lock`` while it calls paho (the two locks taken in opposite orders deadlock)
+        if not self.qos:
+            return
         with self._lock:
             tag = self._tags.pop(mid, None)
-            if tag is not None:
+            if tag is None:  # acknowledged before ``publish`` noted its mid
+                self._early.add(mid)
+            else:
                 self.acked[tag] += 1
 
     def connect(self) -> PahoPublisher:
@@ -269,10 +276,14 @@ class PahoPublisher:
         """Publish one frame; blocks while ``max_inflight`` are unacknowledged."""
         while self.qos and len(self._tags) >= self._max_inflight:
             time.sleep(0.001)
-        with self._lock:
-            info = self._client.publish(topic, payload, qos=self.qos)
-            if self.qos:
-                self._tags[info.mid] = tag
+        info = self._client.publish(topic, payload, qos=self.qos)
+        if self.qos:
+            with self._lock:
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                    self.acked[tag] += 1
+                else:
+                    self._tags[info.mid] = tag
         self.sent[tag] += 1
 
     def poll(self) -> None:
