@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from decoders.tables import ALL_TABLES
 from storage.embedded import EmbeddedPostgres
@@ -35,11 +36,21 @@ def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> int:
     return proc.wait(60)
 
 
+def needs_redelivery(broker) -> None:  # type: ignore[no-untyped-def]
+    """These tests stop the service with frames in flight and count on the broker sending them
+    again to the resumed session [MQTT-4.4.0-1]. The amqtt fallback drops its in-flight
+    messages when a subscriber disconnects (Yakifo/amqtt#401, open), so they cannot pass there;
+    Mosquitto (the machine's, or the tests' own from the binary) does it."""
+    if not broker.v5:
+        pytest.skip("the amqtt fallback does not redeliver in-flight QoS 1 (Yakifo/amqtt#401)")
+
+
 async def test_qos1_frame_is_acknowledged_only_after_commit(
     pg_url: str, broker, topic_prefix: str, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """Commits blocked by a table lock: the killed service had acked nothing, so the broker
     redelivers every frame to its successor."""
+    needs_redelivery(broker)
     settings = settings_for(pg_url, broker, topic_prefix)
     migrate(pg_url, ALL_TABLES, TimescaleMode.OFF)
     log = tmp_path / "serve.log"
@@ -66,6 +77,7 @@ async def test_qos1_frame_is_acknowledged_only_after_commit(
 async def test_sigkill_mid_stream_loses_no_acknowledged_frame(
     pg_url: str, broker, topic_prefix: str, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
+    needs_redelivery(broker)
     settings = settings_for(pg_url, broker, topic_prefix)
     log = tmp_path / "serve.log"
     proc = await start_serve_subscribed(settings, log)
@@ -92,6 +104,7 @@ async def test_sigkill_mid_stream_loses_no_acknowledged_frame(
 async def test_sigterm_drains_commits_and_acknowledges(
     pg_url: str, broker, topic_prefix: str, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
+    needs_redelivery(broker)
     settings = settings_for(pg_url, broker, topic_prefix)
     log = tmp_path / "serve.log"
     proc = await start_serve_subscribed(settings, log)
