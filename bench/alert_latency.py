@@ -32,7 +32,7 @@ from ingest.config import load_settings
 from ingest.topics import uplink
 from simulators.publisher import publish_confirmed
 
-from .common import BenchBroker, create_session, preload
+from .common import BenchBroker, create_session, drain_preloaded, preload
 
 TOPIC = "lat/up/+/+/+"
 RULES = """
@@ -84,20 +84,8 @@ async def _max_rate(port: int, url: str, rules: Path, n: int) -> float:
     create_session(port, cid, TOPIC, 1)
     t0 = time.time() - 86400  # yesterday: no overlap with the live phase's frame times
     preload(port, [frame(i, t0 + i / 1000) for i in range(n)])
-    service = Service(_settings(port, url, rules, cid))
-    task = asyncio.create_task(service.run())
-    await service.started.wait()
-    assert service.pipeline is not None
-    pipe = service.pipeline
-    start = 0.0
-    while pipe.stats.received < n or pipe.inflight:
-        if start == 0.0 and pipe.inflight:
-            start = time.perf_counter()
-        await asyncio.sleep(0.002)
-    rate = n / (time.perf_counter() - start)
-    service.stop()
-    await task
-    return rate
+    elapsed, _ = await drain_preloaded(_settings(port, url, rules, cid), n)
+    return n / elapsed
 
 
 async def _latency(port: int, url: str, rules: Path, rate: float, seconds: float) -> dict[str, Any]:

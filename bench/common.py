@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import subprocess
@@ -10,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as paho
 import psycopg
@@ -20,6 +22,9 @@ from paho.mqtt.properties import Properties
 from ingest.broker import MOSQUITTO_CONF
 from simulators.mqtt_publisher import BulkPublisher
 from storage.embedded import EmbeddedPostgres, free_port, reachable
+
+if TYPE_CHECKING:
+    from ingest.config import Settings
 
 BENCH_BROKER_CONF = MOSQUITTO_CONF + "queue_qos0_messages true\n"
 
@@ -72,6 +77,28 @@ def preload(port: int, messages: list[tuple[str, bytes]]) -> None:
     acked = pub.acked[0]
     if acked != len(messages):
         raise RuntimeError(f"broker acknowledged {acked} of {len(messages)} preloaded frames")
+
+
+async def drain_preloaded(settings: Settings, n: int) -> tuple[float, int]:
+    """Run the service until it has taken and committed ``n`` preloaded frames: seconds from
+    its first frame in flight to the last commit, and the frames it stored."""
+    from ingest.app import Service
+
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    await service.started.wait()
+    assert service.pipeline is not None
+    pipe = service.pipeline
+    start = 0.0
+    while pipe.stats.received < n or pipe.inflight:
+        if start == 0.0 and pipe.inflight:
+            start = time.perf_counter()
+        await asyncio.sleep(0.002)
+    elapsed = time.perf_counter() - start
+    stored = pipe.stats.stored_frames
+    service.stop()
+    await task
+    return elapsed, stored
 
 
 def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:

@@ -16,14 +16,13 @@ from typing import NamedTuple
 
 import psycopg
 
-from ingest.app import Service
 from ingest.config import MqttConfig, QoS, load_settings
 from ingest.metrics import Metrics
 from ingest.mqtt import MqttListener
 from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pausable
 
-from .common import create_session, preload
+from .common import create_session, drain_preloaded, preload
 
 TOPIC = "bench/up/#"
 
@@ -129,20 +128,7 @@ async def _e2e_rate(port: int, pg_url: str, cid: str, n: int, qos: int) -> tuple
         http={"port": 0},
         log_level="WARNING",
     )
-    service = Service(settings)
-    task = asyncio.create_task(service.run())
-    await service.started.wait()
-    assert service.pipeline is not None
-    pipe = service.pipeline
-    start = 0.0
-    while pipe.stats.received < n or pipe.inflight:
-        if start == 0.0 and pipe.inflight:
-            start = time.perf_counter()
-        await asyncio.sleep(0.002)
-    elapsed = time.perf_counter() - start
-    stored = pipe.stats.stored_frames
-    service.stop()
-    await task
+    elapsed, stored = await drain_preloaded(settings, n)
     return n / elapsed, stored
 
 

@@ -25,6 +25,7 @@ from decoders.nbiot_env import encode_frame
 from ingest.topics import uplink
 from tests.helpers import (
     T0,
+    api_call,
     publish,
     query,
     running,
@@ -152,20 +153,6 @@ def _alert_settings(pg_url: str, broker: Any, prefix: str, rules: Path, **alerts
     )
 
 
-def _http(port: int, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        method="POST" if body is not None else "GET",
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - http://127.0.0.1
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 async def test_alerts_are_committed_with_their_batch_and_delivered_despite_failures(
     pg_url: str, broker, topic_prefix: str, tmp_path: Path, webhook: Webhook
 ) -> None:  # type: ignore[no-untyped-def]
@@ -185,7 +172,7 @@ async def test_alerts_are_committed_with_their_batch_and_delivered_despite_failu
             await wait_until(lambda: len(webhook.events()) == 2, what="webhook delivery")
             await wait_until(lambda: len(sub.got) == 2, what="MQTT delivery")
             port = svc.http_port or 0
-            status, listed = await asyncio.to_thread(_http, port, "/api/v1/alerts?state=cleared")
+            status, listed = await asyncio.to_thread(api_call, port, "/api/v1/alerts?state=cleared")
             metrics = await asyncio.to_thread(
                 lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
             )
@@ -237,15 +224,16 @@ async def test_operators_acknowledge_alerts_through_the_api(
         await asyncio.to_thread(publish, broker, msgs(topic_prefix, [(a, 0, 99.0)]))
         await wait_until(lambda: svc.pipeline.stats.received == 1, what="the frame")
         port = svc.http_port or 0
-        _, listed = await asyncio.to_thread(_http, port, "/api/v1/alerts")
+        _, listed = await asyncio.to_thread(api_call, port, "/api/v1/alerts")
         alert_id = listed["alerts"][0]["id"]
         ok = await asyncio.to_thread(
-            _http, port, f"/api/v1/alerts/{alert_id}/ack", {"by": "op-1", "note": "on it"}
+            api_call, port, f"/api/v1/alerts/{alert_id}/ack", {"by": "op-1", "note": "on it"}
         )
-        again = await asyncio.to_thread(_http, port, f"/api/v1/alerts/{alert_id}/ack", {"by": "x"})
-        missing = await asyncio.to_thread(_http, port, "/api/v1/alerts/999999/ack", {"by": "x"})
-        _, shown = await asyncio.to_thread(_http, port, f"/api/v1/alerts/{alert_id}")
-        _, rules = await asyncio.to_thread(_http, port, "/api/v1/rules")
+        ack = f"/api/v1/alerts/{alert_id}/ack"
+        again = await asyncio.to_thread(api_call, port, ack, {"by": "x"})
+        missing = await asyncio.to_thread(api_call, port, "/api/v1/alerts/999999/ack", {"by": "x"})
+        _, shown = await asyncio.to_thread(api_call, port, f"/api/v1/alerts/{alert_id}")
+        _, rules = await asyncio.to_thread(api_call, port, "/api/v1/rules")
     assert ok[0] == 200
     assert (ok[1]["state"], ok[1]["acknowledged_by"], ok[1]["ack_note"]) == (
         "acknowledged",

@@ -4,6 +4,7 @@ following changes, last seen and online status, the operator HTTP API."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import urllib.error
 import urllib.request
@@ -16,6 +17,7 @@ from decoders.hj212 import frame as hj212_frame
 from ingest.cli import app
 from ingest.topics import uplink
 from tests.helpers import (
+    api_call,
     env_frame,
     publish,
     query,
@@ -46,18 +48,7 @@ def _cli(pg_url: str, *args: str) -> Any:
     )
 
 
-def _http(port: int, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        method="PATCH" if body is not None else "GET",
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - http://127.0.0.1
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+_http = functools.partial(api_call, write_method="PATCH")  # the registry's API updates by PATCH
 
 
 def test_profiles_file_errors_name_the_file_line_and_field(pg_url: str, tmp_path: Path) -> None:
