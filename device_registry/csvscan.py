@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from decoders.textscan import cut, parse_decimals
+from device_registry.ids import ASCII_ID_BYTE
 
 BytesArray = npt.NDArray[np.bytes_]
 IntArray = npt.NDArray[np.int64]
@@ -33,11 +34,6 @@ PYTHON_ONLY = (
     *("install", "secret", "credential_hash", "cert_fingerprint"),
     *("oscore_kid", "oscore_secret", "oscore_salt"),
 )
-# Bytes allowed in an external id: printable ASCII but space / + # : \ (importer._ID).
-_ID_OK = np.zeros(256, dtype=np.bool_)
-_ID_OK[0x21:0x7F] = True
-for _c in b"/+#:\\":
-    _ID_OK[_c] = False
 
 
 @dataclass(slots=True)
@@ -170,7 +166,7 @@ def scan_block(
     ids = fields["external_id"]
     ok &= flen[:, col["external_id"]] >= 1
     id_bytes = ids.view(np.uint8).reshape(ids.shape[0], ids.dtype.itemsize)
-    ok &= (_ID_OK[id_bytes] | (id_bytes == 0)).all(axis=1)
+    ok &= (ASCII_ID_BYTE[id_bytes] | (id_bytes == 0)).all(axis=1)
     if "profile" in fields:
         prof = fields["profile"]
         ok &= (prof == b"") | _member(prof, profiles)

@@ -27,9 +27,9 @@ import psycopg.errors
 from device_registry.credentials import CredentialError, check_hash, device_salt, hash_secret
 from device_registry.csvscan import TEXT_MAX, scan_block
 from device_registry.devicerows import FIELDS, DeviceRows
+from device_registry.ids import ID_RULE, id_problem
 from device_registry.upsert import stream_devices, write_devices
 
-_ID = re.compile(r"[^\s/+#:\\\x00-\x1f\x7f]{1,64}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TEXT_MAX = TEXT_MAX
 BLOCK_BYTES = 16 << 20  # CSV read and scanned this much at a time
@@ -93,11 +93,8 @@ def validate(v: list[str], profiles: frozenset[str] | dict[str, str]) -> list[st
     install, secret, hashed, cert, kid, oscore_secret, salt = v[10:]
     if not ext:
         raise _InvalidFieldError("external_id", "missing")
-    if not _ID.fullmatch(ext) or len(ext.encode()) > 64:
-        raise _InvalidFieldError(
-            "external_id",
-            f"{ext!r}: 1-64 bytes without spaces, control characters, '/', '+', '#', ':' or '\\'",
-        )
+    if id_problem(ext) is not None:
+        raise _InvalidFieldError("external_id", f"{ext!r}: {ID_RULE}")
     if profile and profile not in profiles:
         raise _InvalidFieldError("profile", f"unknown profile {profile!r}")
     if status and status not in ("active", "disabled"):

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
+from device_registry.ids import invalid_ids
 from device_registry.index import DISABLED, UNKNOWN, DeviceIndex
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class Resolution:
     unknown: npt.NDArray[np.bool_]
     disabled: npt.NDArray[np.bool_]
     provisioned: int = 0
+    invalid: npt.NDArray[np.bool_] | None = None
+    """Ids that break the registry's rule (device_registry/ids.py): never provisioned."""
 
 
 @dataclass(slots=True)
@@ -277,10 +280,20 @@ class DeviceResolver:
         kinds: npt.NDArray[np.bytes_],
         decoder: str = "",
     ) -> Resolution:
-        """Resolve external ids; auto-provision unknown ones where the policy says so."""
+        """Resolve external ids; auto-provision unknown ones where the policy says so. Ids
+        that break the registry's rule are never looked up further (only unknown ids are
+        checked: registered ones passed the rule when they were registered)."""
         ids = self.index.resolve(devices)
         provisioned = 0
         miss = ids == UNKNOWN
+        invalid = None
+        if miss.any():
+            at = np.flatnonzero(miss)
+            bad = invalid_ids(devices[at])
+            if bad.any():
+                invalid = np.zeros(ids.shape[0], dtype=np.bool_)
+                invalid[at[bad]] = True
+                miss[at[bad]] = False
         if miss.any():
             new, first = np.unique(devices[miss], return_index=True)
             new_kinds = [k.decode() for k in kinds[miss][first]]
@@ -292,12 +305,16 @@ class DeviceResolver:
             if take:
                 provisioned = await self._provision(conn, take)
                 ids = self.index.resolve(devices)
+        unknown = ids == UNKNOWN
+        if invalid is not None:
+            unknown &= ~invalid
         return Resolution(
             ids=ids,
             ok=ids >= 0,
-            unknown=ids == UNKNOWN,
+            unknown=unknown,
             disabled=ids == DISABLED,
             provisioned=provisioned,
+            invalid=invalid,
         )
 
     async def _provision(

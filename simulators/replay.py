@@ -21,7 +21,7 @@ import numpy as np
 
 from decoders.registry import DecoderRegistry, UnknownDecoderError
 from ingest.batch import FrameBatch
-from ingest.topics import parse_uplink
+from ingest.topics import UplinkTopic, parse_uplink
 from simulators.coap_client import CoapSender
 from simulators.models.base import content_format
 from simulators.mqtt_publisher import BulkPublisher, PahoPublisher, connect_publisher
@@ -66,7 +66,7 @@ def _source_levels(rec: Record, decoders: DecoderRegistry) -> tuple[str, str, st
             return parts[1], parts[2], parts[3]
         return (parts[1], parts[2], "") if len(parts) >= 3 else ("", "", "")
     up = parse_uplink(rec.source)
-    return (up.kind, up.device, up.format) if up else ("", "", "")
+    return (up.kind, up.device, up.format) if isinstance(up, UplinkTopic) else ("", "", "")
 
 
 def plan(records: Iterable[Record], decoders: DecoderRegistry, confirmed: bool) -> Plan:
