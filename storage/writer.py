@@ -6,9 +6,13 @@ frame), the savepoint is rolled back and the rows go through a per-connection st
 with ``INSERT … ON CONFLICT DO NOTHING``. Redeliveries are rare, so the common case runs at
 raw COPY speed. See docs/design/0002-idempotent-copy.md.
 
-Failures: a lost connection (DB outage) is retried with exponential backoff until it works or
-the service stops (nothing is acknowledged meanwhile); data the server refuses is returned to
-the caller, which dead-letters it, so a batch is never dropped.
+Failures: a lost connection (DB outage), a full disk, a server shutting down, and errors of
+the schema or of privileges (SQLSTATE class 42: a dropped table, a revoked grant) are no
+frame's fault: they are retried with exponential backoff until they clear or the service
+stops (nothing is acknowledged meanwhile). Data the server refuses (data exceptions, integrity
+violations, anything else it raises for the batch's content) is raised to the caller as
+``StorageRejectedError``, naming the table and row when the server does (a COPY's line), and
+the pipeline isolates the frames that cause it; a batch is never dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -58,8 +63,38 @@ class RetryPolicy:
         return min(self.max_s, self.initial_s * math.pow(2, attempt))
 
 
+TRANSIENT_ERRORS = (
+    psycopg.OperationalError,  # connection lost, disk full, shutting down, too many clients
+    psycopg.InterfaceError,
+    errors.DeadlockDetected,
+    errors.SerializationFailure,
+)
+"""Errors that are no frame's fault: retried, never dead-lettered."""
+_COPY_LINE = re.compile(r"COPY (?:_stage_)?(\w+), line (\d+)")
+
+
 class StorageRejectedError(RuntimeError):
-    """The server refused the batch's data (not a connection problem)."""
+    """The server refused the batch's data (not a connection problem); ``table`` and
+    ``row`` (0-based, in the order written) when the server names them."""
+
+    def __init__(self, message: str, table: str | None = None, row: int | None = None) -> None:
+        super().__init__(message)
+        self.table = table
+        self.row = row
+
+    @classmethod
+    def of(cls, exc: psycopg.Error) -> StorageRejectedError:
+        """From the server's error, with the COPY line its context names."""
+        found = _COPY_LINE.search((exc.diag.context or "") if exc.diag else "")
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if found is None:
+            return cls(message)
+        return cls(message, found.group(1), int(found.group(2)) - 1)
+
+
+def _is_system_fault(exc: psycopg.Error) -> bool:
+    """Schema and privilege errors (class 42): an operator's fix, not the frames' fault."""
+    return (exc.sqlstate or "").startswith("42")
 
 
 @dataclass(slots=True)
@@ -120,6 +155,8 @@ class BatchWriter:
         self._conn: Conn | None = None
         self._staged: set[str] = set()
         self.dedup_fallbacks = 0
+        self.reachable = True
+        """False from a lost connection until the next statement succeeds (for /readyz)."""
 
     async def connection(self) -> Conn:
         """The open connection, connecting (with backoff) if needed."""
@@ -137,6 +174,7 @@ class BatchWriter:
         return self._conn
 
     def _report_retry(self, exc: Exception, attempt: int) -> None:
+        self.reachable = False
         if self._on_retry is not None:
             self._on_retry(exc)
         log.warning(
@@ -161,22 +199,33 @@ class BatchWriter:
         while True:
             conn = await self.connection()
             try:
-                return await op(conn)
-            except (
-                psycopg.OperationalError,
-                errors.DeadlockDetected,
-                errors.SerializationFailure,
-            ) as exc:
+                result = await op(conn)
+            except TRANSIENT_ERRORS as exc:
                 transient = isinstance(exc, errors.DeadlockDetected | errors.SerializationFailure)
                 if not transient and not conn.closed:
                     await conn.close()
                 self._report_retry(exc, attempt)
                 await asyncio.sleep(self._retry.delay(attempt))
                 attempt += 1
-            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
-                if not conn.closed:
+            except psycopg.Error as exc:
+                if not conn.closed and conn.info.transaction_status is TransactionStatus.INERROR:
                     await conn.rollback()
-                raise StorageRejectedError(str(exc).strip().splitlines()[0]) from exc
+                if not _is_system_fault(exc):
+                    raise StorageRejectedError.of(exc) from exc
+                log.error(
+                    "database refuses the schema or our privileges (%s: %s); an operator must "
+                    "fix it; retrying in %.1f s, holding acknowledgements",
+                    exc.sqlstate,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                    self._retry.delay(attempt),
+                )
+                if self._on_retry is not None:
+                    self._on_retry(exc)
+                await asyncio.sleep(self._retry.delay(attempt))
+                attempt += 1
+            else:
+                self.reachable = True
+                return result
 
     async def write(
         self,
@@ -184,30 +233,74 @@ class BatchWriter:
         dead: Columns | None = None,
         dead_nulls: Mapping[str, np.ndarray] | None = None,
         then: Callable[[Conn], Awaitable[None]] | None = None,
+        dead_once: np.ndarray | None = None,
     ) -> None:
         """Store the batch in one transaction; retry on connection loss until it commits.
-        ``then`` runs inside the transaction after the rows (e.g. the batch's alerts)."""
+        ``then`` runs inside the transaction after the rows (e.g. the batch's alerts);
+        ``dead_once`` marks dead letters of redelivered frames, stored only if the same
+        frame (digest) has no dead letter yet."""
 
         async def op(conn: Conn) -> None:
             assert conn.info.transaction_status is TransactionStatus.IDLE, (
                 "a batch must start its own transaction"
             )
+            try:
+                await transaction(conn)
+            except BaseException:
+                # a staging table created in a rolled-back transaction is gone with it
+                self._staged.clear()
+                raise
+
+        async def transaction(conn: Conn) -> None:
             async with conn.transaction():
                 for tw in tables:
                     if len(tw.rows):
                         await self._write_table(conn, tw)
                 if dead is not None and len(dead["reason"]):
-                    await self._write_plain(
-                        conn,
-                        "dead_letters",
-                        [(c.name, c.type) for c in dead_letters.COLUMNS],
-                        dead,
-                        dead_nulls or {},
-                    )
+                    await self._write_dead(conn, dead, dead_nulls or {}, dead_once)
                 if then is not None:
                     await then(conn)
 
         await self.retrying(op)
+
+    async def _write_dead(
+        self,
+        conn: Conn,
+        dead: Columns,
+        nulls: Mapping[str, np.ndarray],
+        once: np.ndarray | None,
+    ) -> None:
+        cols = [(c.name, c.type) for c in dead_letters.COLUMNS]
+        if once is None or not once.any():
+            await self._write_plain(conn, "dead_letters", cols, dead, nulls)
+            return
+        fresh = ~once
+        if fresh.any():
+            await self._write_plain(
+                conn,
+                "dead_letters",
+                cols,
+                {k: v[fresh] for k, v in dead.items()},
+                {k: v[fresh] for k, v in nulls.items()},
+            )
+        names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in cols)
+        stmt = sql.SQL(
+            "INSERT INTO dead_letters ({}) SELECT {} WHERE NOT EXISTS (SELECT 1 FROM dead_letters"
+            " WHERE digest = %s AND received_at > %s::timestamptz - {}::interval)"
+        ).format(
+            names,
+            sql.SQL(", ").join(sql.Placeholder() * len(cols)),
+            sql.Literal(dead_letters.REDELIVERY_WINDOW),
+        )
+        again = np.flatnonzero(once)
+        rows = _py_values(
+            cols,
+            {k: v[again] for k, v in dead.items()},
+            {k: v[again] for k, v in nulls.items()},
+            again.shape[0],
+        )
+        for row, digest in zip(rows, dead["digest"][again].tolist(), strict=True):
+            await conn.execute(stmt, [*row, digest, row[0]])  # row[0]: its received_at
 
     async def _write_table(self, conn: Conn, tw: TableWrite) -> None:
         cols = [(c.name, c.type) for c in tw.spec.columns]
