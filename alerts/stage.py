@@ -182,6 +182,17 @@ class AlertStage:
         self._metrics.alert_evaluation_seconds.observe(note.seconds)
         self._published(note.events)
 
+    def abandoned(self, note: BatchAlerts) -> None:
+        """The batch's transaction was rolled back for good (the pipeline splits the batch
+        to isolate a fault): its events were never stored."""
+        if note.events is not None:
+            self._uncommitted = max(0, self._uncommitted - 1)
+            log.warning(
+                "alerts: %d events of a batch that failed were not stored; the rules' state "
+                "already holds that batch's rows (their parts are evaluated again as late rows)",
+                len(note.events),
+            )
+
     def _published(self, events: Sequence[AlertEvent]) -> None:
         for e in events:
             counter = self._metrics.alerts_raised if e.state == "raised" else None

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 import psycopg
@@ -79,12 +79,13 @@ def preload(port: int, messages: list[tuple[str, bytes]]) -> None:
         raise RuntimeError(f"broker acknowledged {acked} of {len(messages)} preloaded frames")
 
 
-async def drain_preloaded(settings: Settings, n: int) -> tuple[float, int]:
+async def drain_preloaded(settings: Settings, n: int, **fields: Any) -> tuple[float, int]:
     """Run the service until it has taken and committed ``n`` preloaded frames: seconds from
-    its first frame in flight to the last commit, and the frames it stored."""
+    its first frame in flight to the last commit, and the frames it stored. ``fields`` are
+    given to ``Service`` (e.g. ``decoders``)."""
     from ingest.app import Service
 
-    service = Service(settings)
+    service = Service(settings, **fields)
     task = asyncio.create_task(service.run())
     await service.started.wait()
     assert service.pipeline is not None

@@ -56,6 +56,7 @@ class _CountingPipeline:
 
     def __init__(self, n: int) -> None:
         self.n, self.seen, self.first = n, 0, 0.0
+        self.max_frame_bytes = 65_536
         self.done = asyncio.Event()
         self._pending: list[int] = []
         self._sink: MqttListener | Mqtt5Listener | None = None
@@ -79,6 +80,7 @@ class _CountingPipeline:
         device: str,
         kind: str,
         ack_id: int = -1,
+        redelivered: bool = False,
     ) -> None:
         """Count and batch the acks like the real pipeline."""
         if self.seen == 0:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import psycopg
 import uvicorn
 
 from decoders.registry import DecoderRegistry, load_registry
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from alerts.stage import AlertStage
 
 log = logging.getLogger(__name__)
+DB_CHECK_S = 2.0  # how often readiness asks the database
 
 
 class _HttpServer(uvicorn.Server):
@@ -59,6 +61,8 @@ class Service:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _draining: bool = False
+    _writers: list[BatchWriter] = field(default_factory=list)
+    _db_ok: bool = False
 
     def stop(self) -> None:
         """Ask the service to drain and stop (what SIGTERM does)."""
@@ -95,7 +99,9 @@ class Service:
             "mqtt": self.mqtt is not None and self.mqtt.connected,
             "coap": self.settings.coap.mode is CoapMode.OFF
             or (self.coap is not None and self.coap.bound.is_set()),
-            "database": self.backend is not None,
+            "database": self.backend is not None
+            and self._db_ok
+            and all(w.reachable for w in self._writers),
             "accepting": not self._draining,
         }
 
@@ -107,8 +113,9 @@ class Service:
             migrate, conninfo, self.decoders.tables(), s.database.timescaledb
         )
         self.metrics.storage_info.labels(self.backend.value).set(1)
+        self._db_ok = True  # it just answered the migrations
         retry = RetryPolicy(s.database.retry_initial_ms / 1000, s.database.retry_max_ms / 1000)
-        writers = [
+        writers = self._writers = [
             BatchWriter(
                 conninfo,
                 s.database.write_method,
@@ -142,6 +149,7 @@ class Service:
             max_inflight_frames=s.pipeline.max_inflight_frames,
             alerts=self.alerts,
             flush_by_transport={"coap": s.coap.flush_interval_ms},
+            max_frame_bytes=s.pipeline.max_frame_bytes,
         )
         if s.mqtt.protocol is MqttProtocol.V5:
             self.mqtt = Mqtt5Listener(s.mqtt, self.pipeline, self.metrics)
@@ -186,6 +194,7 @@ class Service:
                 ),
                 name="device_registry.upkeep",
             )
+            tg.create_task(self._watch_database(conninfo, registry_stop), name="ingest.db-watch")
             alerts_stop = asyncio.Event()
             if self.alerts is not None:
                 tg.create_task(self.alerts.run(alerts_stop), name="alerts")
@@ -225,6 +234,34 @@ class Service:
             self.pipeline.stats.stored_frames,
             self.pipeline.stats.rejected,
         )
+
+    async def _watch_database(self, conninfo: str, stop: asyncio.Event) -> None:
+        """Keep ``readiness()['database']`` true only while the database answers (idle
+        writers would not notice an outage): one query every ``DB_CHECK_S``."""
+        conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        while not stop.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = None
+                    conn = await asyncio.wait_for(_connect(conninfo), DB_CHECK_S)
+                await asyncio.wait_for(conn.execute("SELECT 1"), DB_CHECK_S)
+                self._db_ok = True
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                if self._db_ok:
+                    log.warning("database unreachable (%s); /readyz says 503", exc)
+                self._db_ok = False
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error, OSError):
+                        await conn.close()
+                    conn = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), DB_CHECK_S)
+        if conn is not None:
+            await conn.close()
+
+
+async def _connect(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
 
 
 async def serve(settings: Settings) -> None:

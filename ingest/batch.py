@@ -78,9 +78,32 @@ class FrameBatch:
     ack_ids: list[int] = field(default_factory=list)
     """Transport ack handle per frame (MQTT packet id for QoS 1), -1 when nothing to ack."""
     ack_sink: AckSink = field(default_factory=NoAck)
+    redelivered: list[int] = field(default_factory=list)
+    """Frames the transport says were delivered before (MQTT DUP): first suspects when a
+    stage fails for the batch."""
+    refused: dict[int, str] = field(default_factory=dict)
+    """Frames refused at the edge (bad topic, oversize…), with the dead letter's reason;
+    they are never decoded."""
 
     def __len__(self) -> int:
         return len(self.payloads)
+
+    def subset(self, frames: Sequence[int]) -> FrameBatch:
+        """The frames at these positions (in this order), as a batch of their own."""
+        where = {f: i for i, f in enumerate(frames)}
+        return FrameBatch(
+            self.decoder,
+            self.transport,
+            [self.payloads[f] for f in frames],
+            [self.sources[f] for f in frames],
+            [self.device_hints[f] for f in frames],
+            [self.kind_hints[f] for f in frames],
+            [self.received_us[f] for f in frames],
+            [self.ack_ids[f] for f in frames],
+            self.ack_sink,
+            [where[f] for f in self.redelivered if f in where],
+            {where[f]: r for f, r in self.refused.items() if f in where},
+        )
 
     def append(
         self,
@@ -147,3 +170,35 @@ class Decoded:
     """Frames decoded without reject (a frame may yield zero rows, e.g. a heartbeat)."""
     replies: list[tuple[int, bytes]] = field(default_factory=list)
     """(frame index, payload) the protocol says to send back to the device after commit."""
+
+
+def merge_decoded(parts: Sequence[tuple[Sequence[int], Decoded]]) -> Decoded:
+    """One ``Decoded`` for a batch from its parts' (each decoded from ``batch.subset(frames)``):
+    rows, rejects and replies point at the whole batch's frames again."""
+    out = Decoded()
+    tables: dict[str, list[TableRows]] = {}
+    for frames, dec in parts:
+        where = np.asarray(frames, dtype=np.int32)
+        out.frames_ok += dec.frames_ok
+        out.rejects += [Reject(int(where[r.index]), r.reason) for r in dec.rejects]
+        out.replies += [(int(where[i]), p) for i, p in dec.replies]
+        for name, rows in dec.rows.items():
+            if len(rows):
+                mapped = TableRows(
+                    rows.table, rows.columns, rows.devices, where[rows.frame_index], rows.nulls
+                )
+                tables.setdefault(name, []).append(mapped)
+    for name, chunks in tables.items():
+        first = chunks[0]
+        nullable = {k for c in chunks for k in c.nulls}
+        out.rows[name] = TableRows(
+            first.table,
+            {k: np.concatenate([c.columns[k] for c in chunks]) for k in first.columns},
+            np.concatenate([c.devices for c in chunks]),
+            np.concatenate([c.frame_index for c in chunks]),
+            {
+                k: np.concatenate([c.nulls.get(k, np.zeros(len(c), np.bool_)) for c in chunks])
+                for k in nullable
+            },
+        )
+    return out

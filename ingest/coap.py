@@ -55,6 +55,7 @@ from ingest.coap_oscore import DeviceContext, DeviceKeyStore
 from ingest.config import CoapConfig, CoapMode
 from ingest.metrics import Metrics
 from ingest.pipeline import Pipeline
+from ingest.topics import UplinkTopic, check_levels, refused
 
 log = logging.getLogger(__name__)
 TRANSPORT = "coap"
@@ -360,8 +361,18 @@ class CoapListener(asyncio.DatagramProtocol):
         self._next_ack += 1
         self._pending[ack_id] = ex
         self._waiting.append((ex.received + self._cfg.piggyback_ms / 1000, ex))
-        self._pipeline.submit(
-            fmt, TRANSPORT, self, payload, "/" + "/".join(path), device, kind, ack_id
+        source = "/" + "/".join(path)
+        refusal = check_levels(kind, device)
+        largest = self._pipeline.max_frame_bytes
+        if refusal is None and len(payload) <= largest:
+            self._pipeline.submit(fmt, TRANSPORT, self, payload, source, device, kind, ack_id)
+            return
+        if refusal is not None:  # dead-lettered with the raw path, answered 4.00 with why
+            self._pipeline.refuse(refusal.reason, fmt, TRANSPORT, self, payload, source, "", ack_id)
+            return
+        reason, _, _ = refused(UplinkTopic(kind, device, fmt, ""), len(payload), largest)
+        self._pipeline.refuse(
+            reason, fmt, TRANSPORT, self, payload[:largest], source, device, ack_id
         )
 
     def _decoder(self, path: Sequence[str], cf_num: int | None, kind: str) -> str:
@@ -590,6 +601,8 @@ def _code_for(reason: str) -> Code:
         return Code.UNSUPPORTED_CONTENT_FORMAT
     if word in ("unknown_device", "disabled_device"):
         return Code.FORBIDDEN
-    if word in ("storage_rejected", "decoder_error"):
+    if word == "frame_too_large":
+        return Code.REQUEST_ENTITY_TOO_LARGE
+    if word in ("storage_rejected", "decoder_error", "stage_error"):
         return Code.INTERNAL_SERVER_ERROR
     return Code.BAD_REQUEST

@@ -148,6 +148,12 @@ class PipelineConfig(Section):
 
     batch_max_frames: int = Field(5_000, ge=1, description="flush a batch at this many frames")
     flush_interval_ms: int = Field(200, ge=1, description="flush a batch at this age")
+    max_frame_bytes: int = Field(
+        65_536,
+        ge=64,
+        le=16 << 20,
+        description="frames larger than this are refused at the listener (dead letter)",
+    )
     max_inflight_frames: int = Field(
         100_000, ge=1, description="stop reading from sources above this many uncommitted frames"
     )

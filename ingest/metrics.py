@@ -141,6 +141,12 @@ class Metrics:
         self.db_retries = Counter(
             "cityflux_db_retries", "Database operations retried after a lost connection", registry=r
         )
+        self.stage_errors = Counter(
+            "cityflux_stage_errors",
+            "Batches a stage raised for (the batch is split to isolate the frames that cause it)",
+            ["stage"],
+            registry=r,
+        )
         self.devices_provisioned = Counter(
             "cityflux_devices_provisioned", "Devices auto-provisioned on first frame", registry=r
         )

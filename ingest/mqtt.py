@@ -26,11 +26,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ingest.acks import AckHandles
 from ingest.batch import Outcome
 from ingest.config import MqttConfig, MqttProtocol, QoS
 from ingest.metrics import Metrics
 from ingest.pipeline import Pipeline
-from ingest.topics import downlink, parse_uplink
+from ingest.topics import Refusal, UplinkTopic, downlink, parse_uplink, refused
 
 log = logging.getLogger(__name__)
 TRANSPORT = "mqtt"
@@ -49,6 +50,7 @@ class MqttListener:
         self._paused = False
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()
+        self._acks = AckHandles()
         self._client = self._make_client()
         pipeline.add_source(self)
 
@@ -129,6 +131,7 @@ class MqttListener:
                 reason,
             )
             return
+        self._acks.new_connection()
         cfg = self._cfg
         subs = [(f"$share/{cfg.shared_group}/{t}" if cfg.shared_group else t) for t in cfg.topics]
         if cfg.protocol is MqttProtocol.V5:
@@ -156,12 +159,25 @@ class MqttListener:
             )
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        topic = msg.topic
-        levels = parse_uplink(topic)
-        kind, device, fmt = levels[:3] if levels else ("", "", "unknown")
+        try:
+            topic = msg.topic
+            levels: UplinkTopic | Refusal = parse_uplink(topic)
+        except UnicodeDecodeError:  # MQTT topics are UTF-8 (MQTT-1.5.3-1); a broker let it by
+            topic = msg._topic.decode(errors="backslashreplace")
+            levels = Refusal("topic_invalid: not UTF-8")
         payload = cast(bytes, msg.payload)  # paho hands payloads as bytes
-        ack_id = msg.mid if msg.qos == 1 else -1
-        self._pipeline.submit(fmt, TRANSPORT, self, payload, topic, device, kind, ack_id)
+        ack_id = self._acks.handle(msg.mid if msg.qos == 1 else None)
+        largest = self._pipeline.max_frame_bytes
+        if isinstance(levels, UplinkTopic) and len(payload) <= largest:
+            kind, device, fmt, _ = levels
+            self._pipeline.submit(
+                fmt, TRANSPORT, self, payload, topic, device, kind, ack_id, bool(msg.dup)
+            )
+            return
+        reason, fmt, device = refused(levels, len(payload), largest)
+        self._pipeline.refuse(
+            reason, fmt, TRANSPORT, self, payload[:largest], topic, device, ack_id
+        )
 
     # -- AckSink and backpressure -----------------------------------------------------------
     def release(self, ack_ids: Sequence[int], ok: bool, outcome: Outcome | None = None) -> None:
@@ -170,9 +186,8 @@ class MqttListener:
         if not ok:
             return
         ack = self._client.ack
-        for mid in ack_ids:
-            if mid >= 0:
-                ack(mid, 1)
+        for mid in self._acks.current(ack_ids):
+            ack(mid, 1)
 
     def send_replies(self, replies: Sequence[tuple[str, bytes]]) -> None:
         """Publish each reply on the device's downlink topic (``…/down/<kind>/<device>/<fmt>``)

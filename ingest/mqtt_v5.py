@@ -29,16 +29,16 @@ from typing import Any
 
 import mqtt5
 
+from ingest.acks import AckHandles
 from ingest.batch import Outcome
 from ingest.config import MqttConfig, QoS
 from ingest.metrics import Metrics
 from ingest.pipeline import Pipeline
-from ingest.topics import UplinkTopic, downlink, parse_uplink
+from ingest.topics import Refusal, UplinkTopic, downlink, parse_uplink, refused
 
 log = logging.getLogger(__name__)
 TRANSPORT = "mqtt"
 _TOPIC_CACHE = 200_000  # parsed uplink topics remembered (a topic per device and format)
-_GENERATION_SHIFT = 16  # ack handles: connection generation << 16 | packet id
 
 
 class Mqtt5Listener(asyncio.Protocol):
@@ -50,14 +50,16 @@ class Mqtt5Listener(asyncio.Protocol):
         self._metrics = metrics
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
-        self._generation = 0
+        self._acks = AckHandles()
         self._paused = False
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()
         self._lost: asyncio.Event = asyncio.Event()
-        self._topics: dict[str, UplinkTopic | None] = {}
+        self._topics: dict[str, UplinkTopic | Refusal] = {}
         self._next_id = 0
         self._last_rx = 0.0
+        self._last_tx = 0.0
+        self._resumed = 0.0
         self._qos1 = cfg.qos is QoS.AT_LEAST_ONCE
         pipeline.add_source(self)
 
@@ -65,9 +67,9 @@ class Mqtt5Listener(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._generation += 1
+        self._acks.new_connection()
         self._buf.clear()
-        self._last_rx = time.monotonic()
+        self._last_rx = self._last_tx = self._resumed = time.monotonic()
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
@@ -106,8 +108,9 @@ class Mqtt5Listener(asyncio.Protocol):
         view = memoryview(buf)
         pos = 0
         submit = self._pipeline.submit
+        largest = self._pipeline.max_frame_bytes
         topics = self._topics
-        gen = self._generation << _GENERATION_SHIFT
+        gen = self._acks.base
         try:
             while True:
                 try:
@@ -125,11 +128,17 @@ class Mqtt5Listener(asyncio.Protocol):
                         levels = topics[topic] = parse_uplink(topic)
                     pid = pkt.packet_id
                     ack = -1 if pid is None else gen | pid
-                    if levels is None:
-                        submit("unknown", TRANSPORT, self, pkt.payload, topic, "", "", ack)
-                    else:
+                    payload = pkt.payload
+                    if type(levels) is UplinkTopic and len(payload) <= largest:
                         kind, device, fmt, _ = levels
-                        submit(fmt, TRANSPORT, self, pkt.payload, topic, device, kind, ack)
+                        submit(
+                            fmt, TRANSPORT, self, payload, topic, device, kind, ack, pkt.duplicate
+                        )
+                    else:
+                        reason, fmt, device = refused(levels, len(payload), largest)
+                        self._pipeline.refuse(
+                            reason, fmt, TRANSPORT, self, payload[:largest], topic, device, ack
+                        )
                 else:
                     self._control(pkt)
         except ValueError as exc:  # a malformed packet: the connection cannot be trusted
@@ -183,6 +192,7 @@ class Mqtt5Listener(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+            self._last_tx = time.monotonic()
 
     # -- AckSink and backpressure ----------------------------------------------------------
     def release(self, ack_ids: Sequence[int], ok: bool, outcome: Outcome | None = None) -> None:
@@ -190,12 +200,7 @@ class Mqtt5Listener(asyncio.Protocol):
         nothing for an abandoned batch."""
         if not ok or self._transport is None:
             return
-        gen = self._generation
-        acks = [
-            b"\x40\x02" + (a & 0xFFFF).to_bytes(2, "big")
-            for a in ack_ids
-            if a >= 0 and a >> _GENERATION_SHIFT == gen
-        ]
+        acks = [b"\x40\x02" + pid.to_bytes(2, "big") for pid in self._acks.current(ack_ids)]
         if acks:
             self._write(b"".join(acks))
 
@@ -218,6 +223,7 @@ class Mqtt5Listener(asyncio.Protocol):
     def resume(self) -> None:
         """Read the socket again."""
         self._paused = False
+        self._resumed = time.monotonic()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
 
@@ -253,18 +259,24 @@ class Mqtt5Listener(asyncio.Protocol):
                 delay = min(delay * 2, cfg.reconnect_max_s)
 
     async def _keep_alive(self) -> None:
-        """Ping when idle; a connection silent for 1.5 × keep-alive is closed."""
+        """Ping when we have sent nothing for half the keep-alive (paused for backpressure
+        too: the broker drops a client silent for 1.5 × keep-alive); a broker silent that
+        long while we read is taken for dead and the connection closed. While paused we read
+        nothing, PINGRESPs included, so silence then says nothing about the broker."""
         interval = max(self._cfg.keepalive_s / 2, 1.0)
+        tick = min(interval / 2, 5.0)
         while not self._lost.is_set() and not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), interval)
+                await asyncio.wait_for(self._lost.wait(), tick)
             if self._lost.is_set() or self._stopping.is_set():
                 return
-            idle = time.monotonic() - self._last_rx
-            if idle > 1.5 * self._cfg.keepalive_s and self._transport is not None:
-                log.warning("MQTT broker silent for %.0f s; reconnecting", idle)
-                self._transport.close()
-            elif idle >= interval and not self._paused:
+            now = time.monotonic()
+            silent = now - max(self._last_rx, self._resumed)
+            if not self._paused and silent > 1.5 * self._cfg.keepalive_s:
+                log.warning("MQTT broker silent for %.0f s; reconnecting", silent)
+                if self._transport is not None:
+                    self._transport.close()
+            elif now - self._last_tx >= interval or (not self._paused and silent >= interval):
                 self._write(mqtt5.PingReqPacket().write())
 
     async def _sleep(self, seconds: float) -> None:

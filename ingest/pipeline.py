@@ -9,6 +9,15 @@ release the batch's acknowledgements.
 Backpressure: when more than ``max_inflight_frames`` frames are received but not committed,
 every source is paused (stops reading its socket; the broker holds the rest); sources resume
 below half of that.
+
+Isolation (docs/design/0007-per-frame-isolation.md): when a stage raises for a batch (decode,
+resolve and auto-provision, the COPY of rows or dead letters, the rules, the alert events),
+the batch is split — redelivered frames first, then the frame the error names (a COPY's row),
+then halves — and the parts stored on their own, until the frames that cause the error are
+alone: those are dead-lettered (``stage_error: <stage>: <exception>``), every other frame is
+stored as if nothing happened. Errors that are no frame's fault (connection lost, disk full,
+server shutting down, a missing table or privilege) never reach this: the writer retries them
+with backoff and acknowledges nothing meanwhile.
 """
 
 from __future__ import annotations
@@ -17,23 +26,54 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+import psycopg
 
 from decoders.base import Decoder
 from decoders.registry import DecoderRegistry, UnknownDecoderError
+from device_registry.ids import id_problem, shown
 from device_registry.lastseen import LastSeen
-from device_registry.resolver import DeviceResolver
-from ingest.batch import AckSink, Decoded, FrameBatch, Outcome, TableRows
+from device_registry.resolver import DeviceResolver, Resolution
+from ingest.batch import AckSink, Decoded, FrameBatch, Outcome, Reject, TableRows, merge_decoded
 from ingest.metrics import Metrics, reason_label
 from storage.dead_letters import DeadLetters
-from storage.writer import BatchWriter, StorageRejectedError, TableWrite
+from storage.writer import TRANSIENT_ERRORS, BatchWriter, StorageRejectedError, TableWrite
 
 log = logging.getLogger(__name__)
+FAULT_TEXT_MAX = 300  # characters of an exception kept in a dead letter's reason
+
+
+class Stage(StrEnum):
+    """Where in the pipeline a batch failed (the ``stage`` label of stage errors)."""
+
+    DECODE = "decode"
+    RESOLVE = "resolve"
+    STORE = "store"
+    RULES = "rules"
+    ALERT_EVENTS = "alert_events"
+    PIPELINE = "pipeline"
+    """The pipeline's own code between the stages (a bug): isolated like any other."""
+    DEAD_LETTERS = "dead_letters"
+    """Not even the dead letter could be stored: the frame is abandoned, not acknowledged."""
+
+
+class StageError(Exception):
+    """A stage raised for a batch; ``suspects`` are frames (batch positions) the error names."""
+
+    def __init__(self, stage: Stage, cause: BaseException, suspects: Sequence[int] = ()) -> None:
+        if isinstance(cause, StorageRejectedError) and cause.__cause__ is not None:
+            cause = cause.__cause__  # the server's own error class (CheckViolation…)
+        text = " ".join(str(cause).split()) or "(no message)"
+        super().__init__(f"{stage}: {type(cause).__name__}: {text}"[:FAULT_TEXT_MAX])
+        self.stage = stage
+        self.cause = cause
+        self.suspects = list(suspects)
 
 
 def frame_ages_s(n: int, writes: Sequence[TableWrite]) -> npt.NDArray[np.float64]:
@@ -77,6 +117,10 @@ class AlertHook(Protocol):
         """The batch's transaction committed."""
         ...
 
+    def abandoned(self, note: Any) -> None:
+        """The batch's transaction was rolled back for good (the batch is being split)."""
+        ...
+
 
 class Pausable(Protocol):
     """A source that can stop and resume reading (backpressure)."""
@@ -109,6 +153,7 @@ class Pipeline:
         max_inflight_frames: int = 100_000,
         alerts: AlertHook | None = None,
         flush_by_transport: dict[str, int] | None = None,
+        max_frame_bytes: int = 65_536,
     ) -> None:
         self._decoders = decoders
         self._alerts = alerts
@@ -116,6 +161,8 @@ class Pipeline:
         self._writers = writers
         self._metrics = metrics
         self._max_frames = batch_max_frames
+        self.max_frame_bytes = max_frame_bytes
+        """Sources refuse (dead-letter) frames larger than this."""
         self._flush_s = flush_interval_ms / 1000
         self._flush_by_transport = {t: ms / 1000 for t, ms in (flush_by_transport or {}).items()}
         """Batch age per transport, where it differs (CoAP devices wait for the commit)."""
@@ -147,19 +194,48 @@ class Pipeline:
         device: str,
         kind: str,
         ack_id: int = -1,
+        redelivered: bool = False,
     ) -> None:
-        """Take one frame (called by sources on the loop thread; never blocks)."""
-        key = (fmt, transport)
-        slot = self._open.get(key)
+        """Take one frame (called by sources on the loop thread; never blocks).
+        ``redelivered``: the transport delivered it before (MQTT DUP), a first suspect."""
+        batch = self._slot(fmt, transport, ack_sink)
+        if redelivered:
+            batch.redelivered.append(len(batch))
+        batch.append(payload, source, device, kind, time.time_ns() // 1000, ack_id)
+        self._added(fmt, transport, batch)
+
+    def refuse(
+        self,
+        reason: str,
+        fmt: str,
+        transport: str,
+        ack_sink: AckSink,
+        payload: bytes,
+        source: str,
+        device: str = "",
+        ack_id: int = -1,
+    ) -> None:
+        """Take a frame refused at the edge (bad topic or path, oversize): it is
+        dead-lettered with ``reason`` in its batch's transaction, never decoded, and
+        acknowledged after that commit like any other frame."""
+        batch = self._slot(fmt, transport, ack_sink)
+        batch.refused[len(batch)] = reason
+        batch.append(payload, source, device, "", time.time_ns() // 1000, ack_id)
+        self._added(fmt, transport, batch)
+
+    def _slot(self, fmt: str, transport: str, ack_sink: AckSink) -> FrameBatch:
+        slot = self._open.get((fmt, transport))
         if slot is None:
-            slot = self._open[key] = _Open(
+            slot = self._open[(fmt, transport)] = _Open(
                 FrameBatch(fmt, transport, ack_sink=ack_sink), time.monotonic()
             )
-        slot.batch.append(payload, source, device, kind, time.time_ns() // 1000, ack_id)
+        return slot.batch
+
+    def _added(self, fmt: str, transport: str, batch: FrameBatch) -> None:
         self._inflight += 1
         self._idle.clear()
-        if len(slot.batch) >= self._max_frames:
-            self._seal(key)
+        if len(batch) >= self._max_frames:
+            self._seal((fmt, transport))
         if self._inflight >= self._max_inflight and not self._paused:
             self._set_paused(True)
 
@@ -231,75 +307,182 @@ class Pipeline:
             except asyncio.CancelledError:
                 batch.ack_sink.release(batch.ack_ids, False)
                 raise
+            except Exception:  # never here by design (process isolates); never exit for it
+                self._metrics.stage_errors.labels(Stage.PIPELINE.value).inc()
+                log.exception(
+                    "pipeline: unexpected error on a batch of %d %s frames (not acknowledged: "
+                    "the broker redelivers them after a reconnect); the worker goes on; "
+                    "frames %s",
+                    len(batch),
+                    batch.decoder,
+                    _frame_ids(batch),
+                )
         await writer.close()
 
     async def process(self, batch: FrameBatch, writer: BatchWriter) -> None:
-        """Decode, resolve and store one batch; release its acks after the commit."""
+        """Store one batch and release its acks after the commit; when a stage fails for it,
+        split it until the frames that cause the failure are alone, dead-letter those and
+        store the rest (never raises for a frame's fault)."""
+        if batch.refused:
+            await self._dead_letter(batch.subset(sorted(batch.refused)), writer)
+            rest = [i for i in range(len(batch)) if i not in batch.refused]
+            if not rest:
+                return
+            batch = batch.subset(rest)
+        todo = [batch]
+        while todo:
+            part = todo.pop()
+            try:
+                await self._store(part, writer)
+            except StageError as fault:
+                self._metrics.stage_errors.labels(fault.stage.value).inc()
+                if len(part) == 1:
+                    log.warning(
+                        "pipeline: %s frame from %s fails alone at %s; dead-lettering it",
+                        part.decoder,
+                        shown(part.sources[0]),
+                        fault,
+                    )
+                    await self._dead_letter(part, writer, f"stage_error: {fault}")
+                    continue
+                first, second = _split(part, fault.suspects)
+                log.warning(
+                    "pipeline: a batch of %d %s frames failed at %s; splitting it (%d + %d) to "
+                    "find the frames that cause it; frames %s",
+                    len(part),
+                    part.decoder,
+                    fault,
+                    len(first),
+                    len(second),
+                    _frame_ids(part),
+                )
+                todo += [part.subset(second), part.subset(first)]
+
+    async def _store(self, batch: FrameBatch, writer: BatchWriter) -> None:
+        """Decode, resolve and store one batch in one transaction, then release its acks;
+        ``StageError`` when a stage raises (nothing of the batch is then stored)."""
         started = time.perf_counter()
-        fmt, n = batch.decoder, len(batch)
         dead = DeadLetters()
+        hook, note = self._alerts, None
         try:
-            decoder: Decoder | None = self._decoders.get(fmt)
+            decoded = self._decode(batch, dead)
+            writes = await self._resolve(batch, decoded, dead, writer)
+            note = hook.new_note(batch) if hook is not None else None
+            then = self._rules_then(writes, note) if hook is not None else None
+            try:
+                await writer.write(
+                    writes, dead.columns(batch), dead.nulls(batch), then, _once(batch, dead)
+                )
+            except StorageRejectedError as exc:
+                raise StageError(Stage.STORE, exc, _frames_named(exc, writes, dead)) from exc
+        except StageError:
+            if hook is not None and note is not None:
+                hook.abandoned(note)
+            raise
+        except Exception as exc:  # the pipeline's own code: a bug, isolated all the same
+            if hook is not None and note is not None:
+                hook.abandoned(note)
+            raise StageError(Stage.PIPELINE, exc) from exc
+        if hook is not None:
+            hook.committed(note)
+        self._committed(batch, decoded, dead, writes, started)
+
+    def _decode(self, batch: FrameBatch, dead: DeadLetters) -> Decoded:
+        """The decoder's rows and rejects (rejects go to ``dead``)."""
+        try:
+            decoder: Decoder | None = self._decoders.get(batch.decoder)
         except UnknownDecoderError:
             decoder = None
         if decoder is None:
-            decoded = Decoded()
-            for i in range(n):
-                dead.add(i, f"unknown_format: no decoder named {fmt!r}")
-        else:
-            try:
-                decoded = decoder.decode_batch(batch)
-            except Exception as exc:  # a decoder bug must not lose the batch or stop the service
-                log.exception(
-                    "decoder %s raised on a batch of %d frames; dead-lettering them", fmt, n
-                )
-                decoded = Decoded()
-                for i in range(n):
-                    dead.add(i, f"decoder_error: {type(exc).__name__}: {exc}")
-            for rej in decoded.rejects:
-                dead.add(rej.index, rej.reason)
-        writes = await self._resolve(batch, decoded, dead, writer)
+            for i in range(len(batch)):
+                dead.add(i, f"unknown_format: no decoder named {shown(batch.decoder)!r}")
+            return Decoded()
+        try:
+            decoded = decoder.decode_batch(batch)
+        except Exception:  # against the decoder contract: find the frames, in memory
+            self._metrics.stage_errors.labels(Stage.DECODE.value).inc()
+            decoded = decode_apart(decoder, batch)
+        for rej in decoded.rejects:
+            dead.add(rej.index, rej.reason)
+        return decoded
+
+    def _rules_then(
+        self, writes: Sequence[TableWrite], note: Any
+    ) -> Callable[[Any], Awaitable[None]]:
+        """The rules step run inside the batch's transaction, its failures attributed."""
         hook = self._alerts
-        note = hook.new_note(batch) if hook is not None else None
+        assert hook is not None
 
-        async def then(conn: Any, writes: Sequence[TableWrite] = writes) -> None:
-            assert hook is not None
-            await hook.within(conn, writes, note)
+        async def then(conn: Any) -> None:
+            try:
+                await hook.within(conn, writes, note)
+            except TRANSIENT_ERRORS:
+                raise  # the writer reconnects and retries the transaction
+            except psycopg.Error as exc:
+                raise StageError(Stage.ALERT_EVENTS, exc) from exc
+            except Exception as exc:
+                raise StageError(Stage.RULES, exc) from exc
 
+        return then
+
+    async def _dead_letter(
+        self, batch: FrameBatch, writer: BatchWriter, reason: str | None = None
+    ) -> None:
+        """Store every frame of ``batch`` as a dead letter (its ``refused`` reason, else
+        ``reason``), then acknowledge them; if even that is refused, abandon them."""
+        started = time.perf_counter()
+        dead = DeadLetters()
+        for i in range(len(batch)):
+            dead.add(i, batch.refused.get(i) or reason or "refused")
         try:
             await writer.write(
-                writes, dead.columns(batch), dead.nulls(batch), then if hook else None
+                [], dead.columns(batch), dead.nulls(batch), dead_once=_once(batch, dead)
             )
-        except StorageRejectedError as exc:
+        except Exception as exc:
+            self._metrics.stage_errors.labels(Stage.DEAD_LETTERS.value).inc()
             log.error(
-                "database refused batch of %d %s frames (%s); storing them as dead letters instead",
-                n,
-                fmt,
+                "pipeline: the database refuses even the dead letters of %d %s frames (%s); "
+                "NOT acknowledging them (the broker redelivers them after a reconnect); frames %s",
+                len(batch),
+                batch.decoder,
                 exc,
+                _frame_ids(batch),
             )
-            dead = DeadLetters()
-            for i in range(n):
-                dead.add(i, f"storage_rejected: {exc}")
-            writes = []
-            await writer.write(
-                [],
-                dead.columns(batch),
-                dead.nulls(batch),
-                (lambda c: then(c, [])) if hook else None,
-            )
-        if hook is not None:
-            hook.committed(note)
+            batch.ack_sink.release(batch.ack_ids, False)
+            self._finish(len(batch))
+            return
+        self._committed(batch, Decoded(), dead, [], started)
+
+    def _committed(
+        self,
+        batch: FrameBatch,
+        decoded: Decoded,
+        dead: DeadLetters,
+        writes: list[TableWrite],
+        started: float,
+    ) -> None:
+        """After the commit: acknowledge, then the bookkeeping (which must never un-ack)."""
         outcome = Outcome(dict(zip(dead.frames, dead.reasons, strict=True)))
         outcome.replies = {i: p for i, p in decoded.replies if i not in outcome.rejected}
         batch.ack_sink.release(batch.ack_ids, True, outcome)
-        self._note_seen(batch, writes, dead)
-        if outcome.replies:
-            batch.ack_sink.send_replies(
-                [(batch.sources[i], payload) for i, payload in outcome.replies.items()]
+        try:
+            self._note_seen(batch, writes, dead)
+            if outcome.replies:
+                batch.ack_sink.send_replies(
+                    [(batch.sources[i], payload) for i, payload in outcome.replies.items()]
+                )
+            self._account(batch, decoded, dead, writes, time.perf_counter() - started)
+            for on_committed in self.on_committed:
+                on_committed(batch, decoded)
+        except Exception:  # the frames are stored and acknowledged; keep going
+            self._metrics.stage_errors.labels(Stage.PIPELINE.value).inc()
+            log.exception(
+                "pipeline: bookkeeping failed after a committed batch of %d %s frames; frames %s",
+                len(batch),
+                batch.decoder,
+                _frame_ids(batch),
             )
-        self._account(batch, decoded, dead, writes, time.perf_counter() - started)
-        for on_committed in self.on_committed:
-            on_committed(batch, decoded)
+            self._finish(len(batch))
 
     def _note_seen(self, batch: FrameBatch, writes: list[TableWrite], dead: DeadLetters) -> None:
         """Last seen for every device with a stored frame: from the rows' device ids, and for
@@ -338,19 +521,18 @@ class Pipeline:
             for table, rows in decoded.rows.items():
                 if not len(rows):
                     continue
-                res = await writer.retrying(
-                    lambda conn, rows=rows: self._resolver.resolve(  # type: ignore[misc]
-                        conn, rows.devices, kinds[rows.frame_index], batch.decoder
+                try:
+                    res = await writer.retrying(
+                        lambda conn, rows=rows: self._resolver.resolve(  # type: ignore[misc]
+                            conn, rows.devices, kinds[rows.frame_index], batch.decoder
+                        )
                     )
-                )
+                except Exception as exc:
+                    raise StageError(Stage.RESOLVE, exc) from exc
                 if res.provisioned:
                     self._metrics.devices_provisioned.inc(res.provisioned)
                 for j in np.flatnonzero(~res.ok).tolist():
-                    state = "disabled_device" if res.disabled[j] else "unknown_device"
-                    bad_frames.setdefault(
-                        int(rows.frame_index[j]),
-                        f"{state}: {rows.devices[j].decode(errors='replace')}",
-                    )
+                    bad_frames.setdefault(int(rows.frame_index[j]), _unresolved(res, j, rows))
                 resolved.append((table, rows, res.ids))
         for frame, reason in sorted(bad_frames.items()):
             dead.add(frame, reason)
@@ -394,9 +576,91 @@ class Pipeline:
         st.rows += sum(len(tw.rows) for tw in writes)
         st.batches += 1
         st.reasons.update(reasons)
+        self._finish(n)
+
+    def _finish(self, n: int) -> None:
+        """``n`` frames are no longer in flight (stored, dead-lettered or abandoned)."""
         self._inflight -= n
+        m = self._metrics
         m.queue_depth.set(self._inflight)
         if self._paused and self._inflight <= self._max_inflight // 2:
             self._set_paused(False)
         if self._inflight == 0:
             self._idle.set()
+
+
+def decode_apart(decoder: Decoder, batch: FrameBatch) -> Decoded:
+    """Decode a batch the decoder raised for, halving the parts that raise
+    until each raising frame is alone (rejected ``stage_error: decode: …``); decoding is
+    pure, so this costs decoder calls, not transactions."""
+    parts: list[tuple[list[int], Decoded]] = []
+    todo = [list(range(len(batch)))]
+    while todo:
+        part = todo.pop()
+        try:
+            parts.append((part, decoder.decode_batch(batch.subset(part))))
+        except Exception as exc:
+            if len(part) > 1:
+                todo += [part[len(part) // 2 :], part[: len(part) // 2]]
+                continue
+            fault = StageError(Stage.DECODE, exc)
+            log.warning(
+                "pipeline: %s decoder raises for a frame from %s (%s); dead-lettering it",
+                batch.decoder,
+                shown(batch.sources[part[0]]),
+                fault,
+            )
+            parts.append((part, Decoded(rejects=[Reject(0, f"stage_error: {fault}")])))
+    return merge_decoded(parts)
+
+
+def _split(batch: FrameBatch, suspects: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Two parts of a failing batch, the likelier culprits first: frames delivered before
+    (a frame that failed a batch before a crash comes back as one), else the frames the
+    error names, else the first half."""
+    n = len(batch)
+    for first in (batch.redelivered, suspects):
+        if 0 < len(first) < n:
+            chosen = set(first)
+            return sorted(chosen), [i for i in range(n) if i not in chosen]
+    half = list(range(n))
+    return half[: n // 2], half[n // 2 :]
+
+
+def _once(batch: FrameBatch, dead: DeadLetters) -> npt.NDArray[np.bool_] | None:
+    """Dead letters to store only if their frame has none yet (redelivered frames)."""
+    return dead.redelivered(batch) if batch.redelivered else None
+
+
+def _frames_named(
+    exc: StorageRejectedError, writes: Sequence[TableWrite], dead: DeadLetters
+) -> list[int]:
+    """The frame whose row the database names in its error (a COPY's line), if any."""
+    if exc.row is None:
+        return []
+    if exc.table == "dead_letters":
+        return [dead.frames[exc.row]] if exc.row < len(dead.frames) else []
+    for tw in writes:
+        if tw.spec.name == exc.table and exc.row < len(tw.rows):
+            return [int(tw.rows.frame_index[exc.row])]
+    return []
+
+
+def _unresolved(res: Resolution, j: int, rows: TableRows) -> str:
+    """The dead letter's reason for row ``j`` the registry did not resolve."""
+    raw = bytes(rows.devices[j])
+    if res.invalid is not None and res.invalid[j]:
+        try:
+            problem = id_problem(raw.decode("utf-8")) or "invalid"
+        except UnicodeDecodeError:
+            problem = f"{shown(raw)}: not UTF-8"
+        return f"device_id_invalid: {problem}"
+    return f"{'disabled_device' if res.disabled[j] else 'unknown_device'}: {shown(raw)}"
+
+
+def _frame_ids(batch: FrameBatch, limit: int = 10) -> str:
+    """A log line's account of which frames a batch holds (ack handles and sources)."""
+    shown_ = ", ".join(
+        f"{a}@{shown(s, 60)}" for a, s in zip(batch.ack_ids[:limit], batch.sources, strict=False)
+    )
+    return shown_ + (f" … ({len(batch)} in all)" if len(batch) > limit else "")

@@ -96,9 +96,10 @@ async def start_serve_subscribed(settings: Settings, log: Path) -> subprocess.Po
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Service]:
-    """A service running in this event loop until the block ends (then drained)."""
-    service = Service(settings)
+async def running(settings: Settings, **fields: Any) -> AsyncIterator[Service]:
+    """A service running in this event loop until the block ends (then drained);
+    ``fields`` are given to ``Service`` (e.g. ``decoders``)."""
+    service = Service(settings, **fields)
     task = asyncio.create_task(service.run())
     started = asyncio.ensure_future(service.started.wait())
     await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)

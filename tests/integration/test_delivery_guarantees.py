@@ -11,6 +11,7 @@ import asyncio
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -20,6 +21,7 @@ from decoders.tables import ALL_TABLES
 from storage.embedded import EmbeddedPostgres
 from storage.migrate import TimescaleMode, migrate
 from tests.helpers import (
+    api_call,
     env_messages,
     frames_stored,
     publish,
@@ -136,13 +138,28 @@ async def test_database_outage_mid_stream_loses_nothing(
         stop = threading.Event()
         sent = asyncio.create_task(asyncio.to_thread(publish, broker, msgs, 1, 200.0, stop))
         await wait_until(lambda: svc.pipeline.stats.stored_frames >= 100, 30, "100 stored")
+        port = svc.http_port or 0
+        assert (await asyncio.to_thread(api_call, port, "/readyz"))[0] == 200
         await asyncio.to_thread(embedded_pg.stop, "immediate")
         await asyncio.sleep(2.0)  # frames keep arriving; nothing can commit
         held = svc.pipeline.inflight
+        assert await _ready_becomes(port, (503, False)), "/readyz 503 in the outage"
         await asyncio.to_thread(embedded_pg.start)
         assert await sent == 800
         await wait_until(lambda: svc.pipeline.stats.stored_frames == 800, 60, "all 800 stored")
+        assert await _ready_becomes(port, (200, True)), "/readyz 200 after it"
         retries = svc.metrics.db_retries._value.get()
     assert held > 0
     assert retries > 0
     assert frames_stored(url) == 800
+
+
+async def _ready_becomes(port: int, wanted: tuple[int, bool], within_s: float = 15) -> bool:
+    """Whether /readyz's (status, database check) becomes ``wanted`` within the time."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        status, body = await asyncio.to_thread(api_call, port, "/readyz")
+        if (status, body["checks"]["database"]) == wanted:
+            return True
+        await asyncio.sleep(0.2)
+    return False

@@ -23,6 +23,7 @@ from decoders.llrp import encode_report
 from decoders.streetlight import encode_frame as streetlight_frame
 from decoders.tables import ALL_TABLES
 from ingest.broker import EmbeddedBroker
+from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pausable
 from ingest.topics import uplink
 from storage.migrate import TimescaleMode, migrate
@@ -454,3 +455,24 @@ async def test_gbt32960_realtime_data_reaches_ev_status_and_positions(
         "max_temp_c, reissued FROM ev_status",
     ) == [(76, 62.5, 365.0, 25.0, 2, 30, False)]
     assert query(pg_url, "SELECT lat, lon FROM vehicle_positions") == [(22.543096, 114.057865)]
+
+
+async def test_mqtt5_listener_paused_for_backpressure_keeps_its_connection(
+    pg_url: str, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
+    if not broker.v5:
+        pytest.skip("the MQTT 5 listener needs an MQTT 5 broker (the amqtt fallback is 3.1.1)")
+    settings = settings_for(pg_url, broker, topic_prefix, mqtt={"keepalive_s": 5})
+    async with running(settings) as svc:
+        listener = svc.mqtt
+        assert isinstance(listener, Mqtt5Listener)
+        listener.pause()
+        await asyncio.sleep(10)  # the broker drops a client silent for 1.5 x keep-alive
+        listener.resume()
+        assert listener.connected
+        assert listener._acks.generation == 1  # never reconnected
+        assert svc.pipeline is not None
+        pipe = svc.pipeline
+        msgs = env_messages(topic_prefix, devices=2, per_device=5)
+        assert await asyncio.to_thread(publish, broker, msgs) == 10
+        await wait_until(lambda: pipe.stats.stored_frames == 10, what="10 frames after resuming")

@@ -138,3 +138,68 @@ async def test_data_the_server_refuses_raises_storage_rejected(pg_url: str) -> N
     with pytest.raises(StorageRejectedError, match="invalid byte sequence"):
         await writer.write([tw])
     await writer.close()
+
+
+async def test_a_refused_copy_names_its_table_and_row(pg_url: str) -> None:
+    migrate(pg_url, ALL_TABLES, TimescaleMode.OFF)
+    tw = _rows(5)
+    tw.rows.columns["metric"] = np.array([b"a", b"b", b"c", b"bad\xff", b"e"])
+    writer = BatchWriter(pg_url)
+    with pytest.raises(StorageRejectedError) as err:
+        await writer.write([tw])
+    await writer.close()
+    assert (err.value.table, err.value.row) == ("env_readings", 3)
+
+
+async def test_a_staging_table_rolled_back_with_its_transaction_is_created_again(
+    pg_url: str,
+) -> None:
+    migrate(pg_url, ALL_TABLES, TimescaleMode.OFF)
+    writer = BatchWriter(pg_url)
+    await writer.write([_rows(4)])
+
+    async def refuse(conn: object) -> None:
+        raise RuntimeError("a later step of the same transaction fails")
+
+    # the redelivered rows take the staging path (CREATE TEMP TABLE), then the rollback
+    with pytest.raises(RuntimeError):
+        await writer.write([_rows(4)], then=refuse)  # type: ignore[arg-type]
+    await writer.write([_rows(6)])  # the staging table again: it must exist
+    await writer.close()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM env_readings").fetchone() == (6,)
+    assert writer.dedup_fallbacks == 2
+
+
+async def test_a_redelivered_frame_is_dead_lettered_once(pg_url: str) -> None:
+    migrate(pg_url, ALL_TABLES, TimescaleMode.OFF)
+    batch = FrameBatch("hj212", "mqtt")
+    batch.append(b"##garbage", "c/up/env/st-1/hj212", "st-1", "env", T0)
+    batch.append(b"##other", "c/up/env/st-2/hj212", "st-2", "env", T0)
+    dead = DeadLetters()
+    dead.add(0, "crc_mismatch expected=1 got=2")
+    dead.add(1, "crc_mismatch expected=3 got=4")
+    writer = BatchWriter(pg_url)
+    await writer.write([], dead.columns(batch), dead.nulls(batch))
+    batch.redelivered.append(0)  # after a crash the broker sends frame 0 again (DUP)
+    await writer.write(
+        [], dead.columns(batch), dead.nulls(batch), dead_once=dead.redelivered(batch)
+    )
+    await writer.close()
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT payload, count(*) FROM dead_letters GROUP BY 1 ORDER BY 1")
+        assert [(bytes(p), n) for p, n in rows] == [(b"##garbage", 1), (b"##other", 2)]
+
+
+async def test_dead_letters_keep_nul_and_invalid_utf8_in_their_text_escaped(pg_url: str) -> None:
+    migrate(pg_url, ALL_TABLES, TimescaleMode.OFF)
+    batch = FrameBatch("coap-env", "coap")
+    batch.append(b"x", "/up/env/d\x00ev\udcff", "d\x00ev", "env", T0)
+    dead = DeadLetters()
+    dead.add(0, "device_id_invalid: d\x00ev")
+    writer = BatchWriter(pg_url)
+    await writer.write([], dead.columns(batch), dead.nulls(batch))
+    await writer.close()
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT source, device, reason FROM dead_letters").fetchone()
+    assert row == ("/up/env/d\\x00ev\\udcff", "d\\x00ev", "device_id_invalid: d\\x00ev")

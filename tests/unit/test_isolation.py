@@ -1,0 +1,103 @@
+"""How a failing batch is split, and the acknowledgement handles that survive reconnects."""
+
+from __future__ import annotations
+
+from decoders.streetlight import DECODER as STREETLIGHT
+from decoders.streetlight import encode_frame as streetlight_frame
+from ingest.acks import NO_ACK, AckHandles
+from ingest.batch import Decoded, FrameBatch
+from ingest.pipeline import Stage, StageError, _split, decode_apart
+
+
+def _batch(n: int) -> FrameBatch:
+    b = FrameBatch("hj212", "mqtt")
+    for i in range(n):
+        b.append(bytes([i]), f"t/{i}", f"d{i}", "env", i, i)
+    return b
+
+
+def test_redelivered_frames_are_the_first_suspects() -> None:
+    b = _batch(6)
+    b.redelivered += [4, 1]
+    assert _split(b, [2]) == ([1, 4], [0, 2, 3, 5])
+
+
+def test_then_the_frames_the_error_names_then_halves() -> None:
+    b = _batch(5)
+    assert _split(b, [3]) == ([3], [0, 1, 2, 4])
+    assert _split(b, []) == ([0, 1], [2, 3, 4])
+    b.redelivered += [0, 1, 2, 3, 4]  # all delivered before: that says nothing
+    assert _split(b, []) == ([0, 1], [2, 3, 4])
+
+
+def test_a_subset_keeps_its_frames_marks_and_refusals() -> None:
+    b = _batch(5)
+    b.redelivered.append(3)
+    b.refused[4] = "frame_too_large: 9 bytes > 8"
+    part = b.subset([3, 4])
+    assert part.payloads == [b"\x03", b"\x04"]
+    assert part.ack_ids == [3, 4]
+    assert part.redelivered == [0]
+    assert part.refused == {1: "frame_too_large: 9 bytes > 8"}
+    assert part.ack_sink is b.ack_sink
+
+
+def test_a_stage_error_names_its_stage_and_cause_and_is_bounded() -> None:
+    err = StageError(Stage.RULES, KeyError("x" * 1000))
+    assert str(err).startswith("rules: KeyError: 'xxx")
+    assert len(str(err)) == 300
+
+
+def test_acks_from_an_earlier_connection_are_never_sent() -> None:
+    acks = AckHandles()
+    acks.new_connection()
+    old = [acks.handle(7), acks.handle(8), acks.handle(None)]
+    assert old[2] == NO_ACK
+    acks.new_connection()  # a reconnect: the broker may reuse 7 for another frame
+    new = [acks.handle(7)]
+    assert acks.current(old) == []
+    assert acks.current(new + old) == [7]
+
+
+class _Exploding:
+    """streetlight, raising for any batch that holds a b"BOOM" frame."""
+
+    name = "streetlight"
+    content_formats: tuple[int, ...] = ()
+    tables = STREETLIGHT.tables
+
+    def decode_batch(self, batch: FrameBatch) -> Decoded:
+        if b"BOOM" in batch.payloads:
+            raise ValueError("boom")
+        return STREETLIGHT.decode_batch(batch)
+
+
+def test_a_raising_decoder_is_taken_apart_in_memory_and_the_good_rows_are_unchanged() -> None:
+    good = FrameBatch("streetlight", "mqtt")
+    whole = FrameBatch("streetlight", "mqtt")
+    for i in range(40):
+        frame = streetlight_frame(861234567890000 + i % 7, 1_767_225_600 + i, i, voltage=230.0,
+                                  current=0.3, power=70.0 + i, energy_kwh=12.5, dimming=i % 101,
+                                  lamp_on=i % 2 == 0)  # fmt: skip
+        good.append(frame, "t", "", "streetlight", i)
+        whole.append(frame, "t", "", "streetlight", i)
+        if i in (5, 6, 31):
+            whole.append(b"BOOM", "t", "", "streetlight", i)
+    expected = STREETLIGHT.decode_batch(good)
+    got = decode_apart(_Exploding(), whole)
+    assert [(r.index, r.reason) for r in got.rejects] == [
+        (6, "stage_error: decode: ValueError: boom"),
+        (8, "stage_error: decode: ValueError: boom"),
+        (34, "stage_error: decode: ValueError: boom"),
+    ]
+    assert got.frames_ok == 40
+    kept = [i for i in range(43) if i not in (6, 8, 34)]
+    for name, rows in expected.rows.items():
+        merged = got.rows[name]
+        assert merged.frame_index.tolist() == [kept[i] for i in rows.frame_index.tolist()]
+        for col, values in rows.columns.items():
+            assert merged.columns[col].tolist() == values.tolist()
+        assert merged.devices.tolist() == rows.devices.tolist()
+        assert {k: v.tolist() for k, v in merged.nulls.items()} == {
+            k: v.tolist() for k, v in rows.nulls.items()
+        }
