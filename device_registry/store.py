@@ -135,12 +135,15 @@ def list_profiles(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         return [_jsonable(r) for r in cur.fetchall()]
 
 
-def export_csv(conn: psycopg.Connection[Any], out: IO[bytes]) -> None:
-    """Every device as CSV in the import format (re-importable), streamed. OSCORE secrets are
-    not exported (their ids are); a re-import keeps the stored ones."""
-    cols = ", ".join(
-        f"encode({c}, 'hex') AS {c}" if c == "oscore_kid" else c for c in EXPORT_FIELDS
-    )
+SECRET_FIELDS = ("oscore_secret", "oscore_salt")
+
+
+def export_csv(conn: psycopg.Connection[Any], out: IO[bytes], secrets: bool = False) -> None:
+    """Every device as CSV in the import format (re-importable), streamed. OSCORE keys are
+    exported only with ``secrets`` (hex, like the kid): without them a re-import keeps the
+    stored keys, and only a device already holding its kid can be imported."""
+    fields = (*EXPORT_FIELDS, *SECRET_FIELDS) if secrets else EXPORT_FIELDS
+    cols = ", ".join(f"encode({c}, 'hex') AS {c}" if c.startswith("oscore_") else c for c in fields)
     with (
         conn.cursor() as cur,
         cur.copy(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -237,13 +238,27 @@ def devices_import(
 def devices_export(
     file: Annotated[Path | None, typer.Argument(help="output CSV (default: stdout)")] = None,
     config: ConfigOpt = None,
+    with_secrets: Annotated[
+        bool,
+        typer.Option(
+            "--with-secrets",
+            help="also the OSCORE keys (oscore_secret, oscore_salt), in a file only its owner "
+            "can read: a registry that can be imported into an empty one",
+        ),
+    ] = False,
 ) -> None:
     """Every device as CSV in the import format."""
     from device_registry.store import export_csv
 
     with _registry_conn(config) as conn:
         if file is None:
-            export_csv(conn, sys.stdout.buffer)
+            export_csv(conn, sys.stdout.buffer, secrets=with_secrets)
+            return
+        if with_secrets:  # created owner-only: the file holds the devices' keys
+            file.unlink(missing_ok=True)
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                export_csv(conn, out, secrets=True)
         else:
             with file.open("wb") as out:
                 export_csv(conn, out)
