@@ -306,3 +306,34 @@ def test_an_export_with_secrets_restores_oscore_devices_into_an_empty_registry(
         "SELECT external_id, encode(oscore_kid, 'hex'), encode(oscore_secret, 'hex'), "
         "encode(oscore_salt, 'hex') FROM devices",
     ) == [("LAMP-1", "0a01", secret, "9e7c")]
+
+
+def test_devices_list_says_when_it_shows_only_part_and_json_gets_all(
+    pg_url: str, tmp_path: Path
+) -> None:
+    devices = tmp_path / "devices.csv"
+    devices.write_text("external_id\n" + "".join(f"D{i:04d}\n" for i in range(250)))
+    assert _cli(pg_url, "devices", "import", "-q", str(devices)).exit_code == 0
+    table = _cli(pg_url, "devices", "list")
+    assert table.exit_code == 0
+    assert "D0099" in table.stdout
+    assert "D0100" not in table.stdout
+    assert "showing 100 of 250; --limit or --all" in table.output
+    everything = _cli(pg_url, "devices", "list", "--all")
+    assert "D0249" in everything.stdout
+    assert "showing" not in everything.output
+    assert "showing 10 of 250" in _cli(pg_url, "devices", "list", "--limit", "10").output
+    lines = _cli(pg_url, "devices", "list", "--json").stdout.splitlines()
+    assert [json.loads(line)["external_id"] for line in lines] == [f"D{i:04d}" for i in range(250)]
+    page = _cli(pg_url, "devices", "list", "--json", "--limit", "100")
+    assert len(page.stdout.splitlines()) == 100
+    last = json.loads(page.stdout.splitlines()[-1])["id"]
+    assert f"showing 100 of 250; next page: --after {last}" in page.stderr
+    rest = _cli(pg_url, "devices", "list", "--json", "--after", str(last))
+    assert len(rest.stdout.splitlines()) == 150
+
+
+def test_devices_list_refuses_offline_and_online_together(pg_url: str) -> None:
+    result = _cli(pg_url, "devices", "list", "--offline", "--online")
+    assert result.exit_code == 2
+    assert "cityflux: --offline and --online exclude each other" in result.output
