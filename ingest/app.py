@@ -93,8 +93,11 @@ class Service:
         """Per-dependency readiness, for /readyz."""
         return {
             "mqtt": self.mqtt is not None and self.mqtt.connected,
-            "coap": self.settings.coap.mode is CoapMode.OFF
-            or (self.coap is not None and self.coap.bound.is_set()),
+            **(
+                {}
+                if self.settings.coap.mode is CoapMode.OFF
+                else {"coap": self.coap is not None and self.coap.bound.is_set()}
+            ),
             "database": self.backend is not None,
             "accepting": not self._draining,
         }
