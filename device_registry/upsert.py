@@ -65,7 +65,7 @@ NEW_COLUMNS = (
     Column("oscore_secret", T.BYTEA, nullable=True),
     Column("oscore_salt", T.BYTEA, nullable=True),
 )
-_UPDATED = (
+UPDATED_COLUMNS = (  # what an import may change on a known device
     *("profile", "kind", "status", "tenant", "district", "lat", "lon", "road", "road_km"),
     *("install", "credential_hash", "cert_fingerprint"),
     *("oscore_kid", "oscore_secret", "oscore_salt"),
@@ -73,7 +73,7 @@ _UPDATED = (
 STAGE_COLUMNS = (
     Column("line", T.INT8),
     Column("external_id", T.TEXT),
-    *(Column(c.name, c.type, nullable=True) for c in NEW_COLUMNS if c.name in _UPDATED),
+    *(Column(c.name, c.type, nullable=True) for c in NEW_COLUMNS if c.name in UPDATED_COLUMNS),
 )
 _STAGE = """
 CREATE TEMP TABLE devices_import (
@@ -84,12 +84,12 @@ CREATE TEMP TABLE devices_import (
 ) ON COMMIT DROP
 """
 _UPDATE = f"""
-UPDATE devices d SET {", ".join(f"{c} = COALESCE(s.{c}, d.{c})" for c in _UPDATED)},
+UPDATE devices d SET {", ".join(f"{c} = COALESCE(s.{c}, d.{c})" for c in UPDATED_COLUMNS)},
     updated_at = now()
 FROM devices_import s
 WHERE d.external_id = s.external_id
-  AND ({", ".join(f"d.{c}" for c in _UPDATED)})
-      IS DISTINCT FROM ({", ".join(f"COALESCE(s.{c}, d.{c})" for c in _UPDATED)})
+  AND ({", ".join(f"d.{c}" for c in UPDATED_COLUMNS)})
+      IS DISTINCT FROM ({", ".join(f"COALESCE(s.{c}, d.{c})" for c in UPDATED_COLUMNS)})
 """
 
 

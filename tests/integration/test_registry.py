@@ -337,3 +337,27 @@ def test_devices_list_refuses_offline_and_online_together(pg_url: str) -> None:
     result = _cli(pg_url, "devices", "list", "--offline", "--online")
     assert result.exit_code == 2
     assert "cityflux: --offline and --online exclude each other" in result.output
+
+
+def test_updated_at_moves_for_the_fields_the_registry_readme_names(
+    pg_url: str, tmp_path: Path
+) -> None:
+    def stamp() -> Any:
+        return query(pg_url, "SELECT updated_at FROM devices WHERE external_id = 'U1'")[0][0]
+
+    def imported(header: str, values: str) -> Any:
+        f = tmp_path / "u.csv"
+        f.write_text(f"external_id,{header}\nU1,{values}\n")
+        assert _cli(pg_url, "devices", "import", "-q", str(f)).exit_code == 0
+        return stamp()
+
+    first = imported("district", "Futian")
+    query(pg_url, "UPDATE devices SET last_seen = now() WHERE external_id = 'U1'")
+    query(pg_url, "UPDATE devices SET district = 'Futian' WHERE external_id = 'U1'")
+    assert stamp() == first  # last_seen, and an update that changes nothing
+    query(pg_url, "UPDATE devices SET credential_hash = 'x' WHERE external_id = 'U1'")
+    assert stamp() == first  # not watched by the trigger
+    by_import = imported("cert_fingerprint", "ab" * 32)
+    assert by_import > first  # the import's UPDATE sets it
+    query(pg_url, "UPDATE devices SET road_km = 3.5 WHERE external_id = 'U1'")
+    assert stamp() > by_import

@@ -89,6 +89,8 @@ def test_a_watch_listed_tag_seen_twice_an_hour_apart_raises_and_clears_twice(
         ("watchlisted-vehicle", LISTED, "raised", z(60)),
         ("watchlisted-vehicle", LISTED, "cleared", z(90)),
     ]
+    assert {e["value"] for e in events} == {None}  # a sighting carries no number
+    assert events[1]["details"] == {"reason": "clear_after"}
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 10_000])
