@@ -223,6 +223,12 @@ async def test_service_follows_registry_changes_and_tracks_last_seen(
             schema["paths"]
         )
         assert (await asyncio.to_thread(_http, port, "/api/v1/devices/NOPE"))[0] == 404
+        # the PATCH body is {"status": ...} and nothing else (README); #<id> is %23<id>
+        for wrong in ({"district": "Nanshan"}, {"status": "active", "district": "Nanshan"}):
+            got = await asyncio.to_thread(_http, port, "/api/v1/devices/ST02", wrong)
+            assert got[0] == 422, got
+        by_id = await asyncio.to_thread(_http, port, f"/api/v1/devices/%23{body['id']}")
+        assert (by_id[0], by_id[1]["external_id"]) == (200, "ST02")
         gauge = 'cityflux_devices{profile="air-station",state="online"} 2.0'
         for _ in range(100):  # the gauges refresh every 0.2 s
             metrics = await asyncio.to_thread(_metrics, port)
