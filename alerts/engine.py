@@ -4,8 +4,9 @@
 table by (device, time) once and gives every rule its selection (:mod:`alerts.runtimes`);
 the condition machine does the rest for all subjects at once. Only frame times are used, so
 replays give the same alerts. ``tick`` runs what needs a clock rather than a frame: offline
-devices (absence) and ``clear_after``; the service ticks with the wall clock, replays and
-``cityflux rules test`` with the newest frame time.
+devices (absence) and ``clear_after``; the service ticks with the wall clock, ``cityflux rules
+test`` in frame time as its input advances (:mod:`alerts.frameclock`, which asks
+``next_due_us`` and ``horizon_us`` when the next check falls due).
 
 State survives restarts in two parts: the alerts table is the truth for which alerts are
 open (``reconcile``), and ``snapshot``/``restore`` keep everything else (pending since, last
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -148,6 +150,24 @@ class Engine:
             else:
                 events += rt.auto_clear(now_us)
         return _ordered(events)
+
+    def next_due_us(self) -> int | None:
+        """The earliest moment ``tick`` has something to do, given no further rows (None:
+        nothing waits for the clock)."""
+        dues = [d for rt in self.runtimes.values() if (d := rt.next_due_us()) is not None]
+        return min(dues) if dues else None
+
+    def horizon_us(self, device_ids: npt.NDArray[np.int64]) -> float:
+        """How long after a row of these devices its clock-driven check can fall due at the
+        earliest (the shortest ``clear_after`` or offline limit; inf when none applies):
+        rows closer together than this can be evaluated as one batch without missing one."""
+        out = math.inf
+        for rt in self.runtimes.values():
+            if isinstance(rt, AbsenceRuntime):
+                out = min(out, rt.shortest_limit_us(device_ids))
+            elif rt.rule.clear_after_us is not None:
+                out = min(out, float(rt.rule.clear_after_us))
+        return out
 
     def late_rows(self) -> dict[str, int]:
         """Rows ignored per rule because they were older than the subject's newest."""

@@ -1,11 +1,13 @@
 """``cityflux rules check`` and ``cityflux rules test``: rules against recorded frames, offline.
 
 ``test`` decodes the frames with the named decoder, gives each device a stable id (devices
-named in ``--devices`` first, in file order), runs the rules in frame time (batches of 10,000
-frames, in file order, then the clock-driven checks at the newest frame time) and prints one
-JSON object per alert event. ``--devices`` (the import format) gives rules their registry
-attributes (location, road position, install values); ``--profiles`` the report intervals
-absence rules need. Nothing touches a database or a broker.
+named in ``--devices`` first, in file order), runs the rules in frame time (frames decoded
+10,000 at a time, in file order; the clock-driven checks — offline devices, ``clear_after`` —
+run as the frames' time passes the moment each falls due, :mod:`alerts.frameclock`, so where
+those batches end changes nothing) and prints one JSON object per alert event. ``--devices``
+(the import format) gives rules their registry attributes (location, road position, install
+values); ``--profiles`` the report intervals absence rules need. Nothing touches a database
+or a broker.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from alerts.attributes import DeviceAttributes
 from alerts.engine import AlertEvent, Engine
+from alerts.frameclock import FrameClock
 from alerts.rules import RuleSet, install_keys, load_rules
 from decoders.registry import UnknownDecoderError, load_registry
 from device_registry.importer import ImportFormatError, read_devices
@@ -145,6 +148,7 @@ def run_test(
             return 2
     frames, bad_hex = read_frames(source, hex_input)
     good = [f for i, f in enumerate(frames) if i not in bad_hex]
+    clock = FrameClock(engine)
     events = rejected = 0
     now_us = int(datetime.now(UTC).timestamp() * 1e6)
     for lo in range(0, len(good), BATCH):
@@ -159,11 +163,14 @@ def run_test(
                 ids = [devices.id_of(d) for d in rows.devices.tolist()]
                 rows.columns["device_id"] = np.array(ids, dtype=np.int32)
                 tables[name] = rows
-        found = engine.evaluate(tables)
-        found += engine.tick(engine.clock_us)
+        found = clock.advance(tables)
         for e in found:
             _print(e, devices)
         events += len(found)
+    found = clock.finish()
+    for e in found:
+        _print(e, devices)
+    events += len(found)
     print(
         f"{len(frames)} frames ({rejected + len(bad_hex)} rejected), {events} alert events",
         file=sys.stderr,

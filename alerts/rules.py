@@ -41,7 +41,7 @@ from pydantic import (
 
 from alerts.expr import ExprError, Expression, compile_expr
 from decoders.base import TableSpec
-from ingest.yamlfile import DocumentError, line_of, load_document
+from ingest.yamlfile import DocumentError, error_message, line_of, load_document
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -468,7 +468,7 @@ def load_rules(path: Path, tables: dict[str, TableSpec]) -> RuleSet:
         for err in exc.errors():
             loc = _loc(tuple(err["loc"]))
             field = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in loc)
-            msg = err["msg"].removeprefix("Value error, ")  # pydantic's wording for our checks
+            msg = error_message(err, node, loc)
             if err["type"] == "union_tag_invalid":
                 msg = f"unknown kind (known: {', '.join(KINDS)})"
                 field += ".kind"

@@ -547,6 +547,17 @@ class MachineRuntime:
                     self.names.pop(int(st.key_of_slot[s]), None)
         return out
 
+    def next_due_us(self) -> int | None:
+        """When the earliest open alert's ``clear_after`` falls due (None: nothing waits)."""
+        after = self.rule.clear_after_us
+        st = self.states
+        if after is None or st.active == 0:
+            return None
+        open_ = st.open_slots()
+        if open_.shape[0] == 0:
+            return None
+        return int(st.last_true[open_].min()) + after
+
     def auto_clear(self, clock_us: int) -> list[AlertEvent]:
         """Clear open alerts whose ``when`` last held ``clear_after`` ago (frame clock)."""
         after = self.rule.clear_after_us
@@ -755,6 +766,27 @@ class AbsenceRuntime:
             return out
         out = attrs.number("offline_after_s", ids) * 1e6
         return out
+
+    def next_due_us(self) -> int | None:
+        """When the earliest online device becomes offline if it stays silent (None: never)."""
+        st = self.states
+        n = st.index.size
+        cand = np.flatnonzero((st.state[:n] == IDLE) & (st.last[:n] != NEVER))
+        if cand.shape[0] == 0:
+            return None
+        limit = self.limits_us(st.key_of_slot[:n][cand])
+        known = ~np.isnan(limit)
+        if not known.any():
+            return None
+        return int((st.last[cand][known] + limit[known].astype(np.int64)).min())
+
+    def shortest_limit_us(self, ids: I64) -> float:
+        """The shortest silence allowed to any of these devices that this rule watches, µs
+        (inf when it watches none of them)."""
+        ids = ids[self._monitored(ids)]
+        limit = self.limits_us(ids)
+        limit = limit[~np.isnan(limit)]
+        return float(limit.min()) if limit.shape[0] else math.inf
 
     def tick(self, now_us: int) -> list[AlertEvent]:
         """Raise offline alerts for devices silent past their limit at ``now_us``."""

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from device_registry import store
 
@@ -25,7 +25,10 @@ class DeviceState(StrEnum):
 
 
 class StatusChange(BaseModel):
-    """Body of PATCH /devices/{id}."""
+    """Body of PATCH /devices/{id}: the status, and nothing else (a field the API would not
+    change is refused with 422 rather than silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     status: DeviceState
 

@@ -35,6 +35,18 @@ NUMBER_FIELDS = ("lat", "lon", "road_km")
 
 
 @dataclass(slots=True)
+class LineError:
+    """One invalid line: where, which field, what is wrong."""
+
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.field}: {self.message}"
+
+
+@dataclass(slots=True)
 class DeviceRows:
     """Valid device lines as columns: text fields as UTF-8 bytes (``b""`` = not given),
     lat/lon/road_km as float64 (NaN = not given), and each row's line number."""

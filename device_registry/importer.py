@@ -26,7 +26,7 @@ import psycopg.errors
 
 from device_registry.credentials import CredentialError, check_hash, device_salt, hash_secret
 from device_registry.csvscan import TEXT_MAX, scan_block
-from device_registry.devicerows import FIELDS, DeviceRows
+from device_registry.devicerows import FIELDS, DeviceRows, LineError
 from device_registry.ids import ID_RULE, id_problem
 from device_registry.upsert import stream_devices, write_devices
 
@@ -39,18 +39,6 @@ Progress = Callable[[int, int, str], None]
 
 class ImportFormatError(ValueError):
     """A file whose header or format cannot be imported at all."""
-
-
-@dataclass(slots=True)
-class LineError:
-    """One invalid line: where, which field, what is wrong."""
-
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.field}: {self.message}"
 
 
 @dataclass(slots=True)
@@ -147,8 +135,7 @@ def validate(v: list[str], profiles: frozenset[str] | dict[str, str]) -> list[st
     kid = _hex_field("oscore_kid", kid, 1, 7)
     oscore_secret = _hex_field("oscore_secret", oscore_secret, 16, 64)
     salt = _hex_field("oscore_salt", salt, 0, 32)
-    if kid and not oscore_secret:
-        raise _InvalidFieldError("oscore_secret", "an oscore_kid needs its oscore_secret")
+    # a kid without its secret is checked against the registry (upsert.check_oscore)
     return [
         ext,
         profile,

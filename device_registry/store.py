@@ -59,6 +59,22 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
 
+def _filters(
+    offline: bool | None, profile: str | None, status: str | None, after_id: int
+) -> tuple[str, list[Any]]:
+    where: list[str] = ["d.id > %s"]
+    params: list[Any] = [after_id]
+    if offline is not None:
+        where.append("v.online IS %s" % ("false" if offline else "true"))
+    if profile:
+        where.append("d.profile = %s")
+        params.append(profile)
+    if status:
+        where.append("d.status = %s")
+        params.append(status)
+    return " AND ".join(where), params
+
+
 def list_devices(
     conn: psycopg.Connection[Any],
     *,
@@ -69,20 +85,25 @@ def list_devices(
     limit: int = 100,
 ) -> list[dict[str, Any]]:
     """Devices in internal-id order after ``after_id``, filtered."""
-    where, params = ["d.id > %s"], [after_id]
-    if offline is not None:
-        where.append("v.online IS %s" % ("false" if offline else "true"))
-    if profile:
-        where.append("d.profile = %s")
-        params.append(profile)  # type: ignore[arg-type]
-    if status:
-        where.append("d.status = %s")
-        params.append(status)  # type: ignore[arg-type]
+    where, params = _filters(offline, profile, status, after_id)
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY d.id LIMIT %s", [*params, limit]
-        )
+        cur.execute(f"{_SELECT} WHERE {where} ORDER BY d.id LIMIT %s", [*params, limit])
         return [_jsonable(r) for r in cur.fetchall()]
+
+
+def count_devices(
+    conn: psycopg.Connection[Any],
+    *,
+    offline: bool | None = None,
+    profile: str | None = None,
+    status: str | None = None,
+    after_id: int = 0,
+) -> int:
+    """How many devices ``list_devices`` would list without a limit."""
+    where, params = _filters(offline, profile, status, after_id)
+    join = " JOIN device_status_view v ON v.id = d.id" if offline is not None else ""
+    row = conn.execute(f"SELECT count(*) FROM devices d{join} WHERE {where}", params).fetchone()
+    return int(row[0]) if row else 0
 
 
 def get_device(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any] | None:
@@ -135,12 +156,15 @@ def list_profiles(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         return [_jsonable(r) for r in cur.fetchall()]
 
 
-def export_csv(conn: psycopg.Connection[Any], out: IO[bytes]) -> None:
-    """Every device as CSV in the import format (re-importable), streamed. OSCORE secrets are
-    not exported (their ids are); a re-import keeps the stored ones."""
-    cols = ", ".join(
-        f"encode({c}, 'hex') AS {c}" if c == "oscore_kid" else c for c in EXPORT_FIELDS
-    )
+SECRET_FIELDS = ("oscore_secret", "oscore_salt")
+
+
+def export_csv(conn: psycopg.Connection[Any], out: IO[bytes], secrets: bool = False) -> None:
+    """Every device as CSV in the import format (re-importable), streamed. OSCORE keys are
+    exported only with ``secrets`` (hex, like the kid): without them a re-import keeps the
+    stored keys, and only a device already holding its kid can be imported."""
+    fields = (*EXPORT_FIELDS, *SECRET_FIELDS) if secrets else EXPORT_FIELDS
+    cols = ", ".join(f"encode({c}, 'hex') AS {c}" if c.startswith("oscore_") else c for c in fields)
     with (
         conn.cursor() as cur,
         cur.copy(

@@ -28,7 +28,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from decoders.base import Column, ColumnType
-from device_registry.devicerows import DeviceRows
+from device_registry.devicerows import DeviceRows, LineError
 from device_registry.index import UNKNOWN, DeviceIndex
 from device_registry.resolver import INDEX_COPY, IndexBuilder
 from storage.pgbinary import SIGNATURE, TRAILER, encode_rows, encode_stream
@@ -65,7 +65,7 @@ NEW_COLUMNS = (
     Column("oscore_secret", T.BYTEA, nullable=True),
     Column("oscore_salt", T.BYTEA, nullable=True),
 )
-_UPDATED = (
+UPDATED_COLUMNS = (  # what an import may change on a known device
     *("profile", "kind", "status", "tenant", "district", "lat", "lon", "road", "road_km"),
     *("install", "credential_hash", "cert_fingerprint"),
     *("oscore_kid", "oscore_secret", "oscore_salt"),
@@ -73,7 +73,7 @@ _UPDATED = (
 STAGE_COLUMNS = (
     Column("line", T.INT8),
     Column("external_id", T.TEXT),
-    *(Column(c.name, c.type, nullable=True) for c in NEW_COLUMNS if c.name in _UPDATED),
+    *(Column(c.name, c.type, nullable=True) for c in NEW_COLUMNS if c.name in UPDATED_COLUMNS),
 )
 _STAGE = """
 CREATE TEMP TABLE devices_import (
@@ -84,12 +84,12 @@ CREATE TEMP TABLE devices_import (
 ) ON COMMIT DROP
 """
 _UPDATE = f"""
-UPDATE devices d SET {", ".join(f"{c} = COALESCE(s.{c}, d.{c})" for c in _UPDATED)},
+UPDATE devices d SET {", ".join(f"{c} = COALESCE(s.{c}, d.{c})" for c in UPDATED_COLUMNS)},
     updated_at = now()
 FROM devices_import s
 WHERE d.external_id = s.external_id
-  AND ({", ".join(f"d.{c}" for c in _UPDATED)})
-      IS DISTINCT FROM ({", ".join(f"COALESCE(s.{c}, d.{c})" for c in _UPDATED)})
+  AND ({", ".join(f"d.{c}" for c in UPDATED_COLUMNS)})
+      IS DISTINCT FROM ({", ".join(f"COALESCE(s.{c}, d.{c})" for c in UPDATED_COLUMNS)})
 """
 
 
@@ -157,8 +157,9 @@ def stream_devices(
             copy.write(SIGNATURE)
             for part in parts:
                 exists = known.resolve(part.text["external_id"]) != UNKNOWN
-                fresh = part.take(~exists)
-                old_parts.append(part.take(exists))
+                keep = _kid_without_secret(part, exists, result.errors)
+                fresh = part.take(keep & ~exists)
+                old_parts.append(part.take(keep & exists))
                 for lo in range(0, len(fresh), CHUNK_ROWS):
                     chunk = fresh.take(np.arange(lo, min(len(fresh), lo + CHUNK_ROWS)))
                     data, nulls = _new_columns(chunk, profiles, first + new, now)
@@ -180,6 +181,7 @@ def stream_devices(
                 conn.execute(stmt)
         old, dups = last_per_device(DeviceRows.concat(old_parts))
         result.duplicates += dups
+        old = old.take(_kid_held(conn, old, result.errors))
         if len(old):
             conn.execute(_STAGE)
             _copy(conn, "devices_import", STAGE_COLUMNS, *_stage_columns(old))
@@ -190,6 +192,63 @@ def stream_devices(
             # summarise the new block ranges, or change-feed reads scan them all until the
             # next autovacuum
             conn.execute("SELECT brin_summarize_new_values('devices_updated_at_brin')")
+
+
+def _bare_kids(rows: DeviceRows) -> npt.NDArray[np.int64]:
+    """Rows naming an ``oscore_kid`` without its ``oscore_secret``."""
+    text = rows.text
+    out: npt.NDArray[np.int64] = np.flatnonzero(
+        (text["oscore_kid"] != b"") & (text["oscore_secret"] == b"")
+    )
+    return out
+
+
+def _kid_without_secret(
+    rows: DeviceRows, exists: npt.NDArray[np.bool_], errors: list[LineError]
+) -> npt.NDArray[np.bool_]:
+    """Which rows may be written: a new device's ``oscore_kid`` needs its ``oscore_secret``
+    (a known device's is checked by ``_kid_held``); the others go to ``errors``."""
+    keep = np.ones(len(rows), dtype=np.bool_)
+    bare = _bare_kids(rows)
+    for i in bare[~exists[bare]].tolist():
+        errors.append(
+            LineError(int(rows.lines[i]), "oscore_secret", "an oscore_kid needs its oscore_secret")
+        )
+        keep[i] = False
+    return keep
+
+
+def _kid_held(conn: Conn, rows: DeviceRows, errors: list[LineError]) -> npt.NDArray[np.bool_]:
+    """Which rows of known devices may be written: an ``oscore_kid`` without its secret keeps
+    the stored secret (an empty field keeps the stored value, so an export re-imports), which
+    only works if the device holds that kid with a secret; the others go to ``errors``."""
+    keep = np.ones(len(rows), dtype=np.bool_)
+    bare = _bare_kids(rows)
+    if bare.shape[0] == 0:
+        return keep
+    exts = [e.decode() for e in rows.text["external_id"][bare].tolist()]
+    kids = [bytes.fromhex(k.decode()) for k in rows.text["oscore_kid"][bare].tolist()]
+    held = {
+        (str(ext), bytes(kid))  # type: ignore[call-overload]
+        for ext, kid in conn.execute(
+            "SELECT d.external_id, d.oscore_kid FROM devices d "
+            "JOIN unnest(%s::text[], %s::bytea[]) AS s(ext, kid) "
+            "ON d.external_id = s.ext AND d.oscore_kid = s.kid "
+            "WHERE d.oscore_secret IS NOT NULL",
+            (exts, kids),
+        )
+    }
+    for i, ext, kid in zip(bare.tolist(), exts, kids, strict=True):
+        if (ext, kid) not in held:
+            errors.append(
+                LineError(
+                    int(rows.lines[i]),
+                    "oscore_secret",
+                    f"{ext} holds no oscore_kid {kid.hex()} with a secret; give its oscore_secret",
+                )
+            )
+            keep[i] = False
+    return keep
 
 
 def _reserve_ids(conn: Conn, n: int) -> tuple[int, datetime]:

@@ -97,8 +97,11 @@ class Service:
         """Per-dependency readiness, for /readyz."""
         return {
             "mqtt": self.mqtt is not None and self.mqtt.connected,
-            "coap": self.settings.coap.mode is CoapMode.OFF
-            or (self.coap is not None and self.coap.bound.is_set()),
+            **(
+                {}
+                if self.settings.coap.mode is CoapMode.OFF
+                else {"coap": self.coap is not None and self.coap.bound.is_set()}
+            ),
             "database": self.backend is not None
             and self._db_ok
             and all(w.reachable for w in self._writers),

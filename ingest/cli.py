@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -174,7 +175,9 @@ def _registry_conn(config: Path | None) -> psycopg.Connection[tuple[object, ...]
         raise typer.Exit(1) from None
 
 
-def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+def _print_rows(
+    rows: list[dict[str, Any]], columns: list[str], as_json: bool, header: bool = True
+) -> None:
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, default=str))
@@ -182,7 +185,7 @@ def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*columns, box=None, pad_edge=False)
+    table = Table(*columns, box=None, pad_edge=False, show_header=header)
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
     Console(width=200).print(table)
@@ -237,16 +240,34 @@ def devices_import(
 def devices_export(
     file: Annotated[Path | None, typer.Argument(help="output CSV (default: stdout)")] = None,
     config: ConfigOpt = None,
+    with_secrets: Annotated[
+        bool,
+        typer.Option(
+            "--with-secrets",
+            help="also the OSCORE keys (oscore_secret, oscore_salt), in a file only its owner "
+            "can read: a registry that can be imported into an empty one",
+        ),
+    ] = False,
 ) -> None:
     """Every device as CSV in the import format."""
     from device_registry.store import export_csv
 
     with _registry_conn(config) as conn:
         if file is None:
-            export_csv(conn, sys.stdout.buffer)
+            export_csv(conn, sys.stdout.buffer, secrets=with_secrets)
+            return
+        if with_secrets:  # created owner-only: the file holds the devices' keys
+            file.unlink(missing_ok=True)
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                export_csv(conn, out, secrets=True)
         else:
             with file.open("wb") as out:
                 export_csv(conn, out)
+
+
+LIST_TABLE_ROWS = 100  # `devices list` shows this many in its table unless told otherwise
+LIST_PAGE_ROWS = 10_000  # --json without --limit reads the registry this many at a time
 
 
 @devices_app.command("list")
@@ -255,18 +276,50 @@ def devices_list(
     offline: Annotated[bool, typer.Option("--offline", help="only offline devices")] = False,
     online: Annotated[bool, typer.Option("--online", help="only online devices")] = False,
     profile: Annotated[str | None, typer.Option(help="only this profile")] = None,
-    limit: Annotated[int, typer.Option(help="at most this many")] = 100,
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="at most this many (default: 100 in the table, all with --json)"),
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every matching device")] = False,
     after: Annotated[int, typer.Option(help="page after this internal id")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="JSON Lines")] = False,
 ) -> None:
-    """Devices with their online status."""
-    from device_registry.store import list_devices
+    """Devices with their online status (the table shows 100 and says how many match)."""
+    from device_registry.store import count_devices, list_devices
 
+    if offline and online:
+        typer.echo("cityflux: --offline and --online exclude each other", err=True)
+        raise typer.Exit(2)
+    if all_ and limit is not None:
+        typer.echo("cityflux: --all and --limit exclude each other", err=True)
+        raise typer.Exit(2)
     state = True if offline else (False if online else None)
-    with _registry_conn(config) as conn:
-        rows = list_devices(conn, offline=state, profile=profile, after_id=after, limit=limit)
+    filters: dict[str, Any] = {"offline": state, "profile": profile}
     cols = ["id", "external_id", "profile", "kind", "status", "last_seen", "online"]
+    with _registry_conn(config) as conn:
+        if limit is None and (all_ or as_json):  # everything, read a page at a time
+            last = after
+            while True:
+                rows = list_devices(conn, **filters, after_id=last, limit=LIST_PAGE_ROWS)
+                if as_json:
+                    _print_rows(rows, cols, as_json=True)
+                elif rows or last == after:
+                    _print_rows(rows, cols, as_json=False, header=last == after)
+                if len(rows) < LIST_PAGE_ROWS:
+                    return
+                last = int(rows[-1]["id"])
+        shown = limit or LIST_TABLE_ROWS
+        rows = list_devices(conn, **filters, after_id=after, limit=shown + 1)
+        more = len(rows) > shown
+        rows = rows[:shown]
+        total = count_devices(conn, **filters, after_id=after) if more else len(rows)
     _print_rows(rows, cols, as_json)
+    if more and as_json:  # JSON pages are asked for explicitly: say where the next starts
+        typer.echo(
+            f"showing {len(rows):,} of {total:,}; next page: --after {rows[-1]['id']}", err=True
+        )
+    elif more:
+        typer.echo(f"showing {len(rows):,} of {total:,}; --limit or --all")
 
 
 @devices_app.command("show")

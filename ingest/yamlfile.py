@@ -7,12 +7,14 @@ composed YAML node tree maps that path back to a line, so an operator reads
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 
 class DocumentError(ValueError):
@@ -35,23 +37,41 @@ def load_document(path: Path) -> tuple[Any, yaml.Node | None]:
     return data, node
 
 
-def line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
-    """The 1-based line of the value at ``loc`` (as deep as the tree goes)."""
-    line = node.start_mark.line + 1 if node is not None else None
+def _walk(node: yaml.Node | None, loc: Sequence[int | str]) -> tuple[yaml.Node | None, bool]:
+    """The node at ``loc``, as deep as the tree goes, and whether it went all the way."""
     for key in loc:
         if isinstance(node, yaml.MappingNode):
             match = [v for k, v in node.value if getattr(k, "value", None) == key]
             if not match:
-                break
+                return node, False
             node = match[0]
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
             if key >= len(node.value):
-                break
+                return node, False
             node = node.value[key]
         else:
-            break
-        line = node.start_mark.line + 1
-    return line
+            return node, False
+    return node, True
+
+
+def line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+    """The 1-based line of the value at ``loc`` (as deep as the tree goes)."""
+    found, _ = _walk(node, loc)
+    return found.start_mark.line + 1 if found is not None else None
+
+
+def error_message(err: ErrorDetails, node: yaml.Node | None, loc: Sequence[int | str]) -> str:
+    """pydantic's message for one error; where a string was expected and YAML read an
+    unquoted word as something else (``off`` → false, ``0012`` → 12), it says to quote it."""
+    msg = err["msg"].removeprefix("Value error, ")  # pydantic's wording for our checks
+    if err["type"] != "string_type" or isinstance(err.get("input"), str):
+        return msg
+    found, exact = _walk(node, loc)
+    if exact and isinstance(found, yaml.ScalarNode) and found.style is None:
+        text = str(found.value)
+        msg += f"{':' if msg else ''} YAML reads {text} as {json.dumps(err['input'])}; "
+        msg += f'quote it: "{text}"'
+    return msg
 
 
 def describe(path: Path, node: yaml.Node | None, exc: ValidationError, prefix: str = "") -> str:
@@ -63,6 +83,6 @@ def describe(path: Path, node: yaml.Node | None, exc: ValidationError, prefix: s
         line = line_of(node, loc)
         where = f"{path}:{line}" if line else str(path)
         field = field.lstrip(".")
-        msg = err["msg"].removeprefix("Value error, ")  # pydantic's wording for our checks
+        msg = error_message(err, node, loc)
         lines.append(f"{where}: {field}: {msg}" if field else f"{where}: {msg}")
     return "\n".join(lines)

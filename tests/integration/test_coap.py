@@ -20,7 +20,7 @@ from aiocoap.numbers.codes import Code
 
 from decoders.hj212 import frame as hj212_frame
 from ingest.app import Service
-from tests.helpers import env_frame, query, running, settings_for, wait_until
+from tests.helpers import api_call, env_frame, query, running, settings_for, wait_until
 
 T0 = 1_767_225_600
 
@@ -355,3 +355,22 @@ async def test_discovery_and_wrong_requests_get_clear_answers(
     assert str(elsewhere.code) == "4.04 Not Found"
     # octet-stream with no format in the path and no profile for the kind: which decoder?
     assert str(ambiguous.code) == "4.15 Unsupported Content Format"
+
+
+async def test_readyz_checks_coap_only_when_on(pg_url: str, broker, topic_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    async with running(settings_for(pg_url, broker, topic_prefix)) as svc:
+        off = await asyncio.to_thread(api_call, svc.http_port or 0, "/readyz")
+    # a component that is off is not a check (as Kubernetes' /readyz lists only its checks)
+    assert off == (
+        200,
+        {"status": "ready", "checks": {"mqtt": True, "database": True, "accepting": True}},
+    )
+    async with running(coap_settings(pg_url, broker, topic_prefix)) as svc:
+        on = await asyncio.to_thread(api_call, svc.http_port or 0, "/readyz")
+    assert on == (
+        200,
+        {
+            "status": "ready",
+            "checks": {"mqtt": True, "coap": True, "database": True, "accepting": True},
+        },
+    )

@@ -34,9 +34,9 @@ MODEL_OF = {
 def _model_frames(fmt: str, prefix: str) -> list[tuple[str, bytes]]:
     cls = MODELS[MODEL_OF[fmt]]
     ctx = GroupContext(
-        name=f"poison-{fmt}", index=sorted(MODEL_OF).index(fmt), count=50, interval_us=60_000_000, seed=12,
-        start_us=T0 * 1_000_000, utc_offset_s=8 * 3600, city_lat=22.54, city_lon=114.06,
-        city_radius_km=10.0, format=fmt,
+        name=f"poison-{fmt}", index=sorted(MODEL_OF).index(fmt), count=50,
+        interval_us=60_000_000, seed=12, start_us=T0 * 1_000_000, utc_offset_s=8 * 3600,
+        city_lat=22.54, city_lon=114.06, city_radius_km=10.0, format=fmt,
     )  # fmt: skip
     model = cls(ctx, cls.options())  # type: ignore[call-arg]
     ids = model.external_ids()
@@ -139,7 +139,8 @@ async def test_poison_amid_good_frames_is_dead_lettered_once_and_the_rest_stored
         await wait_until(lambda: pipe.stats.received == len(msgs), 120, f"{len(msgs)} frames")
         await wait_until(lambda: pipe.inflight == 0, 60, "every frame committed")
         stats = pipe.stats
-        assert svc.mqtt is not None and svc.mqtt.connected  # alive
+        assert svc.mqtt is not None
+        assert svc.mqtt.connected  # alive
     assert stats.acked == len(msgs)
     dead = query(pg_url, "SELECT reason, payload FROM dead_letters")
     assert stats.stored_frames + len(dead) == stats.acked
@@ -152,7 +153,7 @@ async def test_poison_amid_good_frames_is_dead_lettered_once_and_the_rest_stored
         dead, expected_dead
     )
     for table, n in expected_rows.items():
-        assert query(pg_url, f"SELECT count(*) FROM {table}") == [(n,)], table  # noqa: S608
+        assert query(pg_url, f"SELECT count(*) FROM {table}") == [(n,)], table
 
 
 def _explain(dead: list[tuple[Any, ...]], expected: Counter[tuple[str, bytes]]) -> bool:

@@ -223,6 +223,12 @@ async def test_service_follows_registry_changes_and_tracks_last_seen(
             schema["paths"]
         )
         assert (await asyncio.to_thread(_http, port, "/api/v1/devices/NOPE"))[0] == 404
+        # the PATCH body is {"status": ...} and nothing else (README); #<id> is %23<id>
+        for wrong in ({"district": "Nanshan"}, {"status": "active", "district": "Nanshan"}):
+            got = await asyncio.to_thread(_http, port, "/api/v1/devices/ST02", wrong)
+            assert got[0] == 422, got
+        by_id = await asyncio.to_thread(_http, port, f"/api/v1/devices/%23{body['id']}")
+        assert (by_id[0], by_id[1]["external_id"]) == (200, "ST02")
         gauge = 'cityflux_devices{profile="air-station",state="online"} 2.0'
         for _ in range(100):  # the gauges refresh every 0.2 s
             metrics = await asyncio.to_thread(_metrics, port)
@@ -250,3 +256,114 @@ def svc_index_has(svc: Any, device: bytes) -> bool:
 
     resolver = svc.pipeline._resolver
     return bool(resolver.index.resolve(np.array([device]))[0] >= 0)
+
+
+def test_an_export_of_oscore_devices_imports_again_keeping_their_stored_secrets(
+    pg_url: str, tmp_path: Path
+) -> None:
+    secret = "00112233445566778899aabbccddeeff"  # noqa: S105 (a test key)
+    devices = tmp_path / "devices.csv"
+    devices.write_text(
+        "external_id,oscore_kid,oscore_secret,oscore_salt\n"
+        f"LAMP-1,0a01,{secret},9e7ca92223786340\n"
+        "LAMP-2,,,\n"
+    )
+    assert _cli(pg_url, "devices", "import", "-q", str(devices)).exit_code == 0
+    stored = "SELECT external_id, oscore_kid, oscore_secret, oscore_salt, updated_at FROM devices"
+    before = query(pg_url, f"{stored} ORDER BY external_id")
+    exported = tmp_path / "export.csv"
+    assert _cli(pg_url, "devices", "export", str(exported)).exit_code == 0
+    assert secret not in exported.read_text()  # the export names the kid, never the key
+    again = _cli(pg_url, "devices", "import", "-q", str(exported))
+    assert again.exit_code == 0, again.output
+    assert "0 new, 0 updated, 2 unchanged" in again.output
+    assert query(pg_url, f"{stored} ORDER BY external_id") == before
+    # a kid without its secret: for a new device, or a kid this device does not hold
+    bad = tmp_path / "bad.csv"
+    bad.write_text("external_id,oscore_kid\nLAMP-3,0a03\nLAMP-2,0a02\nLAMP-1,0a01\n")
+    result = _cli(pg_url, "devices", "import", "-q", str(bad))
+    assert result.exit_code == 1
+    assert f"{bad}:2: oscore_secret: an oscore_kid needs its oscore_secret" in result.output
+    assert (
+        f"{bad}:3: oscore_secret: LAMP-2 holds no oscore_kid 0a02 with a secret; "
+        "give its oscore_secret" in result.output
+    )
+    assert "1 devices imported (0 new, 0 updated, 1 unchanged" in result.output
+    assert query(pg_url, "SELECT count(*) FROM devices") == [(2,)]
+
+
+def test_an_export_with_secrets_restores_oscore_devices_into_an_empty_registry(
+    pg_url: str, tmp_path: Path
+) -> None:
+    secret = "00112233445566778899aabbccddeeff"  # noqa: S105 (a test key)
+    devices = tmp_path / "devices.csv"
+    devices.write_text(
+        f"external_id,oscore_kid,oscore_secret,oscore_salt\nLAMP-1,0a01,{secret},9e7c\n"
+    )
+    assert _cli(pg_url, "devices", "import", "-q", str(devices)).exit_code == 0
+    backup = tmp_path / "backup.csv"
+    assert _cli(pg_url, "devices", "export", "--with-secrets", str(backup)).exit_code == 0
+    assert backup.stat().st_mode & 0o077 == 0  # keys: readable by the owner only
+    query(pg_url, "DELETE FROM devices")
+    restored = _cli(pg_url, "devices", "import", "-q", str(backup))
+    assert restored.exit_code == 0, restored.output
+    assert query(
+        pg_url,
+        "SELECT external_id, encode(oscore_kid, 'hex'), encode(oscore_secret, 'hex'), "
+        "encode(oscore_salt, 'hex') FROM devices",
+    ) == [("LAMP-1", "0a01", secret, "9e7c")]
+
+
+def test_devices_list_says_when_it_shows_only_part_and_json_gets_all(
+    pg_url: str, tmp_path: Path
+) -> None:
+    devices = tmp_path / "devices.csv"
+    devices.write_text("external_id\n" + "".join(f"D{i:04d}\n" for i in range(250)))
+    assert _cli(pg_url, "devices", "import", "-q", str(devices)).exit_code == 0
+    table = _cli(pg_url, "devices", "list")
+    assert table.exit_code == 0
+    assert "D0099" in table.stdout
+    assert "D0100" not in table.stdout
+    assert "showing 100 of 250; --limit or --all" in table.output
+    everything = _cli(pg_url, "devices", "list", "--all")
+    assert "D0249" in everything.stdout
+    assert "showing" not in everything.output
+    assert "showing 10 of 250" in _cli(pg_url, "devices", "list", "--limit", "10").output
+    lines = _cli(pg_url, "devices", "list", "--json").stdout.splitlines()
+    assert [json.loads(line)["external_id"] for line in lines] == [f"D{i:04d}" for i in range(250)]
+    page = _cli(pg_url, "devices", "list", "--json", "--limit", "100")
+    assert len(page.stdout.splitlines()) == 100
+    last = json.loads(page.stdout.splitlines()[-1])["id"]
+    assert f"showing 100 of 250; next page: --after {last}" in page.stderr
+    rest = _cli(pg_url, "devices", "list", "--json", "--after", str(last))
+    assert len(rest.stdout.splitlines()) == 150
+
+
+def test_devices_list_refuses_offline_and_online_together(pg_url: str) -> None:
+    result = _cli(pg_url, "devices", "list", "--offline", "--online")
+    assert result.exit_code == 2
+    assert "cityflux: --offline and --online exclude each other" in result.output
+
+
+def test_updated_at_moves_for_the_fields_the_registry_readme_names(
+    pg_url: str, tmp_path: Path
+) -> None:
+    def stamp() -> Any:
+        return query(pg_url, "SELECT updated_at FROM devices WHERE external_id = 'U1'")[0][0]
+
+    def imported(header: str, values: str) -> Any:
+        f = tmp_path / "u.csv"
+        f.write_text(f"external_id,{header}\nU1,{values}\n")
+        assert _cli(pg_url, "devices", "import", "-q", str(f)).exit_code == 0
+        return stamp()
+
+    first = imported("district", "Futian")
+    query(pg_url, "UPDATE devices SET last_seen = now() WHERE external_id = 'U1'")
+    query(pg_url, "UPDATE devices SET district = 'Futian' WHERE external_id = 'U1'")
+    assert stamp() == first  # last_seen, and an update that changes nothing
+    query(pg_url, "UPDATE devices SET credential_hash = 'x' WHERE external_id = 'U1'")
+    assert stamp() == first  # not watched by the trigger
+    by_import = imported("cert_fingerprint", "ab" * 32)
+    assert by_import > first  # the import's UPDATE sets it
+    query(pg_url, "UPDATE devices SET road_km = 3.5 WHERE external_id = 'U1'")
+    assert stamp() > by_import

@@ -111,6 +111,21 @@ def test_rule_file_errors_name_file_line_and_field(tmp_path: Path) -> None:
     assert f"{f}:6: rules[0].for" in str(err.value)
 
 
+def test_a_rule_name_yaml_reads_as_a_boolean_is_an_error_saying_to_quote_it(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "rules.yaml"
+    f.write_text(RULE.replace("name: no2-high", "name: off"))
+    with pytest.raises(DocumentError) as err:
+        load_rules(f, TABLES)
+    assert str(err.value) == (
+        f"{f}:2: rules[0].name: Input should be a valid string: YAML reads off as false; "
+        'quote it: "off"'
+    )
+    f.write_text(RULE.replace("name: no2-high", 'name: "off"'))
+    assert [r.name for r in load_rules(f, TABLES).rules] == ["off"]
+
+
 def _hj212(mn: str, minute: int, pm25: float) -> str:
     cp = f"DataTime=20260101{minute // 60:02d}{minute % 60:02d}00;a34004-Rtd={pm25},a34004-Flag=N"
     return hj212_frame(f"QN=1;ST=22;CN=2011;PW=1;MN={mn};Flag=4;CP=&&{cp}&&").decode().strip()

@@ -170,6 +170,7 @@ def test_vehicles_geofence_in_hours_and_alarm_bits(tmp_path: Path) -> None:
         ("vehicle-overspeed", "13912345603", "raised", "2026-01-01T02:05:00Z"),
         ("vehicle-emergency", "13912345603", "cleared", "2026-01-01T02:06:00Z"),
     ]
+    assert events[0]["value"] is None  # a geofence has no default value (alerts/README.md)
 
 
 def test_water_level_against_each_stations_warning_line(tmp_path: Path) -> None:
