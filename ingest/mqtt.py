@@ -181,12 +181,10 @@ class MqttListener:
 
     # -- AckSink and backpressure -----------------------------------------------------------
     def release(self, ack_ids: Sequence[int], ok: bool, outcome: Outcome | None = None) -> None:
-        """PUBACK the frames of a committed batch (dead-lettered ones too: they are stored);
-        send nothing for an abandoned one."""
-        if not ok:
-            return
+        """PUBACK the frames of a committed batch (dead-lettered ones too: they are stored),
+        in arrival order; never those of an abandoned one."""
         ack = self._client.ack
-        for mid in self._acks.current(ack_ids):
+        for mid in self._acks.release(ack_ids, ok):  # in arrival order (ingest/acks.py)
             ack(mid, 1)
 
     def send_replies(self, replies: Sequence[tuple[str, bytes]]) -> None:

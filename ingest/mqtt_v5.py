@@ -29,7 +29,7 @@ from typing import Any
 
 import mqtt5
 
-from ingest.acks import AckHandles
+from ingest.acks import AckHandles, puback_packets
 from ingest.batch import Outcome
 from ingest.config import MqttConfig, QoS
 from ingest.metrics import Metrics
@@ -110,7 +110,8 @@ class Mqtt5Listener(asyncio.Protocol):
         submit = self._pipeline.submit
         largest = self._pipeline.max_frame_bytes
         topics = self._topics
-        gen = self._acks.base
+        tag, base = self._acks.tag, self._acks.base
+        arrivals = self._acks.packet_ids
         try:
             while True:
                 try:
@@ -127,7 +128,11 @@ class Mqtt5Listener(asyncio.Protocol):
                             topics.clear()
                         levels = topics[topic] = parse_uplink(topic)
                     pid = pkt.packet_id
-                    ack = -1 if pid is None else gen | pid
+                    if pid is None:
+                        ack = -1
+                    else:  # AckHandles.handle, inlined
+                        ack = tag | (base + len(arrivals))
+                        arrivals.append(pid)
                     payload = pkt.payload
                     if type(levels) is UplinkTopic and len(payload) <= largest:
                         kind, device, fmt, _ = levels
@@ -196,13 +201,12 @@ class Mqtt5Listener(asyncio.Protocol):
 
     # -- AckSink and backpressure ----------------------------------------------------------
     def release(self, ack_ids: Sequence[int], ok: bool, outcome: Outcome | None = None) -> None:
-        """PUBACK the frames of a committed batch that came on this connection (one write);
-        nothing for an abandoned batch."""
-        if not ok or self._transport is None:
-            return
-        acks = [b"\x40\x02" + pid.to_bytes(2, "big") for pid in self._acks.current(ack_ids)]
-        if acks:
-            self._write(b"".join(acks))
+        """PUBACK the frames of a committed batch that came on this connection, in arrival
+        order (held until every frame received before them is committed; one write); an
+        abandoned batch's frames are never acknowledged."""
+        pids = self._acks.release(ack_ids, ok)
+        if pids:
+            self._write(puback_packets(pids))
 
     def send_replies(self, replies: Sequence[tuple[str, bytes]]) -> None:
         """Publish each reply on the device's downlink topic at QoS 1."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decoders.streetlight import DECODER as STREETLIGHT
 from decoders.streetlight import encode_frame as streetlight_frame
-from ingest.acks import NO_ACK, AckHandles
+from ingest.acks import NO_ACK, AckHandles, puback_packets
 from ingest.batch import Decoded, FrameBatch
 from ingest.pipeline import Stage, StageError, _split, decode_apart
 
@@ -55,8 +55,30 @@ def test_acks_from_an_earlier_connection_are_never_sent() -> None:
     assert old[2] == NO_ACK
     acks.new_connection()  # a reconnect: the broker may reuse 7 for another frame
     new = [acks.handle(7)]
-    assert acks.current(old) == []
-    assert acks.current(new + old) == [7]
+    assert acks.release(old) == []
+    assert acks.release(new + old) == [7]
+
+
+def test_pubacks_leave_in_the_order_their_publishes_arrived() -> None:
+    acks = AckHandles()
+    acks.new_connection()
+    h = [acks.handle(pid) for pid in (10, 11, 12, 13, 14)]
+    assert acks.release([h[2], h[3]]) == []  # 10 and 11 are not committed yet
+    assert acks.release([h[1]]) == []
+    assert acks.release([h[0]]) == [10, 11, 12, 13]
+    assert acks.release([h[4], acks.handle(None)]) == [14]
+
+
+def test_an_abandoned_frame_is_never_acknowledged_and_does_not_hold_the_rest() -> None:
+    acks = AckHandles()
+    acks.new_connection()
+    h = [acks.handle(pid) for pid in (1, 2, 3)]
+    assert acks.release([h[1], h[2]]) == []
+    assert acks.release([h[0]], ok=False) == [2, 3]
+
+
+def test_puback_packets_are_four_bytes_each() -> None:
+    assert puback_packets([1, 0x1234]) == bytes.fromhex("40020001 40021234")
 
 
 class _Exploding:
