@@ -2,6 +2,8 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY cityflux cityflux
+COPY core core
 COPY ingest ingest
 COPY decoders decoders
 COPY device_registry device_registry

@@ -27,9 +27,10 @@ demo: $(STAMP)                 ## embedded PostgreSQL + broker, the service, a f
 test: $(STAMP) $(TSDB)         ## the whole suite against real services
 	$(PY) -m pytest -q -p no:cacheprovider
 
-lint: $(STAMP)
+lint: $(STAMP)                 ## ruff, and the import contracts: the floors run one way
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ingest.batch import TableRows
+from core.frames import TableRows
 
 Array = npt.NDArray[Any]
 I64 = npt.NDArray[np.int64]

@@ -39,7 +39,7 @@ from alerts.rules import (
 )
 from alerts.runtimes import AbsenceRuntime, AlertEvent, MachineRuntime, Services
 from alerts.traffic import Sections, SectionTracker
-from ingest.batch import TableRows
+from core.frames import TableRows
 
 log = logging.getLogger(__name__)
 Runtime = MachineRuntime | AbsenceRuntime

@@ -18,7 +18,7 @@ import numpy as np
 
 from alerts.engine import AlertEvent, Engine
 from alerts.machine import NEVER
-from ingest.batch import TableRows
+from core.frames import TableRows
 
 
 class FrameClock:

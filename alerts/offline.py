@@ -24,12 +24,12 @@ from alerts.attributes import DeviceAttributes
 from alerts.engine import AlertEvent, Engine
 from alerts.frameclock import FrameClock
 from alerts.rules import RuleSet, install_keys, load_rules
+from core.framefile import read_frames
+from core.frames import FrameBatch
+from core.yamlfile import DocumentError
 from decoders.registry import UnknownDecoderError, load_registry
 from device_registry.importer import ImportFormatError, read_devices
 from device_registry.profiles import load_profiles
-from ingest.batch import FrameBatch
-from ingest.decode_cli import read_frames
-from ingest.yamlfile import DocumentError
 
 BATCH = 10_000
 

@@ -40,8 +40,8 @@ from pydantic import (
 )
 
 from alerts.expr import ExprError, Expression, compile_expr
+from core.yamlfile import DocumentError, error_message, line_of, load_document
 from decoders.base import TableSpec
-from ingest.yamlfile import DocumentError, error_message, line_of, load_document
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}

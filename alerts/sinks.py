@@ -31,7 +31,7 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from alerts import store
-from ingest.metrics import Metrics
+from core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -28,15 +28,16 @@ import numpy.typing as npt
 import psycopg
 
 from alerts import store
+from alerts.config import AlertsConfig
 from alerts.engine import AlertEvent, Engine
 from alerts.rules import RuleSet, load_rules
 from alerts.runtimes import AbsenceRuntime, MachineRuntime
 from alerts.sinks import Dispatcher, MqttSink, Sink, WebhookSink
+from core.frames import FrameBatch
+from core.metrics import Metrics
+from core.mqtt import MqttConfig, MqttProtocol
+from core.yamlfile import DocumentError
 from decoders.base import TableSpec
-from ingest.batch import FrameBatch
-from ingest.config import AlertsConfig, MqttConfig, MqttProtocol
-from ingest.metrics import Metrics
-from ingest.yamlfile import DocumentError
 from storage.writer import TableWrite
 
 log = logging.getLogger(__name__)

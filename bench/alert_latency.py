@@ -27,8 +27,8 @@ from typing import Any
 
 import psycopg
 
-from ingest.app import Service
-from ingest.config import load_settings
+from ingest.service import Service
+from ingest.settings import load_settings
 from ingest.topics import uplink
 from simulators.publisher import publish_confirmed
 

@@ -4,8 +4,8 @@ Both are driven in the same run by the same load generator in its own process
 (:mod:`simulators.coap_client`: pre-encoded CON POSTs over 32 UDP sockets; 1,000 outstanding
 for cityflux — a thousand devices waiting for their commit's answer — and 100 for the bare
 server, its best),
-light enough not to be the bottleneck (it drives a trivial UDP echo at ~22,000 requests/s on
-this machine). Each request is one SenML JSON reading of a distinct device and time, so every
+light enough not to be the bottleneck (it drives a trivial UDP echo several times faster
+than either server). Each request is one SenML JSON reading of a distinct device and time, so every
 2.04 can be checked against the database: ``lost`` counts requests answered 2.04 whose row
 is not stored.
 """
@@ -23,8 +23,8 @@ from typing import Any
 
 import psycopg
 
-from ingest.app import Service
-from ingest.config import load_settings
+from ingest.service import Service
+from ingest.settings import load_settings
 from simulators.coap_client import send_uplinks
 from storage.embedded import free_port
 

@@ -24,7 +24,7 @@ from simulators.mqtt_publisher import BulkPublisher
 from storage.embedded import EmbeddedPostgres, free_port, reachable
 
 if TYPE_CHECKING:
-    from ingest.config import Settings
+    from ingest.settings import Settings
 
 BENCH_BROKER_CONF = MOSQUITTO_CONF + "queue_qos0_messages true\n"
 
@@ -83,7 +83,7 @@ async def drain_preloaded(settings: Settings, n: int, **fields: Any) -> tuple[fl
     """Run the service until it has taken and committed ``n`` preloaded frames: seconds from
     its first frame in flight to the last commit, and the frames it stored. ``fields`` are
     given to ``Service`` (e.g. ``decoders``)."""
-    from ingest.app import Service
+    from ingest.service import Service
 
     service = Service(settings, **fields)
     task = asyncio.create_task(service.run())

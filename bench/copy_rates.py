@@ -13,8 +13,8 @@ import time
 import numpy as np
 import psycopg
 
+from core.frames import TableRows
 from decoders.tables import ALL_TABLES, ENV_READINGS
-from ingest.batch import TableRows
 from storage.migrate import TimescaleMode, migrate
 from storage.pgbinary import encode_rows
 from storage.writer import BatchWriter, TableWrite

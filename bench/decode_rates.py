@@ -9,6 +9,7 @@ import time
 
 import cbor2
 
+from core.frames import FrameBatch
 from decoders.gbt32960 import frame as gbt32960_frame
 from decoders.gbt32960 import realtime_data as gbt32960_realtime
 from decoders.jt808 import frame as jt808_frame
@@ -17,7 +18,6 @@ from decoders.llrp import encode_report
 from decoders.nbiot_env import encode_frame
 from decoders.registry import load_registry
 from decoders.streetlight import encode_frame as streetlight_frame
-from ingest.batch import FrameBatch
 from simulators.corpus import hj212_corpus_dir
 
 BATCH = 10_000

@@ -27,11 +27,11 @@ from typing import Any
 
 import psycopg
 
+from core.frames import Decoded, FrameBatch
 from decoders.base import TableSpec
 from decoders.registry import DecoderRegistry, load_registry
 from decoders.value import DECODER as VALUE
-from ingest.batch import Decoded, FrameBatch
-from ingest.config import load_settings
+from ingest.settings import load_settings
 from ingest.topics import uplink
 from storage.migrate import TimescaleMode, migrate
 

@@ -16,11 +16,12 @@ from typing import NamedTuple
 
 import psycopg
 
-from ingest.config import MqttConfig, QoS, load_settings
-from ingest.metrics import Metrics
+from core.metrics import Metrics
+from core.mqtt import MqttConfig, QoS
 from ingest.mqtt import MqttListener
 from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pausable
+from ingest.settings import load_settings
 
 from .common import create_session, drain_preloaded, preload
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from alerts.engine import Engine
 from alerts.rules import load_rules
+from core.frames import TableRows
 from decoders.registry import load_registry
-from ingest.batch import TableRows
 
 RULES = """
 timezone: Asia/Shanghai

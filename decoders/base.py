@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ingest.batch import Decoded, FrameBatch
+from core.frames import Decoded, FrameBatch
 
 
 class ColumnType(StrEnum):

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from core.frames import FrameBatch, Reject
 from decoders.crc import crc16_ccitt_false, crc16_ccitt_false_bytes
-from ingest.batch import FrameBatch, Reject
 
 HEADER: list[tuple[str, str]] = [
     ("magic", "u1"),  # 0

@@ -22,10 +22,10 @@ import struct
 
 import numpy as np
 
+from core.frames import Decoded, FrameBatch, Reject, TableRows
 from decoders.base import NUMPY_DTYPE, Decoder, TableSpec
 from decoders.cst import cst_to_utc_us_array
 from decoders.tables import EV_STATUS, VEHICLE_POSITIONS
-from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
 HEADER = struct.Struct(">2sBB17sBH")  # "##", command, ack, VIN, encryption, length
 NO_ROWS = frozenset((0x01, 0x04, 0x05, 0x06, 0x07, 0x08))

@@ -23,11 +23,11 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
+from core.frames import Decoded, FrameBatch, Reject, TableRows
 from decoders import textscan
 from decoders.base import Decoder, TableSpec
 from decoders.cst import cst_to_utc_us
 from decoders.tables import DEVICE_STATUS, HJ212_READINGS
-from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
 DATA_CNS = frozenset((2011, 2051, 2061, 2031))
 STATUS_CNS = {2021: "DataTime", 2072: "AlarmTime"}

@@ -27,11 +27,11 @@ import struct
 
 import numpy as np
 
+from core.frames import Decoded, FrameBatch, Reject, TableRows
 from decoders.base import Decoder, TableSpec
 from decoders.cst import cst_to_utc_us
 from decoders.rows import nullable_column
 from decoders.tables import VEHICLE_POSITIONS
-from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
 _BAD_ESCAPE = re.compile(rb"\x7d(?![\x01\x02])")
 _LOCATION = struct.Struct(">IIIIHHH6s")  # alarm, status, lat, lon, alt, speed, dir, time

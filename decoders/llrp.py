@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import struct
 
+from core.frames import Decoded, FrameBatch, Reject
 from decoders.base import Decoder, TableSpec
 from decoders.tables import VEHICLE_TAG_READS
 from decoders.tagreads import TagRead, build
-from ingest.batch import Decoded, FrameBatch, Reject
 
 RO_ACCESS_REPORT = 61
 TAG_REPORT_DATA, EPC_DATA = 240, 241

@@ -20,10 +20,10 @@ import re
 import struct
 from typing import cast
 
+from core.frames import Decoded, FrameBatch, Reject
 from decoders.base import Decoder, TableSpec
 from decoders.rows import EnvReadingsBuilder
 from decoders.tables import ENV_READINGS
-from ingest.batch import Decoded, FrameBatch, Reject
 
 _PATH = re.compile(r"/(\d{1,5})(?:/(\d{1,5}))?/?$")
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from core.frames import TableRows
 from decoders.tables import ENV_READINGS
-from ingest.batch import TableRows
 
 
 def nullable_column(

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import cbor2
 
+from core.frames import Decoded, FrameBatch
 from decoders.base import Decoder, TableSpec
 from decoders.senml_json import PackError, decode_packs
 from decoders.tables import ENV_READINGS
-from ingest.batch import Decoded, FrameBatch
 
 # RFC 8428 §6, Table 6: CBOR labels of the SenML fields.
 LABELS: dict[int, str] = {

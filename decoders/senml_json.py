@@ -15,10 +15,10 @@ import math
 import re
 from collections.abc import Callable
 
+from core.frames import Decoded, FrameBatch, Reject
 from decoders.base import Decoder, TableSpec
 from decoders.rows import EnvReadingsBuilder
 from decoders.tables import ENV_READINGS
-from ingest.batch import Decoded, FrameBatch, Reject
 
 # RFC 8428 §4.5.3: values of t below 2**28 are relative to the current time.
 RELATIVE_TIME_LIMIT = 2**28

@@ -12,10 +12,10 @@ import struct
 
 import numpy as np
 
+from core.frames import Decoded, FrameBatch, TableRows
 from decoders.base import Decoder, TableSpec
 from decoders.compact import HEADER, seal, validate
 from decoders.tables import STREETLIGHT_STATUS
-from ingest.batch import Decoded, FrameBatch, TableRows
 
 MAGIC = 0xCF
 VERSION = 1

@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+from core.frames import Decoded, FrameBatch, Reject
 from decoders.base import Decoder, TableSpec
 from decoders.tables import VEHICLE_TAG_READS
 from decoders.tagreads import TagRead, build
-from ingest.batch import Decoded, FrameBatch, Reject
 
 _HEX = frozenset("0123456789ABCDEF")
 

@@ -7,9 +7,9 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from core.frames import TableRows
 from decoders.rows import nullable_column
 from decoders.tables import VEHICLE_TAG_READS
-from ingest.batch import TableRows
 
 
 class TagRead(NamedTuple):

@@ -20,10 +20,10 @@ import re
 
 import numpy as np
 
+from core.frames import Decoded, FrameBatch, Reject, TableRows
 from decoders.base import Decoder, TableSpec
 from decoders.rows import EnvReadingsBuilder
 from decoders.tables import ENV_READINGS
-from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
 MAX_PAYLOAD = 64  # bytes; a longer payload is not a plain value
 _STATES = {b"on": 1.0, b"off": 0.0, b"true": 1.0, b"false": 0.0}

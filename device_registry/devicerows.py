@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -102,3 +103,24 @@ class DeviceRows:
             {k: block.fields.get(k, empty) for k in TEXT_FIELDS},
             {k: block.numbers.get(k, nan) for k in NUMBER_FIELDS},
         )
+
+
+Progress = Callable[[int, int, str], None]
+"""Called with (done, total, what): bytes read, then rows written."""
+
+
+@dataclass(slots=True)
+class ImportResult:
+    """What an import did."""
+
+    lines: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    errors: list[LineError] = field(default_factory=list)
+
+    @property
+    def imported(self) -> int:
+        """Valid device lines (inserted, updated or already up to date)."""
+        return self.inserted + self.updated + self.unchanged

@@ -16,7 +16,6 @@ import math
 import operator
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,36 +25,17 @@ import psycopg.errors
 
 from device_registry.credentials import CredentialError, check_hash, device_salt, hash_secret
 from device_registry.csvscan import TEXT_MAX, scan_block
-from device_registry.devicerows import FIELDS, DeviceRows, LineError
+from device_registry.devicerows import FIELDS, DeviceRows, ImportResult, LineError, Progress
 from device_registry.ids import ID_RULE, id_problem
 from device_registry.upsert import stream_devices, write_devices
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TEXT_MAX = TEXT_MAX
 BLOCK_BYTES = 16 << 20  # CSV read and scanned this much at a time
-Progress = Callable[[int, int, str], None]
-"""Called with (done, total, what): bytes read, then rows written."""
 
 
 class ImportFormatError(ValueError):
     """A file whose header or format cannot be imported at all."""
-
-
-@dataclass(slots=True)
-class ImportResult:
-    """What an import did."""
-
-    lines: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    duplicates: int = 0
-    errors: list[LineError] = field(default_factory=list)
-
-    @property
-    def imported(self) -> int:
-        """Valid device lines (inserted, updated or already up to date)."""
-        return self.inserted + self.updated + self.unchanged
 
 
 class _InvalidFieldError(ValueError):

@@ -13,8 +13,8 @@ from typing import Annotated
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from core.yamlfile import DocumentError, describe, load_document
 from device_registry.resolver import UnknownDevicePolicy
-from ingest.yamlfile import DocumentError, describe, load_document
 
 _INTERVAL = r"^\s*\d+(\.\d+)?\s*(s|sec|second|min|minute|h|hour|d|day|week|mon|month|year)s?\s*$"
 

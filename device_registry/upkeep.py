@@ -9,10 +9,10 @@ import logging
 
 import psycopg
 
+from core.metrics import Metrics
+from device_registry.config import RegistryConfig
 from device_registry.lastseen import LastSeen
 from device_registry.resolver import DeviceResolver
-from ingest.config import RegistryConfig
-from ingest.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

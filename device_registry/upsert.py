@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -28,13 +27,10 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from decoders.base import Column, ColumnType
-from device_registry.devicerows import DeviceRows, LineError
+from device_registry.devicerows import DeviceRows, ImportResult, LineError, Progress
 from device_registry.index import UNKNOWN, DeviceIndex
 from device_registry.resolver import INDEX_COPY, IndexBuilder
 from storage.pgbinary import SIGNATURE, TRAILER, encode_rows, encode_stream
-
-if TYPE_CHECKING:
-    from device_registry.importer import ImportResult, Progress
 
 Conn = psycopg.Connection[tuple[object, ...]]
 T = ColumnType

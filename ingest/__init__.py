@@ -1,1 +1,2 @@
-"""cityflux ingest: configuration, transports (MQTT, CoAP), the batching pipeline, metrics, CLI."""
+"""The cityflux service: its composition root (service.py), settings, HTTP endpoint,
+transports (MQTT, CoAP) and the batching pipeline."""

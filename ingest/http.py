@@ -10,8 +10,8 @@ from typing import Any
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from core.metrics import Metrics
 from device_registry.api import registry_router
-from ingest.metrics import Metrics
 
 
 @dataclass(frozen=True)

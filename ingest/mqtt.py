@@ -14,7 +14,6 @@ not acknowledged when the process dies are redelivered by the broker (persistent
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from collections.abc import Sequence
@@ -26,10 +25,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ingest.acks import AckHandles
-from ingest.batch import Outcome
-from ingest.config import MqttConfig, MqttProtocol, QoS
-from ingest.metrics import Metrics
+from core.frames import Outcome
+from core.metrics import Metrics
+from core.mqtt import MqttConfig, MqttProtocol, QoS
+from ingest.mqtt_source import MqttSource
 from ingest.pipeline import Pipeline
 from ingest.topics import Refusal, UplinkTopic, downlink, parse_uplink, refused
 
@@ -37,20 +36,17 @@ log = logging.getLogger(__name__)
 TRANSPORT = "mqtt"
 
 
-class MqttListener:
+class MqttListener(MqttSource):
     """Subscribes to uplink topics and feeds the pipeline; an ``AckSink`` for its frames."""
 
     def __init__(self, cfg: MqttConfig, pipeline: Pipeline, metrics: Metrics) -> None:
+        super().__init__()
         self._cfg = cfg
         self._pipeline = pipeline
         self._metrics = metrics
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: socket.socket | None = None
         self._reading = False
-        self._paused = False
-        self._stopping = asyncio.Event()
-        self._connected = asyncio.Event()
-        self._acks = AckHandles()
         self._client = self._make_client()
         pipeline.add_source(self)
 
@@ -184,7 +180,7 @@ class MqttListener:
         """PUBACK the frames of a committed batch (dead-lettered ones too: they are stored),
         in arrival order; never those of an abandoned one."""
         ack = self._client.ack
-        for mid in self._acks.release(ack_ids, ok):  # in arrival order (ingest/acks.py)
+        for mid in self._acks.release(ack_ids, ok):  # in arrival order (ingest/mqtt_source.py)
             ack(mid, 1)
 
     def send_replies(self, replies: Sequence[tuple[str, bytes]]) -> None:
@@ -205,11 +201,6 @@ class MqttListener:
         """Read the socket again."""
         self._paused = False
         self._start_reading()
-
-    @property
-    def connected(self) -> bool:
-        """True while connected and subscribed."""
-        return self._connected.is_set()
 
     # -- lifecycle ------------------------------------------------------------------------
     def _connect_properties(self) -> Properties | None:
@@ -253,18 +244,6 @@ class MqttListener:
                     continue
             self._client.loop_misc()
             await self._sleep(1.0)
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-
-    async def wait_connected(self, within_s: float) -> None:
-        """Until connected and subscribed (raises TimeoutError after ``within_s``)."""
-        await asyncio.wait_for(self._connected.wait(), within_s)
-
-    def stop_reading(self) -> None:
-        """First step of a graceful stop: take no new frames (the broker keeps them)."""
-        self.pause()
 
     async def stop(self) -> None:
         """Flush pending acknowledgements, disconnect (keeping the session), end ``run``."""

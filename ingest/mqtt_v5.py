@@ -1,12 +1,11 @@
 """MQTT 5 source: an asyncio client on the ``mqtt5`` packet codec, PUBACK after commit.
 
-Why not paho for MQTT 5: on this machine paho's receive path tops out at ~17,000-35,000
-messages/s (two thirds of its time in per-message Python objects and locks), below the 50,000
-single-reading messages/s a process must ingest; ``mqtt5`` (a sans-I/O MQTT 5 codec in Rust)
-reads a PUBLISH in ~1 µs, and this module does the I/O and the session on one asyncio
-connection: 357,000 QoS 1 messages/s drained from a preloaded session, PUBACKs included
-(bench/README.md). MQTT 3.1.1 brokers (the embedded amqtt fallback) still go through paho
-(:mod:`ingest.mqtt`).
+Why not paho for MQTT 5: paho's receive path spends two thirds of its time in per-message
+Python objects and locks, and tops out far below what a process must ingest; ``mqtt5`` (a
+sans-I/O MQTT 5 codec in Rust) parses PUBLISH packets in bulk from one buffer, and this
+module does the I/O and the session on one asyncio connection (the listener's rate alone
+and end to end: ``bench/results/``). MQTT 3.1.1 brokers (the embedded amqtt fallback) still
+go through paho (:mod:`ingest.mqtt`).
 
 Behaviour, as the paho listener's: a persistent session (Session Expiry, Receive Maximum),
 subscriptions (``$share/<group>/…`` for shared ones), QoS 1 PUBACKs sent only through
@@ -29,10 +28,10 @@ from typing import Any
 
 import mqtt5
 
-from ingest.acks import AckHandles, puback_packets
-from ingest.batch import Outcome
-from ingest.config import MqttConfig, QoS
-from ingest.metrics import Metrics
+from core.frames import Outcome
+from core.metrics import Metrics
+from core.mqtt import MqttConfig, QoS
+from ingest.mqtt_source import MqttSource, puback_packets
 from ingest.pipeline import Pipeline
 from ingest.topics import Refusal, UplinkTopic, downlink, parse_uplink, refused
 
@@ -41,19 +40,16 @@ TRANSPORT = "mqtt"
 _TOPIC_CACHE = 200_000  # parsed uplink topics remembered (a topic per device and format)
 
 
-class Mqtt5Listener(asyncio.Protocol):
+class Mqtt5Listener(MqttSource, asyncio.Protocol):
     """Subscribes to uplink topics and feeds the pipeline; an ``AckSink`` for its frames."""
 
     def __init__(self, cfg: MqttConfig, pipeline: Pipeline, metrics: Metrics) -> None:
+        super().__init__()
         self._cfg = cfg
         self._pipeline = pipeline
         self._metrics = metrics
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
-        self._acks = AckHandles()
-        self._paused = False
-        self._stopping = asyncio.Event()
-        self._connected = asyncio.Event()
         self._lost: asyncio.Event = asyncio.Event()
         self._topics: dict[str, UplinkTopic | Refusal] = {}
         self._next_id = 0
@@ -231,11 +227,6 @@ class Mqtt5Listener(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
 
-    @property
-    def connected(self) -> bool:
-        """True while connected and subscribed."""
-        return self._connected.is_set()
-
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> None:
         """Connect and keep the connection (reconnecting with backoff) until ``stop``."""
@@ -282,18 +273,6 @@ class Mqtt5Listener(asyncio.Protocol):
                     self._transport.close()
             elif now - self._last_tx >= interval or (not self._paused and silent >= interval):
                 self._write(mqtt5.PingReqPacket().write())
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-
-    async def wait_connected(self, within_s: float) -> None:
-        """Until connected and subscribed (raises TimeoutError after ``within_s``)."""
-        await asyncio.wait_for(self._connected.wait(), within_s)
-
-    def stop_reading(self) -> None:
-        """First step of a graceful stop: take no new frames (the broker keeps them)."""
-        self.pause()
 
     async def stop(self) -> None:
         """Disconnect (keeping the session) and end ``run``; queued PUBACKs go first."""

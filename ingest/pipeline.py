@@ -35,13 +35,13 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
+from core.frames import AckSink, Decoded, FrameBatch, Outcome, Reject, TableRows, merge_decoded
+from core.metrics import Metrics, reason_label
 from decoders.base import Decoder
 from decoders.registry import DecoderRegistry, UnknownDecoderError
 from device_registry.ids import id_problem, shown
 from device_registry.lastseen import LastSeen
 from device_registry.resolver import DeviceResolver, Resolution
-from ingest.batch import AckSink, Decoded, FrameBatch, Outcome, Reject, TableRows, merge_decoded
-from ingest.metrics import Metrics, reason_label
 from storage.dead_letters import DeadLetters
 from storage.writer import TRANSIENT_ERRORS, BatchWriter, StorageRejectedError, TableWrite
 

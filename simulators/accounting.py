@@ -24,9 +24,9 @@ import numpy as np
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.metrics import reason_label
 from decoders.base import Column, ColumnType
 from decoders.tables import ALL_TABLES
-from ingest.metrics import reason_label
 from simulators.run import DUPLICATE, MALFORMED, VALID, Ledger, tag
 from storage.pgbinary import encode_stream
 

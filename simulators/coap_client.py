@@ -2,7 +2,7 @@
 
 Simulated devices, the demo and the bench send thousands of requests a second from one
 process; a full client stack (aiocoap) costs more per request than the server it measures
-(it handles ~2,700 requests/s here), so this client does only what an uplinking device does
+(bench/results/coap.json), so this client does only what an uplinking device does
 (RFC 7252): CON or NON POSTs with Uri-Path and Content-Format options; retransmission of
 unanswered CONs (ACK_TIMEOUT × 1–1.5, doubling, MAX_RETRANSMIT 4); empty ACKs followed by
 separate responses (which it acknowledges). Requests are spread over ``sockets`` UDP sockets

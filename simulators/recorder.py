@@ -15,7 +15,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from ingest.config import Settings
+from ingest.settings import Settings
 from simulators.recording import RecordWriter
 
 

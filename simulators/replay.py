@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from core.frames import FrameBatch
 from decoders.registry import DecoderRegistry, UnknownDecoderError
-from ingest.batch import FrameBatch
 from ingest.topics import UplinkTopic, parse_uplink
 from simulators.coap_client import CoapSender
 from simulators.models.base import content_format

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from ingest.yamlfile import DocumentError, describe, load_document
+from core.yamlfile import DocumentError, describe, load_document
 from simulators.models import MODELS, GroupContext
 
 MAX_DEVICES = 1_000_000

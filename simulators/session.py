@@ -18,10 +18,11 @@ from typing import Any
 import psycopg
 import yaml
 
+from core.mqtt import MqttProtocol
 from decoders.registry import load_registry
 from device_registry.importer import import_devices
 from device_registry.profiles import load_profiles, store
-from ingest.config import MqttProtocol, Settings
+from ingest.settings import Settings
 from simulators import replay
 from simulators.accounting import RunFacts, account, gauge, scrape_ages
 from simulators.broker_stats import dropped_messages

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.frames import FrameBatch
 from decoders.base import Column, ColumnType
-from ingest.batch import FrameBatch
 
 T = ColumnType
 COLUMNS = (

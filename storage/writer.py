@@ -31,8 +31,8 @@ import psycopg
 from psycopg import errors, sql
 from psycopg.pq import TransactionStatus
 
+from core.frames import TableRows
 from decoders.base import Column, ColumnType, TableSpec
-from ingest.batch import TableRows
 from storage import dead_letters
 from storage.pgbinary import encode_rows
 

@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 
 from decoders.nbiot_env import encode_frame
-from ingest.app import Service
-from ingest.config import Settings, load_settings
+from ingest.service import Service
+from ingest.settings import Settings, load_settings
 from ingest.topics import uplink
 from simulators.publisher import publish_confirmed
 
@@ -80,7 +80,7 @@ def service_env(settings: Settings) -> dict[str, str]:
 def start_serve(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     """`cityflux serve` as a real subprocess (for SIGKILL / SIGTERM tests)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "ingest", "serve"],
+        [sys.executable, "-m", "cityflux", "serve"],
         env=service_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=log.open("ab"),

@@ -19,7 +19,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from typer.testing import CliRunner
 
-from ingest.cli import app
+from cityflux.cli import app
 from storage.embedded import free_port, reachable
 
 MOSQUITTO = shutil.which("mosquitto")

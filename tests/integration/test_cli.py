@@ -11,7 +11,7 @@ from pathlib import Path
 from decoders.nbiot_env import encode_frame
 from tests.helpers import query
 
-CLI = [sys.executable, "-m", "ingest"]
+CLI = [sys.executable, "-m", "cityflux"]
 
 
 def _run(

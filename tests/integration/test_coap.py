@@ -19,7 +19,7 @@ from aiocoap import oscore
 from aiocoap.numbers.codes import Code
 
 from decoders.hj212 import frame as hj212_frame
-from ingest.app import Service
+from ingest.service import Service
 from tests.helpers import api_call, env_frame, query, running, settings_for, wait_until
 
 T0 = 1_767_225_600

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import psycopg
 
+from core.frames import Decoded, FrameBatch
 from decoders.base import TableSpec
 from decoders.nbiot_env import DECODER as NBIOT
 from decoders.nbiot_env import encode_frame
 from decoders.registry import DecoderRegistry, load_registry
-from ingest.batch import Decoded, FrameBatch
 from ingest.topics import uplink
 from storage.migrate import TimescaleMode, migrate
 from tests.helpers import (

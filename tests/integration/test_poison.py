@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.frames import FrameBatch
 from decoders.registry import load_registry
-from ingest.batch import FrameBatch
 from ingest.topics import uplink
 from simulators.models import MODELS
 from simulators.models.base import GroupContext

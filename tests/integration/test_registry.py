@@ -13,8 +13,8 @@ from typing import Any
 
 from typer.testing import CliRunner
 
+from cityflux.cli import app
 from decoders.hj212 import frame as hj212_frame
-from ingest.cli import app
 from ingest.topics import uplink
 from tests.helpers import (
     api_call,

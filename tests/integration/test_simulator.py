@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from decoders.registry import load_registry
-from ingest.config import Settings
+from ingest.settings import Settings
 from simulators.corpus import hj212_corpus_dir
 from simulators.recording import read_frames
 from simulators.run import FleetRun, Target
@@ -201,7 +201,7 @@ def test_fleet_files_are_what_the_registry_imports(pg_url: str, tmp_path: Path) 
     env = {**os.environ, "CITYFLUX_DATABASE__URL": pg_url}
 
     def cli(*args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "ingest", *args], env=env, check=False,
+        out = subprocess.run([sys.executable, "-m", "cityflux", *args], env=env, check=False,
                              capture_output=True, text=True, timeout=120)  # fmt: skip
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout
@@ -238,7 +238,7 @@ async def test_ctrl_c_stops_the_fleet_and_still_prints_the_report(
         env = service_env(settings)
         env["CITYFLUX_HTTP__PORT"] = str(svc.http_port)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ingest", "simulate", str(scenario_file), "--register",
+            [sys.executable, "-m", "cityflux", "simulate", str(scenario_file), "--register",
              "--json", "-q"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip

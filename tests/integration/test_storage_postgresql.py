@@ -6,8 +6,8 @@ import numpy as np
 import psycopg
 import pytest
 
+from core.frames import FrameBatch, TableRows
 from decoders.tables import ALL_TABLES, ENV_READINGS
-from ingest.batch import FrameBatch, TableRows
 from storage.ddl import Backend
 from storage.dead_letters import DeadLetters
 from storage.migrate import MigrationError, TimescaleMode, load_migrations, migrate

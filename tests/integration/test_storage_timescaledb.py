@@ -11,8 +11,8 @@ import psycopg
 
 from alerts import store
 from alerts.runtimes import AlertEvent
+from core.frames import TableRows
 from decoders.tables import ALL_TABLES, ENV_READINGS
-from ingest.batch import TableRows
 from storage.ddl import Backend
 from storage.migrate import TimescaleMode, migrate
 from storage.writer import BatchWriter, TableWrite, WriteMethod

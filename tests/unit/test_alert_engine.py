@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 
 from alerts.engine import Engine
 from alerts.rules import load_rules
+from cityflux.cli import app
+from core.frames import TableRows
+from core.yamlfile import DocumentError
 from decoders.gbt32960 import frame as gbt_frame
 from decoders.gbt32960 import realtime_data
 from decoders.hj212 import frame as hj212_frame
 from decoders.registry import load_registry
-from ingest.batch import TableRows
-from ingest.cli import app
-from ingest.yamlfile import DocumentError
 
 TABLES = {t.name: t for t in load_registry().tables()}
 EXAMPLES = Path(__file__).parents[2] / "alerts" / "examples"
@@ -161,8 +161,8 @@ def test_air_quality_example_fires_on_a_pollution_episode_only(tmp_path: Path) -
 
 def test_ev_example_fires_on_alarm_level_and_cell_spread() -> None:
     engine = Engine(load_rules(EXAMPLES / "ev.yaml", TABLES))
+    from core.frames import FrameBatch
     from decoders.gbt32960 import DECODER
-    from ingest.batch import FrameBatch
 
     b = FrameBatch("gbt32960", "t")
     b.append(gbt_frame(0x02, "LSVAU2180N0000001", realtime_data()), "t", "", "", 0)

@@ -10,13 +10,13 @@ from typing import Any
 
 from typer.testing import CliRunner
 
+from cityflux.cli import app
 from decoders.gbt32960 import frame as gbt_frame
 from decoders.gbt32960 import realtime_data
 from decoders.hj212 import frame as hj212_frame
 from decoders.jt808 import frame as jt808_frame
 from decoders.jt808 import location_body
 from decoders.streetlight import encode_frame as streetlight_frame
-from ingest.cli import app
 
 EXAMPLES = Path(__file__).parents[2] / "alerts" / "examples"
 

@@ -16,9 +16,9 @@ from alerts import aqi as hj633
 from alerts.engine import Engine
 from alerts.rules import load_rules
 from alerts.solar import is_daylight, sun_elevation
+from core.frames import TableRows
+from core.yamlfile import DocumentError
 from decoders.registry import load_registry
-from ingest.batch import TableRows
-from ingest.yamlfile import DocumentError
 
 TABLES = {t.name: t for t in load_registry().tables()}
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z

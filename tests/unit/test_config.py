@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.config import ConfigError, QoS, load_settings
-from ingest.config_doc import example_toml, markdown_table
+from cityflux.config_doc import example_toml, markdown_table
+from core.mqtt import QoS
+from ingest.settings import ConfigError, load_settings
 
 EXAMPLE = Path(__file__).parents[2] / "deploy" / "cityflux.example.toml"
 
@@ -59,7 +60,7 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
 
 def test_shipped_example_config_is_current_and_its_values_are_the_defaults(tmp_path: Path) -> None:
     text = EXAMPLE.read_text()
-    assert text == example_toml(), "run: python -m ingest.config_doc"
+    assert text == example_toml(), "run: python -m cityflux.config_doc"
     assert load_settings(EXAMPLE) == load_settings()
     uncommented = tmp_path / "all.toml"
     uncommented.write_text(
@@ -78,4 +79,4 @@ def test_shipped_example_config_is_current_and_its_values_are_the_defaults(tmp_p
 
 def test_readme_configuration_table_is_current() -> None:
     readme = (EXAMPLE.parents[1] / "README.md").read_text()
-    assert markdown_table() in readme, "run: python -m ingest.config_doc"
+    assert markdown_table() in readme, "run: python -m cityflux.config_doc"

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.frames import FrameBatch
 from decoders.gbt32960 import frame as gbt32960_frame
 from decoders.gbt32960 import realtime_data as gbt32960_realtime
 from decoders.hj212 import frame as hj212_frame
@@ -19,7 +20,6 @@ from decoders.llrp import encode_report
 from decoders.nbiot_env import encode_frame
 from decoders.registry import load_registry
 from decoders.streetlight import encode_frame as streetlight_frame
-from ingest.batch import FrameBatch
 
 REGISTRY = load_registry()
 VALID = {

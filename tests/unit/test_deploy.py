@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ingest.config import load_settings
-from ingest.metrics import Metrics
+from core.metrics import Metrics
+from ingest.settings import load_settings
 
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"
@@ -82,21 +82,15 @@ def test_compose_environment_is_a_valid_cityflux_configuration(
 def test_dockerfile_runs_the_console_script_as_non_root_with_a_healthcheck() -> None:
     text = (ROOT / "Dockerfile").read_text()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["cityflux"] == "ingest.cli:app"
+    assert project["scripts"]["cityflux"] == "cityflux.cli:app"
     assert 'ENTRYPOINT ["cityflux"]' in text
     assert 'CMD ["serve"]' in text
     assert re.search(r"^USER cityflux$", text, re.M)
     assert "http://127.0.0.1:9108/healthz" in text
     packages = set(re.findall(r"^COPY (\w+) \1$", text, re.M))
-    assert packages == {
-        "ingest",
-        "decoders",
-        "device_registry",
-        "storage",
-        "alerts",
-        "simulators",
-        "bench",
-    }
+    shipped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert packages == {p.rstrip("*") for p in shipped["packages"]["find"]["include"]}
+    assert {"cityflux", "core", "ingest"} <= packages
 
 
 def test_mosquitto_config_keeps_frames_for_a_stopped_consumer() -> None:

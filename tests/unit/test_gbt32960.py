@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from core.frames import FrameBatch
 from decoders.gbt32960 import DECODER, frame
 from decoders.gbt32960 import realtime_data as realtime
-from ingest.batch import FrameBatch
 
 VIN = "LSVAU2180N2183294"
 TIME = bytes([26, 1, 1, 8, 30, 0])  # 2026-01-01 08:30:00 UTC+8, as realtime() uses

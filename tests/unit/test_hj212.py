@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
+from core.frames import FrameBatch
 from decoders.hj212 import DECODER, crc_hj212, crc_hj212_batch, frame
-from ingest.batch import FrameBatch
 from simulators.corpus import hj212_corpus_dir
 
 # HJ 212-2017 annex example, as quoted in shared/corpora/hj212/README.md.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from core.frames import Decoded, FrameBatch
 from decoders.streetlight import DECODER as STREETLIGHT
 from decoders.streetlight import encode_frame as streetlight_frame
-from ingest.acks import NO_ACK, AckHandles, puback_packets
-from ingest.batch import Decoded, FrameBatch
+from ingest.mqtt_source import NO_ACK, AckHandles, puback_packets
 from ingest.pipeline import Stage, StageError, _split, decode_apart
 
 

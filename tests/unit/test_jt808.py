@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
+from core.frames import FrameBatch
 from decoders.jt808 import DECODER, escape, frame, location_body, unescape
-from ingest.batch import FrameBatch
 
 PHONE = "13800138000"
 BODY = location_body(

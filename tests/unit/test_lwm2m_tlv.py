@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
+from core.frames import FrameBatch
 from decoders.lwm2m_tlv import DECODER, parse
-from ingest.batch import FrameBatch
 
 # OMA-TS-LightweightM2M-V1_0 §6.4.3.1, the Device object (single instance) example:
 # manufacturer, model, serial, firmware, power sources [1, 5], voltages [3800, 5000] mV,

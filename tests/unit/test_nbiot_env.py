@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.frames import FrameBatch
 from decoders.compact import imei_bytes
 from decoders.crc import crc16_ccitt_false_bytes
 from decoders.nbiot_env import DECODER, FRAME, encode_frame
-from ingest.batch import FrameBatch
 
 IMEI = 861234567890123
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from alerts import offline
-from ingest.cli import app
+from cityflux.cli import app
 
 EXAMPLES = Path(__file__).parents[2] / "alerts" / "examples"
 T8 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)

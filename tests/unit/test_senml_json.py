@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from core.frames import FrameBatch
 from decoders.senml_json import DECODER
-from ingest.batch import FrameBatch
 
 RECEIVED_US = 1_700_000_000_000_000
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.yamlfile import DocumentError
+from core.yamlfile import DocumentError
 from simulators.accounting import quantiles
 from simulators.coap_client import max_age_s
 from simulators.recording import RecordingError, RecordWriter, read_frames

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.frames import FrameBatch
 from decoders.registry import load_registry
-from ingest.batch import FrameBatch
 from simulators.keyed import uniform
 from simulators.models import MODELS, GroupContext
 from simulators.run import _corrupt

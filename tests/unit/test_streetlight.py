@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from core.frames import FrameBatch
 from decoders.crc import crc16_ccitt_false_bytes
 from decoders.streetlight import DECODER, FAULT_LAMP, FAULT_RELAY, FRAME, encode_frame
-from ingest.batch import FrameBatch
 
 IMEI = 861234567890124
 

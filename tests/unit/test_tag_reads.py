@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from core.frames import FrameBatch
 from decoders.llrp import DECODER as LLRP
 from decoders.llrp import encode_report
 from decoders.tagread_json import DECODER as JSON_EVENTS
-from ingest.batch import FrameBatch
 
 READ = {
     "epc": "300833B2DDD9014000000001",

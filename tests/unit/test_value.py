@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.frames import FrameBatch
 from decoders.value import DECODER, MAX_PAYLOAD, PlainValueError, parse_value
-from ingest.batch import FrameBatch
 
 TOPIC = "cityflux/up/env/esp-1/value/temperature"
 

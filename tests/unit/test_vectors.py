@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cityflux.decode import describe
 from decoders.registry import load_registry
-from ingest.decode_cli import describe
 
 VECTORS = Path(__file__).parents[1] / "vectors"
 README = Path(__file__).parents[2] / "decoders" / "README.md"

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import Annotated, Any
 
 import numpy as np
+import typer
 
+from core.framefile import read_frames
+from core.frames import FrameBatch
 from decoders.base import ColumnType, Decoder
 from decoders.registry import UnknownDecoderError, load_registry
-from ingest.batch import FrameBatch
 
 
 def _value(v: Any) -> Any:
@@ -63,23 +65,6 @@ def describe(
     ]
 
 
-def read_frames(source: str, hex_input: bool) -> tuple[list[bytes], dict[int, str]]:
-    """One frame per line of ``source`` (a file or ``-``), and the lines that are bad hex."""
-    stream: IO[bytes] = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
-    frames: list[bytes] = []
-    bad_hex: dict[int, str] = {}
-    with stream:
-        for n, line in enumerate(stream):
-            raw = line.rstrip(b"\r\n")
-            if hex_input:
-                try:
-                    raw = bytes.fromhex(raw.decode("ascii"))
-                except ValueError as exc:
-                    bad_hex[n] = f"hex_invalid: {exc}"
-            frames.append(raw)
-    return frames, bad_hex
-
-
 def run_decode(fmt: str, source: str, hex_input: bool, path: str = "cli", device: str = "") -> int:
     """Decode each line of ``source``; print results; return the exit code."""
     try:
@@ -102,3 +87,14 @@ def run_decode(fmt: str, source: str, hex_input: bool, path: str = "cli", device
         file=sys.stderr,
     )
     return 0
+
+
+def decode(
+    fmt: Annotated[str, typer.Option("--format", "-f", help="decoder name")],
+    source: Annotated[str, typer.Argument(help="file with one frame per line, or -")] = "-",
+    hex_input: Annotated[bool, typer.Option("--hex", help="lines are hex-encoded bytes")] = False,
+    path: Annotated[str, typer.Option(help="source path, e.g. /3303/0 for lwm2m-tlv")] = "cli",
+    device: Annotated[str, typer.Option(help="device id the transport would name")] = "",
+) -> None:
+    """Decode frames (one per line) and print one JSON object per frame."""
+    raise typer.Exit(run_decode(fmt, source, hex_input, path, device))

@@ -13,17 +13,18 @@ from typing import TYPE_CHECKING
 import psycopg
 import uvicorn
 
+from core.metrics import Metrics
+from core.mqtt import MqttProtocol
 from decoders.registry import DecoderRegistry, load_registry
 from device_registry.resolver import DeviceResolver
 from device_registry.upkeep import run_upkeep
 from ingest.coap import CoapListener
 from ingest.coap_oscore import DeviceKeyStore
-from ingest.config import CoapMode, MqttProtocol, Settings
 from ingest.http import AlertsApi, create_app
-from ingest.metrics import Metrics
 from ingest.mqtt import MqttListener
 from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pipeline
+from ingest.settings import CoapMode, Settings
 from storage.ddl import Backend
 from storage.migrate import migrate
 from storage.writer import BatchWriter, RetryPolicy

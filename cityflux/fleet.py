@@ -16,7 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ingest.config import Settings
+from cityflux.common import print_report, settings_of
+from ingest.settings import Settings
 
 ConfigOpt = Annotated[
     Path | None,
@@ -25,8 +26,6 @@ ConfigOpt = Annotated[
 
 
 def _settings(config: Path | None) -> Settings:
-    from ingest.cli import _settings as settings_of
-
     return settings_of(config, "WARNING")
 
 
@@ -84,18 +83,6 @@ def _ctrl_c() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _print_report(report: dict[str, Any], as_json: bool) -> None:
-    from simulators.accounting import render
-
-    if as_json:
-        typer.echo(json.dumps(report))
-        return
-    typer.echo(
-        f"scenario {report['scenario']} (seed {report['seed']}): {report['devices']:,} devices"
-    )
-    typer.echo(render(report))
-
-
 def simulate(
     scenario_file: Annotated[Path, typer.Argument(help="scenario YAML")],
     config: ConfigOpt = None,
@@ -114,7 +101,7 @@ def simulate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Run a simulated fleet against the configured cityflux and account for every frame."""
-    from ingest.yamlfile import DocumentError
+    from core.yamlfile import DocumentError
     from simulators.run import FleetRun
     from simulators.scenario import load_scenario
     from simulators.session import run_scenario, target_of, write_fleet
@@ -158,7 +145,7 @@ def simulate(
             should_stop=stop.is_set,
             on_wait=on_wait,
         )
-    _print_report(report, as_json)
+    print_report(report, as_json)
     if report["lost"]:
         raise typer.Exit(1)
 
@@ -245,10 +232,3 @@ def record(
             on_start=lambda f: typer.echo(f"recording {f} to {out} (Ctrl-C stops)", err=True),
         )
     typer.echo(f"{n:,} frames recorded to {out}")
-
-
-def register_commands(app: typer.Typer) -> None:
-    """Add the fleet commands to the ``cityflux`` app."""
-    app.command()(simulate)
-    app.command()(replay)
-    app.command()(record)

@@ -14,13 +14,15 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from ingest.app import Service
+import typer
+
+from cityflux.common import ConfigOpt, Transport, print_report, settings_of
+from core.mqtt import MqttProtocol
 from ingest.broker import EmbeddedBroker
-from ingest.config import ENV_PREFIX, CoapMode, MqttProtocol, Settings
+from ingest.settings import ENV_PREFIX, CoapMode, Settings
 from simulators.scenario import Scenario, load_scenario
-from simulators.session import run_scenario
 from storage.embedded import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
@@ -89,10 +91,14 @@ def demo_scenario(
 def _fleet(scenario: Scenario, settings: Settings, metrics_port: int) -> dict[str, Any]:
     """The fleet's side, in its own process: register, run, account."""
     logging.basicConfig(level=logging.WARNING)
+    from simulators.session import run_scenario  # the fleet's stack, loaded when it runs
+
     return run_scenario(scenario, settings, do_register=True, metrics_port=metrics_port)
 
 
 async def _run(settings: Settings, scenario: Scenario) -> dict[str, Any]:
+    from ingest.service import Service  # the service's stack, loaded when it runs
+
     service = Service(settings)
     task = asyncio.create_task(service.run(), name="demo.service")
     started = asyncio.ensure_future(service.started.wait())
@@ -138,3 +144,34 @@ def run_demo(
         report = asyncio.run(_run(settings, scenario))
         report["database"], report["broker"] = env.database, env.broker
         return report
+
+
+def demo(
+    config: ConfigOpt = None,
+    scenario: Annotated[
+        Path | None, typer.Option(help="scenario YAML (default: simulators/scenarios/demo.yaml)")
+    ] = None,
+    duration: Annotated[float | None, typer.Option(help="seconds of device time to send")] = None,
+    rate: Annotated[float | None, typer.Option(help="cap on the fleet's frames per second")] = None,
+    transport: Annotated[
+        Transport | None, typer.Option(help="send every group over mqtt (QoS 1) or coap (CON)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="keep the embedded services here")] = None,
+) -> None:
+    """Embedded PostgreSQL and broker, the service, a simulated city; the loss accounting."""
+    from core.yamlfile import DocumentError
+
+    settings = settings_of(config)
+    try:
+        sc = demo_scenario(scenario, duration, rate, transport.value if transport else None)
+    except (DocumentError, ValueError) as exc:
+        typer.echo(f"cityflux: {exc}", err=True)
+        raise typer.Exit(2) from None
+    logging.getLogger().setLevel(logging.WARNING)
+    report = run_demo(settings, config, sc, data_dir)
+    print_report(report, as_json)
+    if not as_json:
+        typer.echo(f"database: {report['database']}; broker: {report['broker']}")
+    if report["lost"]:
+        raise typer.Exit(1)

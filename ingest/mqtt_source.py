@@ -1,4 +1,5 @@
-"""MQTT acknowledgements for both listeners: released in arrival order, never across reconnects.
+"""What both MQTT listeners share: their lifecycle, and acknowledgements released in arrival
+order, never across reconnects.
 
 A QoS 1 frame is acknowledged (PUBACK) only after its batch committed. Two rules shape how:
 
@@ -20,6 +21,8 @@ per frame at receipt.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -105,3 +108,36 @@ def puback_packets(packet_ids: Sequence[int]) -> bytes:
     out[:, 0], out[:, 1] = 0x40, 0x02
     out[:, 2], out[:, 3] = ids >> 8, ids & 0xFF
     return out.tobytes()
+
+
+class MqttSource:
+    """The lifecycle both listeners share: connected/stopping events, ack handles, pausing
+    state, and the waits. Subclasses do the protocol (paho, or the mqtt5 codec)."""
+
+    def __init__(self) -> None:
+        self._acks = AckHandles()
+        self._paused = False
+        self._stopping = asyncio.Event()
+        self._connected = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        """True while connected and subscribed."""
+        return self._connected.is_set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, or less if the listener is stopped meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def wait_connected(self, within_s: float) -> None:
+        """Until connected and subscribed (raises TimeoutError after ``within_s``)."""
+        await asyncio.wait_for(self._connected.wait(), within_s)
+
+    def pause(self) -> None:
+        """Stop reading new frames (the broker keeps them)."""
+        raise NotImplementedError
+
+    def stop_reading(self) -> None:
+        """First step of a graceful stop: take no new frames (the broker keeps them)."""
+        self.pause()

@@ -1,4 +1,6 @@
-"""Configuration: one pydantic model per stage, read from a TOML file and CITYFLUX_* variables.
+"""The service's settings: each component's config model, composed, read from a TOML file and
+CITYFLUX_* variables (each model lives beside its component, as Vector keeps each
+component's configuration with it).
 
 Precedence: environment over file over defaults. Nested fields use ``__`` in variable names
 (``CITYFLUX_MQTT__HOST``). Validation never touches the network. An invalid value fails at
@@ -9,16 +11,19 @@ from __future__ import annotations
 
 import os
 import tomllib
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from alerts.config import AlertsConfig
+from core.config import Section
+from core.mqtt import MqttConfig
+from device_registry.config import RegistryConfig
 from device_registry.resolver import UnknownDevicePolicy
-from storage.migrate import TimescaleMode
-from storage.writer import WriteMethod
+from storage.config import DatabaseConfig
 
 ENV_PREFIX = "CITYFLUX_"
 ENV_NESTED = "__"
@@ -26,66 +31,6 @@ ENV_NESTED = "__"
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the field and its source."""
-
-
-class MqttProtocol(StrEnum):
-    """MQTT protocol version spoken to the broker."""
-
-    V5 = "5"
-    V311 = "3.1.1"
-
-
-class QoS(IntEnum):
-    """Subscription quality of service (QoS 1 = at least once, acked after commit)."""
-
-    AT_MOST_ONCE = 0
-    AT_LEAST_ONCE = 1
-
-
-class Section(BaseModel):
-    """Base for config sections: unknown keys are errors, values validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class MqttConfig(Section):
-    """MQTT source: broker address, subscription and session."""
-
-    host: str = Field("127.0.0.1", description="broker host")
-    port: int = Field(1883, ge=1, le=65535, description="broker TCP port")
-    username: str | None = Field(None, description="broker user name")
-    password: SecretStr | None = Field(None, description="broker password")
-    client_id: str = Field(
-        "cityflux-ingest-1",
-        min_length=1,
-        max_length=128,
-        description="client id; the persistent session is keyed by it",
-    )
-    protocol: MqttProtocol = Field(MqttProtocol.V5, description="MQTT protocol version")
-    topics: list[str] = Field(
-        ["cityflux/up/+/+/+/#"],
-        min_length=1,
-        description="uplink subscriptions (kind/device/format levels, then an LwM2M object path)",
-    )
-    qos: QoS = Field(QoS.AT_LEAST_ONCE, description="subscription QoS")
-    shared_group: str | None = Field(
-        None,
-        pattern=r"^[^/#+$]+$",
-        description="MQTT 5 shared-subscription group: workers in one group split the stream",
-    )
-    session_expiry_s: int = Field(
-        86_400,
-        ge=0,
-        description="broker keeps the session (and queued frames) this long; 0 = clean session",
-    )
-    keepalive_s: int = Field(30, ge=5, le=65535, description="MQTT keep-alive interval")
-    receive_maximum: int = Field(
-        65_535,
-        ge=1,
-        le=65_535,
-        description="QoS 1 messages the broker may have unacknowledged with us (MQTT 5)",
-    )
-    reconnect_max_s: float = Field(10.0, gt=0, description="longest wait between reconnects")
 
 
 class CoapMode(StrEnum):
@@ -127,22 +72,6 @@ class CoapConfig(Section):
     )
 
 
-class DatabaseConfig(Section):
-    """PostgreSQL / TimescaleDB sink."""
-
-    url: SecretStr = Field(
-        SecretStr("postgresql://postgres@127.0.0.1:5432/postgres"),
-        description="libpq connection URL",
-    )
-    timescaledb: TimescaleMode = Field(
-        TimescaleMode.AUTO, description="use TimescaleDB: auto, require, off"
-    )
-    write_method: WriteMethod = Field(WriteMethod.COPY, description="copy or insert")
-    writers: int = Field(2, ge=1, le=32, description="parallel writer connections")
-    retry_initial_ms: int = Field(100, ge=1, description="first backoff after a lost connection")
-    retry_max_ms: int = Field(5_000, ge=1, description="longest backoff")
-
-
 class PipelineConfig(Section):
     """Batching and backpressure."""
 
@@ -160,59 +89,6 @@ class PipelineConfig(Section):
     unknown_devices: UnknownDevicePolicy = Field(
         UnknownDevicePolicy.AUTO_PROVISION, description="reject or auto-provision unknown devices"
     )
-
-
-class RegistryConfig(Section):
-    """Device registry: following changes, last seen, online status."""
-
-    refresh_s: float = Field(
-        30.0, gt=0, description="poll for device changes this often (NOTIFY wakes it sooner)"
-    )
-    last_seen_flush_s: float = Field(
-        5.0, gt=0, description="write devices' last-seen times in one UPDATE this often"
-    )
-    status_interval_s: float = Field(
-        300.0,
-        ge=0,
-        description="refresh the online/offline gauges this often (scans the registry; 0 = never)",
-    )
-
-
-class AlertsConfig(Section):
-    """The rules engine and where alerts are delivered."""
-
-    rules_file: Path | None = Field(None, description="alert rules (YAML); unset = no rules engine")
-    reload_check_s: float = Field(
-        2.0, gt=0, description="look for a changed rules file this often (SIGHUP: at once)"
-    )
-    tick_s: float = Field(
-        5.0, gt=0, description="check offline devices and clear_after this often (wall clock)"
-    )
-    checkpoint_s: float = Field(
-        60.0, gt=0, description="save the engine's state (pending conditions…) this often"
-    )
-    mqtt_topic_prefix: str = Field(
-        "cityflux/alerts",
-        description="publish alert events under <prefix>/<severity>/<rule>/<subject>; '' = off",
-    )
-    mqtt_qos: QoS = Field(QoS.AT_LEAST_ONCE, description="QoS of published alert events")
-    webhook_urls: list[str] = Field(
-        default_factory=list, description="POST alert events to these URLs (JSON)"
-    )
-    webhook_secret: SecretStr | None = Field(
-        None, description="sign webhook bodies: X-Cityflux-Signature: sha256=<HMAC>"
-    )
-    webhook_timeout_s: float = Field(10.0, gt=0, description="webhook request timeout")
-    retry_initial_ms: int = Field(1_000, ge=1, description="first delivery retry backoff")
-    retry_max_ms: int = Field(300_000, ge=1, description="longest delivery retry backoff")
-
-    @field_validator("webhook_urls")
-    @classmethod
-    def _urls(cls, v: list[str]) -> list[str]:
-        for url in v:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"{url!r} is not an http:// or https:// URL")
-        return v
 
 
 class HttpConfig(Section):

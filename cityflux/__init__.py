@@ -1,0 +1,1 @@
+"""The ``cityflux`` command line: one module per command group, on top of everything."""

@@ -1,0 +1,5 @@
+"""``python -m cityflux`` is the ``cityflux`` command."""
+
+from cityflux.cli import app
+
+app()

@@ -1,0 +1,23 @@
+"""The device registry's configuration (``[registry]``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from core.config import Section
+
+
+class RegistryConfig(Section):
+    """Device registry: following changes, last seen, online status."""
+
+    refresh_s: float = Field(
+        30.0, gt=0, description="poll for device changes this often (NOTIFY wakes it sooner)"
+    )
+    last_seen_flush_s: float = Field(
+        5.0, gt=0, description="write devices' last-seen times in one UPDATE this often"
+    )
+    status_interval_s: float = Field(
+        300.0,
+        ge=0,
+        description="refresh the online/offline gauges this often (scans the registry; 0 = never)",
+    )

@@ -1,5 +1,0 @@
-"""``python -m ingest`` is the ``cityflux`` command."""
-
-from ingest.cli import app
-
-app()
