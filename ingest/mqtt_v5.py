@@ -51,7 +51,8 @@ class Mqtt5Listener(MqttSource, asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._lost: asyncio.Event = asyncio.Event()
-        self._topics: dict[str, UplinkTopic | Refusal] = {}
+        self._topics: dict[str, UplinkTopic] = {}
+        self._refusals: dict[str, Refusal] = {}
         self._next_id = 0
         self._last_rx = 0.0
         self._last_tx = 0.0
@@ -105,9 +106,13 @@ class Mqtt5Listener(MqttSource, asyncio.Protocol):
         pos = 0
         submit = self._pipeline.submit
         largest = self._pipeline.max_frame_bytes
-        topics = self._topics
-        tag, base = self._acks.tag, self._acks.base
+        topics, refusals = self._topics, self._refusals
         arrivals = self._acks.packet_ids
+        arrival = self._acks.base + len(arrivals)
+        tag = self._acks.tag
+        # the hot path: a few tens of ns per frame beyond parsing and submit (a packet no
+        # longer than max_frame_bytes has a payload no longer either; refused topics are
+        # cached apart, so a valid one costs one dict look-up)
         try:
             while True:
                 try:
@@ -117,26 +122,31 @@ class Mqtt5Listener(MqttSource, asyncio.Protocol):
                 pos += used
                 if type(pkt) is mqtt5.PublishPacket:
                     topic = pkt.topic
-                    if topic in topics:
-                        levels = topics[topic]
-                    else:
-                        if len(topics) > _TOPIC_CACHE:
+                    levels = topics.get(topic)
+                    if levels is None and topic not in refusals:
+                        if len(topics) + len(refusals) > _TOPIC_CACHE:
                             topics.clear()
-                        levels = topics[topic] = parse_uplink(topic)
+                            refusals.clear()
+                        parsed = parse_uplink(topic)
+                        if isinstance(parsed, UplinkTopic):
+                            levels = topics[topic] = parsed
+                        else:
+                            refusals[topic] = parsed
                     pid = pkt.packet_id
                     if pid is None:
-                        ack = -1
+                        ack, dup = -1, False
                     else:  # AckHandles.handle, inlined
-                        ack = tag | (base + len(arrivals))
+                        ack, dup = tag | arrival, pkt.duplicate
+                        arrival += 1
                         arrivals.append(pid)
                     payload = pkt.payload
-                    if type(levels) is UplinkTopic and len(payload) <= largest:
+                    if levels is not None and (used <= largest or len(payload) <= largest):
                         kind, device, fmt, _ = levels
-                        submit(
-                            fmt, TRANSPORT, self, payload, topic, device, kind, ack, pkt.duplicate
-                        )
+                        submit(fmt, TRANSPORT, self, payload, topic, device, kind, ack, dup)
                     else:
-                        reason, fmt, device = refused(levels, len(payload), largest)
+                        reason, fmt, device = refused(
+                            levels or refusals[topic], len(payload), largest
+                        )
                         self._pipeline.refuse(
                             reason, fmt, TRANSPORT, self, payload[:largest], topic, device, ack
                         )

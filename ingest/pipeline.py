@@ -198,11 +198,23 @@ class Pipeline:
     ) -> None:
         """Take one frame (called by sources on the loop thread; never blocks).
         ``redelivered``: the transport delivered it before (MQTT DUP), a first suspect."""
-        batch = self._slot(fmt, transport, ack_sink)
+        # the hot path: one call per frame, kept flat (refuse() shares _slot and _added)
+        key = (fmt, transport)
+        slot = self._open.get(key)
+        if slot is None:
+            slot = self._open[key] = _Open(
+                FrameBatch(fmt, transport, ack_sink=ack_sink), time.monotonic()
+            )
+        batch = slot.batch
         if redelivered:
             batch.redelivered.append(len(batch))
         batch.append(payload, source, device, kind, time.time_ns() // 1000, ack_id)
-        self._added(fmt, transport, batch)
+        self._inflight += 1
+        self._idle.clear()
+        if len(batch) >= self._max_frames:
+            self._seal(key)
+        if self._inflight >= self._max_inflight and not self._paused:
+            self._set_paused(True)
 
     def refuse(
         self,
