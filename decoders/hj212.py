@@ -17,6 +17,7 @@ step per byte position); the data segment is then parsed per frame into columns.
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 
@@ -26,6 +27,7 @@ import numpy.typing as npt
 from decoders import textscan
 from decoders.base import Decoder, TableSpec
 from decoders.cst import cst_to_utc_us
+from decoders.limits import LimitError, not_finite, text_problem
 from decoders.tables import DEVICE_STATUS, HJ212_READINGS
 from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
@@ -130,7 +132,10 @@ def crc_hj212_batch(segments: list[bytes]) -> npt.NDArray[np.uint16]:
 
 def frame(segment: str) -> bytes:
     """A complete frame for a data segment: header, CRC and CR LF."""
-    raw = segment.encode("ascii")
+    return _frame_bytes(segment.encode("ascii"))
+
+
+def _frame_bytes(raw: bytes) -> bytes:
     return b"##%04d%s%04X\r\n" % (len(raw), raw, crc_hj212(raw))
 
 
@@ -144,6 +149,21 @@ def _utc_us(stamp: str) -> int:
     ms = int(stamp[14:17]) if len(stamp) == 17 else 0
     t = cst_to_utc_us(y, mo, d, h, mi, s)
     return -1 if t is None else t + ms * 1000
+
+
+def _text_problem(segment: bytes) -> str:
+    """The reject reason when text bound for a TEXT column (the CP section's codes, fields
+    and flags, the MN) is not UTF-8 or holds a NUL; other header fields are not stored (real
+    stations send e.g. ``ST=\\0\\0``), so they may. Two C-level scans on a clean segment."""
+    if not text_problem(segment):
+        return ""
+    head, _, cp = segment.partition(b";CP=&&")
+    problem = text_problem(cp)
+    if problem:
+        return f"bad_text: CP section {problem}"
+    mn = head.partition(b"MN=")[2].partition(b";")[0]
+    problem = text_problem(mn)
+    return f"bad_text: MN {problem}" if problem else ""
 
 
 class HJ212Error(ValueError):
@@ -170,7 +190,7 @@ def data_response(fields: dict[str, str]) -> bytes:
         if qn
         else f"ST=91;CN=9014;PW={fields.get('PW', '')};MN={fields['MN']};CP=&&&&"
     )
-    return frame(seg)
+    return _frame_bytes(seg.encode("latin-1"))  # the fields as the station sent them
 
 
 class HJ212Decoder:
@@ -200,12 +220,19 @@ class HJ212Decoder:
             if got != want:
                 rejects.append(Reject(i, f"crc_mismatch expected={got:04X} got={want:04X}"))
                 continue
+            problem = _text_problem(segments[j])
+            if problem:
+                rejects.append(Reject(i, problem))
+                continue
             mark = acc.mark()
             try:
                 self._parse(segments[j].decode("latin-1"), i, hints[i], acc, out)
             except HJ212Error as exc:
                 acc.rollback(mark)
                 rejects.append(Reject(i, f"hj212_invalid: {exc}"))
+            except LimitError as exc:
+                acc.rollback(mark)
+                rejects.append(Reject(i, str(exc)))
         rows, bad_values = acc.build()
         if bad_values:
             bad = {r.index for r in bad_values}
@@ -303,6 +330,8 @@ class HJ212Decoder:
                     value = float(text)
                 except ValueError:
                     raise HJ212Error(f"{key}={text!r} is not a number") from None
+                if not math.isfinite(value):  # float() reads "nan", "inf", "1e999"
+                    raise LimitError(not_finite(key, value))
                 acc.status.append((t, dev, acc.word(key), value, i))
 
 
@@ -381,7 +410,9 @@ class _Columns:
         rejects: dict[int, str] = {}
         for k in np.flatnonzero((code_len > _NAME_MAX) | (field_len > _NAME_MAX)).tolist():
             what = buf[start[k] : end[k]].tobytes().decode("latin-1")
-            rejects.setdefault(int(frame[k]), f"item {what!r} has a name over {_NAME_MAX} chars")
+            rejects.setdefault(
+                int(frame[k]), f"hj212_invalid: item {what!r} has a name over {_NAME_MAX} chars"
+            )
         code_id, code_words = textscan.intern_rows(
             textscan.cut(buf, start, code_len, min(int(code_len.max(initial=0)), _NAME_MAX))
         )
@@ -405,20 +436,26 @@ class _Columns:
         )
         for k in np.flatnonzero(~parsed).tolist():  # exponents, spaces, not numbers…
             text = buf[v_start[k] : v_start[k] + v_len[k]].tobytes()
+            at = int(value_pos[k])
             try:
                 values[k] = float(text)
             except ValueError:
-                at = int(value_pos[k])
                 name = buf[start[at] : eq[at]].tobytes().decode("latin-1")
-                msg = f"{name}={text.decode('latin-1')!r} is not a number"
+                msg = f"hj212_invalid: {name}={text.decode('latin-1')!r} is not a number"
                 rejects.setdefault(int(frame[at]), msg)
+                continue
+            if not math.isfinite(values[k]):  # float() reads "nan", "inf", "1e999"
+                name = buf[start[at] : eq[at]].tobytes().decode("latin-1")
+                rejects.setdefault(int(frame[at]), not_finite(name, float(values[k])))
 
         # the data flag of each value: the last Flag (ZsFlag for Zs values) of its factor in its
         # frame; an absent or empty ZsFlag falls back to Flag
         flag_pos = np.flatnonzero(kind >= 0)
         f_len = text_len[flag_pos]
         for k in np.flatnonzero(f_len > _NAME_MAX).tolist():
-            rejects.setdefault(int(frame[flag_pos[k]]), f"a flag over {_NAME_MAX} chars")
+            rejects.setdefault(
+                int(frame[flag_pos[k]]), f"hj212_invalid: a flag over {_NAME_MAX} chars"
+            )
         flag_text_id, flag_words = textscan.intern_rows(
             textscan.cut(buf, eq[flag_pos] + 1, f_len, min(int(f_len.max(initial=0)), _NAME_MAX))
         )
@@ -461,9 +498,7 @@ class _Columns:
             frame_index=item_meta[:, 4].astype(np.int32),
             nulls={"flag": flag < 0},
         )
-        reject_list = [
-            Reject(self.data[f][5], f"hj212_invalid: {why}") for f, why in rejects.items()
-        ]
+        reject_list = [Reject(self.data[f][5], why) for f, why in rejects.items()]
         return rows, reject_list
 
     @staticmethod

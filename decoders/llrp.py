@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 
 from decoders.base import Decoder, TableSpec
+from decoders.limits import LimitError, check_int, check_time_us
 from decoders.tables import VEHICLE_TAG_READS
 from decoders.tagreads import TagRead, build
 from ingest.batch import Decoded, FrameBatch, Reject
@@ -79,9 +80,12 @@ def _read(value: bytes, reader: str, frame: int) -> TagRead:
             epc = v.hex().upper()
         elif typ == EPC_DATA:
             (bits,) = struct.unpack_from(">H", v, 0)
+            if 2 + (bits + 7) // 8 > len(v):
+                raise LLRPError(f"truncated: EPCData says {bits} bits, has {len(v) - 2} bytes")
             epc = v[2 : 2 + (bits + 7) // 8].hex().upper()
         elif typ == 1:
             (antenna,) = struct.unpack(">H", v)
+            check_int("antenna", antenna, "int16")  # vehicle_tag_reads.antenna is smallint
         elif typ == 6:
             (rssi,) = struct.unpack(">b", v)
         elif typ == 2:
@@ -94,6 +98,9 @@ def _read(value: bytes, reader: str, frame: int) -> TagRead:
         raise LLRPError("TagReportData without EPC")
     if first is None:
         raise LLRPError("TagReportData without FirstSeenTimestampUTC")
+    check_time_us("first_seen", first)
+    if last is not None:
+        check_time_us("last_seen", last)
     return TagRead(first, reader, epc, None, None, antenna, rssi, last, count, frame)
 
 
@@ -145,6 +152,8 @@ class LLRPDecoder:
                 )
             except struct.error:
                 rejects.append(Reject(i, "truncated: parameter shorter than its fields"))
+            except LimitError as exc:
+                rejects.append(Reject(i, str(exc)))
         return Decoded(
             rows={VEHICLE_TAG_READS.name: build(reads)},
             rejects=rejects,
