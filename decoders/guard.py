@@ -17,6 +17,7 @@ of decoders/limits.py) and all its rows leave every table; its replies are dropp
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -61,7 +62,7 @@ def _invalid_utf8(mat: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
     return result
 
 
-def _text_rows(values: npt.NDArray[np.generic]) -> list[tuple[int, str]]:
+def _text_rows(values: npt.NDArray[Any]) -> list[tuple[int, str]]:
     """(row, problem) for values that are not NUL-free UTF-8."""
     if values.dtype.kind != "S":  # object arrays (not what decoders produce): one by one
         out = []
@@ -91,7 +92,8 @@ def _problems(rows: TableRows, spec: TableSpec) -> list[tuple[int, str]]:
     """(row, reason) for the rows PostgreSQL (or the no-NaN rule) would refuse."""
     found: list[tuple[int, str]] = []
     types = {c.name: c.type for c in spec.columns}
-    for name, values in rows.columns.items():
+    for name, column in rows.columns.items():
+        values: npt.NDArray[Any] = column
         typ = types.get(name)
         if typ is None or len(values) == 0:
             continue
