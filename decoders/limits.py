@@ -137,7 +137,7 @@ _CBOR_NOT_OPENER = bytes(b for b in range(256) if not 0x80 <= b <= 0xDB)
 def cbor_may_exceed(payload: bytes, cap: int = MAX_DEPTH) -> bool:
     """Whether a CBOR item could nest deeper than ``cap``: every level needs an initial byte
     in 0x80-0xDB, so with no more such bytes than the cap it cannot (one C call)."""
-    return len(payload) - len(payload.translate(None, _CBOR_NOT_OPENER)) > cap
+    return len(payload.translate(None, _CBOR_NOT_OPENER)) > cap
 
 
 def depth_exceeds(obj: object, cap: int = MAX_DEPTH) -> bool:
