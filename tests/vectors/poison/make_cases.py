@@ -212,6 +212,17 @@ case(
 )
 gen_case(
     T,
+    "one-mib-unterminated-escaped-string",
+    b"[" * 40 + b'"',
+    b'\\"',
+    MIB // 2,
+    "too_deep: event nested over 32 levels",
+    "40 '[' then a string of 2^19 escaped quotes that never ends: the depth pre-check's string "
+    "regex rescanned from every quote (quadratic: a hang); now one pass",
+    **DEV,
+)
+gen_case(
+    T,
     "one-mib-unterminated-array",
     b"[",
     tag() + b",",
@@ -326,6 +337,16 @@ case(
     "brackets inside a string do not count as nesting (the depth pre-check blanks strings)",
 )
 case(S, "truncated", b'[{"bn":"d1/","n":"t","v":21.', "json_invalid:", "cut inside a number")
+gen_case(
+    S,
+    "one-mib-unterminated-escaped-string",
+    b"[" * 40 + b'"',
+    b'\\"',
+    MIB // 2,
+    "too_deep: pack nested over 32 levels",
+    "40 '[' then a string of 2^19 escaped quotes that never ends: the depth pre-check's string "
+    "regex rescanned from every quote (quadratic: a hang); now one pass",
+)
 gen_case(
     S,
     "one-mib-of-brackets",
@@ -818,6 +839,18 @@ case(
     hj_frame(SEG.replace("DataTime=20240101120000", "DataTime=20241301120000") + "a34004-Rtd=35&&"),
     "hj212_invalid: bad DataTime",
     "month 13",
+)
+_LONG = hj_frame("MN=AQ01;CN=2011;" + "a" * 9880 + ";CP=&&DataTime=20240101120000;a34004-Rtd=1&&")
+gen_case(
+    H,
+    "header-item-without-equals",
+    _LONG[:22],
+    b"a",
+    9880,
+    "hj212_invalid: header field 'aaaa",
+    "a 9,880-character header item without '=': the header regex used to rescan it from each "
+    "character (quadratic, 1 s per frame); now split, linear",
+    _LONG[22 + 9880 :],
 )
 gen_case(
     H,
