@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 # PostgreSQL integer types (docs: "Numeric Types").
 INT_RANGE: dict[str, tuple[int, int]] = {
@@ -102,16 +100,6 @@ def check_text(field: str, value: str) -> bytes:
 def too_deep(what: str, depth: int = MAX_DEPTH) -> str:
     """The reject reason for nesting beyond the cap."""
     return f"too_deep: {what} nested over {depth} levels"
-
-
-def fits(values: npt.NDArray[np.integer[Any]], typ: str) -> npt.NDArray[np.bool_]:
-    """Which values of an integer column fit ``typ`` (one comparison per bound)."""
-    lo, hi = INT_RANGE[typ]
-    if values.dtype.kind in "iu":
-        info = np.iinfo(values.dtype)
-        if info.min >= lo and info.max <= hi:
-            return np.ones(values.shape, dtype=np.bool_)
-    return (values >= lo) & (values <= hi)
 
 
 # A string, or an unterminated one up to the end; possessive, so every match attempt that

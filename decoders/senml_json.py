@@ -162,6 +162,8 @@ def load_json(payload: bytes, what: str) -> object:
         doc = json.loads(payload.decode("utf-8"))  # RFC 8428 §6: UTF-8 only
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackError(f"json_invalid: {exc}") from None
+    except ValueError as exc:  # an integer over Python's 4300-digit conversion limit
+        raise PackError(f"json_invalid: {str(exc).split(';')[0]}") from None
     except RecursionError:  # not reached after the depth check; kept as the last line
         raise PackError(too_deep(what)) from None
     return doc

@@ -223,6 +223,18 @@ gen_case(
 )
 gen_case(
     T,
+    "integer-over-4300-digits",
+    b'{"reader": "G-0101", "epc": "E2", "first_seen": ',
+    b"1",
+    5000,
+    "json_invalid: Exceeds the limit (4300 digits)",
+    "a 5,000-digit integer: Python's json raises a plain ValueError (int conversion limit), "
+    "which escaped the decoder and took the batch down",
+    b"}",
+    **DEV,
+)
+gen_case(
+    T,
     "one-mib-unterminated-array",
     b"[",
     tag() + b",",
@@ -346,6 +358,17 @@ gen_case(
     "too_deep: pack nested over 32 levels",
     "40 '[' then a string of 2^19 escaped quotes that never ends: the depth pre-check's string "
     "regex rescanned from every quote (quadratic: a hang); now one pass",
+)
+gen_case(
+    S,
+    "integer-over-4300-digits",
+    b'[{"bn":"d1/","n":"t","v":',
+    b"1",
+    5000,
+    "json_invalid: Exceeds the limit (4300 digits)",
+    "a 5,000-digit integer: Python's json raises a plain ValueError (int conversion limit), "
+    "which escaped the decoder and took the batch down",
+    b"}]",
 )
 gen_case(
     S,
