@@ -80,7 +80,8 @@ def parse_pack(
         unit = rec.get("u", bu)
         if not isinstance(unit, str):
             raise SenMLError(f"record {i}: 'u' must be a string")
-        check_text(f"record {i}: u", unit)  # it may become the metric (a TEXT column)
+        if not unit.isascii() or "\0" in unit:  # it may become the metric (a TEXT column)
+            check_text(f"record {i}: u", unit)
         n = rec.get("n", "")
         if not isinstance(n, str):
             raise SenMLError(f"record {i}: 'n' must be a string")
