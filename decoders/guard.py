@@ -4,7 +4,7 @@ Every decoder checks its own values (decoders/limits.py); ``screen`` checks what
 against the table declarations, so a decoder's slip (or a third-party decoder's) costs one
 frame, not the batch's COPY. Checks, on non-NULL values only, one numpy pass per column:
 
-- TEXT / JSONB: valid UTF-8 without NUL bytes (only non-ASCII values are decoded one by one);
+- TEXT / JSONB: valid UTF-8 without NUL bytes (validated as a byte matrix, not value by value);
 - TIMESTAMPTZ: within PostgreSQL's range (int64 extremes are its ±infinity: refused);
 - INT2 / INT4 / INT8 held in a wider numpy type: within the column's range;
 - FLOAT4 / FLOAT8: finite (PostgreSQL takes NaN and Infinity, but a decoder must reject
@@ -37,8 +37,8 @@ _INT_TYPE = {ColumnType.INT2: "int16", ColumnType.INT4: "int32", ColumnType.INT8
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _invalid_utf8(mat: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
-    """Which rows of a zero-padded byte matrix are not valid UTF-8 (RFC 3629 §4), vectorised:
+def _invalid_utf8(mat: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+    """The rows of a zero-padded byte matrix that are not valid UTF-8 (RFC 3629 §4), vectorised:
     each lead byte claims its continuation bytes, every continuation byte must be claimed,
     and the second byte of E0, ED, F0 and F4 sequences is range-checked (no overlongs, no
     surrogates, nothing above U+10FFFF)."""
@@ -58,7 +58,8 @@ def _invalid_utf8(mat: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
     nxt = np.append(f[1:], np.uint8(0))
     bad |= ((f == 0xE0) & (nxt < 0xA0)) | ((f == 0xED) & (nxt > 0x9F))
     bad |= ((f == 0xF0) & (nxt < 0x90)) | ((f == 0xF4) & (nxt > 0x8F))
-    result: npt.NDArray[np.bool_] = bad.reshape(n, -1).any(axis=1)
+    # the rows of the bad bytes (a reduction along the short row axis costs 10x more)
+    result: npt.NDArray[np.int64] = np.unique(np.flatnonzero(bad) // padded.shape[1])
     return result
 
 
@@ -83,8 +84,7 @@ def _text_rows(values: npt.NDArray[Any]) -> list[tuple[int, str]]:
         rows = np.flatnonzero(np.count_nonzero(mat, axis=1) != lengths)
         found += [(j, "contains a NUL byte") for j in rows.tolist()]
     if int(mat.max()) >= 0x80:  # all ASCII in one reduction, the usual case
-        rows = np.flatnonzero(mat.max(axis=1) >= 0x80)
-        found += [(j, "is not valid UTF-8") for j in rows[_invalid_utf8(mat[rows])].tolist()]
+        found += [(j, "is not valid UTF-8") for j in _invalid_utf8(mat).tolist()]
     return found
 
 

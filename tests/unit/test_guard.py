@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from decoders.guard import screen
+from decoders.guard import _invalid_utf8, screen
+from decoders.limits import text_problem
 from decoders.tables import ALL_TABLES, ENV_READINGS, EV_STATUS, VEHICLE_POSITIONS
 from ingest.batch import Decoded, Reject, TableRows
 
@@ -129,3 +132,14 @@ def test_rows_of_a_frame_the_decoder_already_rejected_are_dropped_without_a_seco
     assert out.rejects == decoded.rejects
     assert out.frames_ok == 1
     assert out.rows["env_readings"].frame_index.tolist() == [0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.binary(min_size=1, max_size=12).map(lambda b: b.rstrip(b"\0") or b"x"), min_size=1)
+)
+def test_vectorised_utf8_check_agrees_with_python(values: list[bytes]) -> None:
+    column = np.array(values, dtype=np.bytes_)
+    mat = column.view(np.uint8).reshape(len(values), -1)
+    got = set(_invalid_utf8(mat).tolist())
+    assert got == {j for j, v in enumerate(values) if text_problem(v) == "is not valid UTF-8"}
