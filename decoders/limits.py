@@ -91,12 +91,12 @@ def text_problem(value: str | bytes) -> str:
     return "contains a NUL byte" if b"\0" in raw else ""
 
 
-def check_text(field: str, value: str) -> bytes:
-    """``value`` as UTF-8 bytes, if PostgreSQL's TEXT takes it; else LimitError."""
+def check_text(field: str, value: str) -> str:
+    """``value``, if PostgreSQL's TEXT takes it (as UTF-8); else LimitError."""
     problem = text_problem(value)
     if problem:
         raise LimitError(f"bad_text: {field} {problem}")
-    return value.encode("utf-8")
+    return value
 
 
 def too_deep(what: str, depth: int = MAX_DEPTH) -> str:

@@ -69,6 +69,8 @@ def _int(ev: dict[str, object], key: str, typ: str) -> int | None:
     v = ev.get(key)
     if v is None:
         return None
+    if type(v) is int and -32768 <= v <= 32767:  # fits every column it goes to: the usual case
+        return v
     if isinstance(v, float) and not math.isfinite(v):
         raise LimitError(not_finite(key, v))
     if isinstance(v, bool) or not isinstance(v, int):
@@ -84,12 +86,13 @@ def _event(ev: object, hint: str, frame: int) -> TagRead:
         raise EventError("no reader (neither 'reader' nor a device in the topic)")
     if hint and reader != hint:
         raise EventError(f"device_mismatch: topic names {hint!r}, event names {reader!r}")
-    check_text("reader", reader)
+    if not hint and (not reader.isascii() or "\0" in reader):  # a hint is the registry's
+        check_text("reader", reader)
     tid = _hex(ev["tid"], "tid") if ev.get("tid") is not None else None
     plate = ev.get("plate")
     if plate is not None and not isinstance(plate, str):
         raise EventError("'plate' must be a string")
-    if plate is not None:
+    if plate is not None and (not plate.isascii() or "\0" in plate):
         check_text("plate", plate)
     if "epc" not in ev or "first_seen" not in ev:
         raise EventError("'epc' and 'first_seen' are required")
