@@ -26,7 +26,7 @@ import numpy.typing as npt
 from decoders import textscan
 from decoders.base import Decoder, TableSpec
 from decoders.cst import cst_to_utc_us
-from decoders.limits import LimitError, not_finite, text_problem
+from decoders.limits import LimitError, check_length, not_finite, text_problem
 from decoders.tables import DEVICE_STATUS, HJ212_READINGS
 from ingest.batch import Decoded, FrameBatch, Reject, TableRows
 
@@ -278,6 +278,7 @@ class HJ212Decoder:
         mn = fields.get("MN", "")
         if not mn:
             raise HJ212Error("no MN (station id)")
+        check_length("MN", mn)  # the standard's MN has 24 characters
         if hint and hint != mn:
             raise HJ212Error(f"device_mismatch: topic names {hint!r}, frame carries MN {mn!r}")
         cn_text = fields.get("CN", "")

@@ -9,6 +9,7 @@ read alike whatever the format (decoders/README.md, "Limits"):
     not_finite: <field>=<value>                 NaN or ±Infinity where a number is required
     bad_text: <field> <problem>                 not UTF-8, or a NUL byte, in a TEXT column
     too_deep: <what> nested over <N> levels     nesting beyond the format's depth cap
+    too_long: <field> has <N> characters, max <M>   text from a payload over MAX_TEXT
 
 ``<field>`` may be qualified by where it is (``record 2: v``) when a frame holds several.
 """
@@ -32,6 +33,10 @@ INT_RANGE: dict[str, tuple[int, int]] = {
 # int64, so in an int64 column only its extreme values (PostgreSQL's ±infinity) are refused.
 TS_MIN_US = -211_813_488_000_000_000 + 946_684_800_000_000
 TS_MAX_US = 2**63 - 2  # int64 max is 'infinity' in PostgreSQL's binary format: not a time
+# Text a payload puts in a TEXT column (names, plates, EPCs, device ids) is capped: numpy
+# holds a column at its widest value's width, so one 1 MiB name among 40,000 rows would
+# need 40 GB. Device ids are at most 64 bytes anyway (the registry's rule).
+MAX_TEXT = 256
 # Structures nested deeper than this are rejected (SenML needs 2, LwM2M TLV 3, tag reads 2).
 MAX_DEPTH = 32
 
@@ -97,6 +102,18 @@ def check_text(field: str, value: str) -> str:
     if problem:
         raise LimitError(f"bad_text: {field} {problem}")
     return value
+
+
+def check_length(field: str, value: str) -> str:
+    """``value`` if it has at most MAX_TEXT characters, else LimitError."""
+    if len(value) > MAX_TEXT:
+        raise LimitError(too_long(field, len(value)))
+    return value
+
+
+def too_long(field: str, length: int) -> str:
+    """The reject reason for text over MAX_TEXT characters."""
+    return f"too_long: {field} has {length} characters, max {MAX_TEXT}"
 
 
 def too_deep(what: str, depth: int = MAX_DEPTH) -> str:

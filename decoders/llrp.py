@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 
 from decoders.base import Decoder, TableSpec
-from decoders.limits import LimitError, check_int, check_time_us
+from decoders.limits import LimitError, check_int, check_length, check_time_us
 from decoders.tables import VEHICLE_TAG_READS
 from decoders.tagreads import TagRead, build
 from ingest.batch import Decoded, FrameBatch, Reject
@@ -96,6 +96,7 @@ def _read(value: bytes, reader: str, frame: int) -> TagRead:
             (count,) = struct.unpack(">H", v)
     if epc is None:
         raise LLRPError("TagReportData without EPC")
+    check_length("epc", epc)  # EPCData may carry up to 65535 bits
     if first is None:
         raise LLRPError("TagReportData without FirstSeenTimestampUTC")
     check_time_us("first_seen", first)

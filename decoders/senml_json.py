@@ -17,11 +17,13 @@ from collections.abc import Callable
 
 from decoders.base import Decoder, TableSpec
 from decoders.limits import (
+    MAX_TEXT,
     LimitError,
     check_text,
     json_depth_exceeds,
     not_finite,
     too_deep,
+    too_long,
 )
 from decoders.rows import EnvReadingsBuilder
 from decoders.tables import ENV_READINGS
@@ -85,6 +87,9 @@ def parse_pack(
         n = rec.get("n", "")
         if not isinstance(n, str):
             raise SenMLError(f"record {i}: 'n' must be a string")
+        if len(bn) + len(n) > MAX_TEXT or len(unit) > MAX_TEXT:  # before concatenating
+            long = ("name", len(bn) + len(n)) if len(bn) + len(n) > MAX_TEXT else ("u", len(unit))
+            raise LimitError(too_long(f"record {i}: {long[0]}", long[1]))
         name = bn + n
         if not _NAME_RE.match(name):
             raise SenMLError(f"record {i}: invalid name {name!r}")

@@ -21,6 +21,7 @@ from decoders.base import Decoder, TableSpec
 from decoders.limits import (
     LimitError,
     check_int,
+    check_length,
     check_text,
     check_time_us,
     not_finite,
@@ -60,7 +61,10 @@ def _time_us(value: object, key: str) -> int:
 
 
 def _hex(value: object, key: str) -> str:
-    if not isinstance(value, str) or not value or not set(value.upper()) <= _HEX:
+    if not isinstance(value, str) or not value:
+        raise EventError(f"'{key}' must be a hex string")
+    check_length(key, value)  # before the per-character check
+    if not set(value.upper()) <= _HEX:
         raise EventError(f"'{key}' must be a hex string")
     return value.upper()
 
@@ -86,14 +90,17 @@ def _event(ev: object, hint: str, frame: int) -> TagRead:
         raise EventError("no reader (neither 'reader' nor a device in the topic)")
     if hint and reader != hint:
         raise EventError(f"device_mismatch: topic names {hint!r}, event names {reader!r}")
+    check_length("reader", reader)
     if not hint and (not reader.isascii() or "\0" in reader):  # a hint is the registry's
         check_text("reader", reader)
     tid = _hex(ev["tid"], "tid") if ev.get("tid") is not None else None
     plate = ev.get("plate")
     if plate is not None and not isinstance(plate, str):
         raise EventError("'plate' must be a string")
-    if plate is not None and (not plate.isascii() or "\0" in plate):
-        check_text("plate", plate)
+    if plate is not None:
+        check_length("plate", plate)
+        if not plate.isascii() or "\0" in plate:
+            check_text("plate", plate)
     if "epc" not in ev or "first_seen" not in ev:
         raise EventError("'epc' and 'first_seen' are required")
     last = ev.get("last_seen")

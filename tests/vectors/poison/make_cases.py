@@ -235,6 +235,25 @@ gen_case(
 )
 gen_case(
     T,
+    "one-mib-plate",
+    b'{"reader": "G-0101", "epc": "E2", "first_seen": 1, "plate": "',
+    b"A",
+    MIB,
+    "too_long: plate has 1048576 characters, max 256",
+    "a 1 MiB plate: numpy would hold the whole batch's plate column at 1 MiB a row",
+    b'"}',
+    **DEV,
+)
+case(
+    T,
+    "epc-over-256-hex-digits",
+    tag(epc="E2" * 150),
+    "too_long: epc has 300 characters, max 256",
+    "an EPC of 300 hex digits (Gen2 EPCs have at most 496 bits, 124 digits)",
+    **DEV,
+)
+gen_case(
+    T,
     "one-mib-unterminated-array",
     b"[",
     tag() + b",",
@@ -372,6 +391,24 @@ gen_case(
 )
 gen_case(
     S,
+    "one-mib-name",
+    b'[{"bn":"d1/","n":"',
+    b"a",
+    MIB,
+    "too_long: record 0: name has 1048579 characters, max 256",
+    "a 1 MiB record name: one such metric among 40,000 rows would need 40 GB of numpy column "
+    "(measured: 400 MB for a 100 kB name in a 2,000-frame batch)",
+    b'","v":1}]',
+)
+case(
+    S,
+    "unit-over-256",
+    b'[{"bn":"d1/","u":"' + b"a" * 300 + b'","v":1}]',
+    "too_long: record 0: u has 300 characters, max 256",
+    "a 300-character unit (it becomes the metric of a record without n)",
+)
+gen_case(
+    S,
     "one-mib-of-brackets",
     b"",
     b"[",
@@ -455,6 +492,16 @@ case(
     b"\x81\xa1\x03\x5b\x7f\xff\xff\xff\xff\xff\xff\xff",
     "cbor_invalid:",
     "vs as a byte string whose 8-byte length says 2^63-1 bytes; 0 follow",
+)
+gen_case(
+    C,
+    "one-mib-name",
+    b"\x81\xa3\x21\x63d1/\x00\x7a" + struct.pack(">I", MIB),
+    b"a",
+    MIB,
+    "too_long: record 0: name has 1048579 characters, max 256",
+    "n as a 1 MiB text string (major type 3, 4-byte length)",
+    b"\x02\x01",
 )
 gen_case(
     C,
@@ -618,6 +665,20 @@ case(
     GOOD[:14] + b"\xff" + GOOD[15:],
     "llrp_invalid: unknown TV parameter 127",
     "TV type 127 (not in LLRP 1.0.1)",
+    **RD,
+)
+_EPC = struct.pack(">HH", 241, 4 + 2 + 8192) + struct.pack(">H", 65535)
+_SEEN = b"\x82" + struct.pack(">Q", 1_767_225_600_250_000)
+_TRD = struct.pack(">HH", 240, 4 + len(_EPC) + 8192 + len(_SEEN))
+gen_case(
+    R,
+    "epcdata-65535-bits",
+    struct.pack(">HII", 0x043D, 10 + len(_TRD) + len(_EPC) + 8192 + len(_SEEN), 1) + _TRD + _EPC,
+    b"\x00",
+    8192,
+    "too_long: epc has 16384 characters, max 256",
+    "EPCData (TLV 241) with 65535 bits: 16,384 hex digits of EPC",
+    _SEEN,
     **RD,
 )
 gen_case(
@@ -874,6 +935,13 @@ gen_case(
     "a 9,880-character header item without '=': the header regex used to rescan it from each "
     "character (quadratic, 1 s per frame); now split, linear",
     _LONG[22 + 9880 :],
+)
+case(
+    H,
+    "mn-over-256",
+    hj_frame(SEG.replace("MN=AQ01", "MN=" + "A" * 300) + "a34004-Rtd=35&&"),
+    "too_long: MN has 300 characters, max 256",
+    "a 300-character station id (the standard's MN has 24)",
 )
 gen_case(
     H,
