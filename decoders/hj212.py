@@ -326,6 +326,8 @@ class HJ212Decoder:
                 key, sep, text = item.partition("=")
                 if not sep or not key:
                     continue
+                if len(key) > _NAME_MAX:  # as factor codes: a wide key widens the column
+                    raise HJ212Error(f"item {item[:40]!r} has a name over {_NAME_MAX} chars")
                 try:
                     value = float(text)
                 except ValueError:

@@ -943,6 +943,13 @@ case(
     "too_long: MN has 300 characters, max 256",
     "a 300-character station id (the standard's MN has 24)",
 )
+case(
+    H,
+    "status-key-over-24",
+    hj_frame(SEG.replace("CN=2011", "CN=2021") + "SB" + "1" * 30 + "-RS=1&&"),
+    "hj212_invalid: item 'SB111",
+    "an equipment-status key of 35 characters (keys are capped like factor codes)",
+)
 gen_case(
     H,
     "one-mib-segment",
