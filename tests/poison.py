@@ -33,8 +33,9 @@ class PoisonCase:
 
     @property
     def source(self) -> str:
-        """The topic the frame is taken to arrive on (ends with ``path`` when given)."""
-        return f"cityflux/up/poison/{self.device or 'none'}{self.path}" if self.path else "poison"
+        """An uplink topic for the frame (``<prefix>/up/<kind>/<device>/<format><path>``, as
+        ingest.topics.uplink writes it), so ``path`` is what the topic ends with."""
+        return f"cityflux/up/poison/{self.device or 'poison-dev'}/{self.format}{self.path}"
 
 
 def _payload(case: Path) -> bytes:

@@ -41,7 +41,7 @@ CONTEXT = {
     "llrp": ("G-0101", ""),
     "tagread-json": ("G-0101", ""),
     "lwm2m-tlv": ("ep-1", "/3303/0"),
-    "value": ("esp-kitchen", "/value/temperature"),
+    "value": ("esp-kitchen", "/temperature"),
 }
 MAX_SEED = 8192
 
@@ -69,7 +69,7 @@ def target(fmt: str) -> Callable[[bytes], None]:
     decoder = REGISTRY.get(fmt)
     valid = load_valid_golden_frames(fmt)
     device, path = CONTEXT.get(fmt, ("", ""))
-    source = f"cityflux/up/fuzz/{device or 'none'}{path}" if path else "fuzz"
+    source = f"cityflux/up/fuzz/{device or 'none'}/{fmt}{path}"
     ref_batch = FrameBatch(fmt, "fuzz")
     for g in valid:
         ref_batch.append(g.payload, g.source, g.device, "", g.received_us)
