@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TSDB   := tests/timescaledb/node_modules/.installed
 DURATION ?= 30
 
-.PHONY: demo test lint typecheck bench bench-quick bench-registry fmt clean
+.PHONY: demo test lint typecheck bench bench-quick bench-registry fmt clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,19 @@ bench-quick: $(STAMP)
 
 bench-registry: $(STAMP)       ## 10M-device registry: import, index, lookups, pipeline (~10 min)
 	$(PY) -m bench.registry_scale
+
+FUZZ_SECONDS ?= 600
+FUZZ_FORMATS ?= $(shell $(PY) -c "from decoders.registry import load_registry as r; print(' '.join(r().names()))")
+FUZZ_OUT ?= /tmp/cityflux-fuzz
+
+fuzz: $(STAMP)                 ## atheris on every decoder, FUZZ_SECONDS each; crashes in $(FUZZ_OUT)/
+	@mkdir -p $(FUZZ_OUT)
+	@for f in $(FUZZ_FORMATS); do \
+	  echo "== $$f ($(FUZZ_SECONDS) s)"; \
+	  mkdir -p $(FUZZ_OUT)/corpus-$$f; \
+	  $(PY) -m tests.fuzz.fuzz_decoders $$f -max_total_time=$(FUZZ_SECONDS) \
+	    -artifact_prefix=$(FUZZ_OUT)/$$f- $(FUZZ_OUT)/corpus-$$f || exit 1; \
+	done
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .

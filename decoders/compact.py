@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from core.frames import FrameBatch, Reject
 from decoders.crc import crc16_ccitt_false, crc16_ccitt_false_bytes
+from decoders.limits import out_of_range
 
 HEADER: list[tuple[str, str]] = [
     ("magic", "u1"),  # 0
@@ -27,6 +28,7 @@ HEADER: list[tuple[str, str]] = [
     ("time", ">u4"),  # 10 measurement time, seconds since the Unix epoch (UTC)
     ("seq", ">u2"),  # 14 frame counter, wraps at 65535
 ]
+MAX_IMEI = 999_999_999_999_999
 
 
 def imei_bytes(imei: npt.NDArray[np.uint64]) -> npt.NDArray[np.bytes_]:
@@ -79,8 +81,12 @@ def validate(batch: FrameBatch, dtype: np.dtype[np.void], magic: int, version: i
     bad_magic = rec["magic"] != magic
     bad_version = ~bad_magic & (rec["version"] != version)
     bad_crc = ~bad_magic & ~bad_version & (crc != rec["crc"])
-    mismatch = ~bad_magic & ~bad_version & ~bad_crc & (hints != b"") & (hints != devices)
-    ok = ~(bad_magic | bad_version | bad_crc | mismatch)
+    # an IMEI has 15 digits; a larger number would lose its leading digits in imei_bytes
+    bad_imei = ~bad_magic & ~bad_version & ~bad_crc & (rec["imei"] > MAX_IMEI)
+    mismatch = (
+        ~bad_magic & ~bad_version & ~bad_crc & ~bad_imei & (hints != b"") & (hints != devices)
+    )
+    ok = ~(bad_magic | bad_version | bad_crc | bad_imei | mismatch)
     for j in np.flatnonzero(~ok).tolist():
         if bad_magic[j]:
             reason = f"bad_magic: expected {magic:02X} got {int(rec['magic'][j]):02X}"
@@ -88,6 +94,8 @@ def validate(batch: FrameBatch, dtype: np.dtype[np.void], magic: int, version: i
             reason = f"unsupported_version: {int(rec['version'][j])}"
         elif bad_crc[j]:
             reason = f"crc_mismatch expected={int(crc[j]):04X} got={int(rec['crc'][j]):04X}"
+        elif bad_imei[j]:
+            reason = out_of_range("imei", int(rec["imei"][j]), "15 digits")
         else:
             reason = (
                 f"device_mismatch: topic names {hints[j].decode(errors='replace')!r}, "

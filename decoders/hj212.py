@@ -17,7 +17,7 @@ step per byte position); the data segment is then parsed per frame into columns.
 
 from __future__ import annotations
 
-import re
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -27,6 +27,7 @@ from core.frames import Decoded, FrameBatch, Reject, TableRows
 from decoders import textscan
 from decoders.base import Decoder, TableSpec
 from decoders.cst import cst_to_utc_us
+from decoders.limits import LimitError, check_length, not_finite, text_problem
 from decoders.tables import DEVICE_STATUS, HJ212_READINGS
 
 DATA_CNS = frozenset((2011, 2051, 2061, 2031))
@@ -130,7 +131,10 @@ def crc_hj212_batch(segments: list[bytes]) -> npt.NDArray[np.uint16]:
 
 def frame(segment: str) -> bytes:
     """A complete frame for a data segment: header, CRC and CR LF."""
-    raw = segment.encode("ascii")
+    return _frame_bytes(segment.encode("ascii"))
+
+
+def _frame_bytes(raw: bytes) -> bytes:
     return b"##%04d%s%04X\r\n" % (len(raw), raw, crc_hj212(raw))
 
 
@@ -146,20 +150,35 @@ def _utc_us(stamp: str) -> int:
     return -1 if t is None else t + ms * 1000
 
 
+def _text_problem(segment: bytes) -> str:
+    """The reject reason when text bound for a TEXT column (the CP section's codes, fields
+    and flags, the MN) is not UTF-8 or holds a NUL; other header fields are not stored (real
+    stations send e.g. ``ST=\\0\\0``), so they may. Two C-level scans on a clean segment."""
+    if not text_problem(segment):
+        return ""
+    head, _, cp = segment.partition(b";CP=&&")
+    problem = text_problem(cp)
+    if problem:
+        return f"bad_text: CP section {problem}"
+    mn = head.partition(b"MN=")[2].partition(b";")[0]
+    problem = text_problem(mn)
+    return f"bad_text: MN {problem}" if problem else ""
+
+
 class HJ212Error(ValueError):
     """A frame whose data segment breaks the standard."""
 
 
-_HEAD_ITEM = re.compile(r"([^;=]*)=([^;]*)")
-
-
 def _header(head: str) -> dict[str, str]:
-    pairs = _HEAD_ITEM.findall(head)
-    if len(pairs) != head.count(";") + 1:
-        for item in head.split(";"):
-            if "=" not in item:
-                raise HJ212Error(f"header field {item!r} has no '='")
-    return dict(pairs)
+    # split, not a findall of ``([^;=]*)=([^;]*)``: that regex rescans an item without '='
+    # from each of its characters, quadratic (1 s for one 10 kB header)
+    fields: dict[str, str] = {}
+    for item in head.split(";"):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise HJ212Error(f"header field {item!r} has no '='")
+        fields[key] = value
+    return fields
 
 
 def data_response(fields: dict[str, str]) -> bytes:
@@ -170,7 +189,7 @@ def data_response(fields: dict[str, str]) -> bytes:
         if qn
         else f"ST=91;CN=9014;PW={fields.get('PW', '')};MN={fields['MN']};CP=&&&&"
     )
-    return frame(seg)
+    return _frame_bytes(seg.encode("latin-1"))  # the fields as the station sent them
 
 
 class HJ212Decoder:
@@ -200,12 +219,19 @@ class HJ212Decoder:
             if got != want:
                 rejects.append(Reject(i, f"crc_mismatch expected={got:04X} got={want:04X}"))
                 continue
+            problem = _text_problem(segments[j])
+            if problem:
+                rejects.append(Reject(i, problem))
+                continue
             mark = acc.mark()
             try:
                 self._parse(segments[j].decode("latin-1"), i, hints[i], acc, out)
             except HJ212Error as exc:
                 acc.rollback(mark)
                 rejects.append(Reject(i, f"hj212_invalid: {exc}"))
+            except LimitError as exc:
+                acc.rollback(mark)
+                rejects.append(Reject(i, str(exc)))
         rows, bad_values = acc.build()
         if bad_values:
             bad = {r.index for r in bad_values}
@@ -252,6 +278,7 @@ class HJ212Decoder:
         mn = fields.get("MN", "")
         if not mn:
             raise HJ212Error("no MN (station id)")
+        check_length("MN", mn)  # the standard's MN has 24 characters
         if hint and hint != mn:
             raise HJ212Error(f"device_mismatch: topic names {hint!r}, frame carries MN {mn!r}")
         cn_text = fields.get("CN", "")
@@ -299,10 +326,14 @@ class HJ212Decoder:
                 key, sep, text = item.partition("=")
                 if not sep or not key:
                     continue
+                if len(key) > _NAME_MAX:  # as factor codes: a wide key widens the column
+                    raise HJ212Error(f"item {item[:40]!r} has a name over {_NAME_MAX} chars")
                 try:
                     value = float(text)
                 except ValueError:
                     raise HJ212Error(f"{key}={text!r} is not a number") from None
+                if not math.isfinite(value):  # float() reads "nan", "inf", "1e999"
+                    raise LimitError(not_finite(key, value))
                 acc.status.append((t, dev, acc.word(key), value, i))
 
 
@@ -381,7 +412,9 @@ class _Columns:
         rejects: dict[int, str] = {}
         for k in np.flatnonzero((code_len > _NAME_MAX) | (field_len > _NAME_MAX)).tolist():
             what = buf[start[k] : end[k]].tobytes().decode("latin-1")
-            rejects.setdefault(int(frame[k]), f"item {what!r} has a name over {_NAME_MAX} chars")
+            rejects.setdefault(
+                int(frame[k]), f"hj212_invalid: item {what!r} has a name over {_NAME_MAX} chars"
+            )
         code_id, code_words = textscan.intern_rows(
             textscan.cut(buf, start, code_len, min(int(code_len.max(initial=0)), _NAME_MAX))
         )
@@ -405,20 +438,26 @@ class _Columns:
         )
         for k in np.flatnonzero(~parsed).tolist():  # exponents, spaces, not numbers…
             text = buf[v_start[k] : v_start[k] + v_len[k]].tobytes()
+            at = int(value_pos[k])
             try:
                 values[k] = float(text)
             except ValueError:
-                at = int(value_pos[k])
                 name = buf[start[at] : eq[at]].tobytes().decode("latin-1")
-                msg = f"{name}={text.decode('latin-1')!r} is not a number"
+                msg = f"hj212_invalid: {name}={text.decode('latin-1')!r} is not a number"
                 rejects.setdefault(int(frame[at]), msg)
+                continue
+            if not math.isfinite(values[k]):  # float() reads "nan", "inf", "1e999"
+                name = buf[start[at] : eq[at]].tobytes().decode("latin-1")
+                rejects.setdefault(int(frame[at]), not_finite(name, float(values[k])))
 
         # the data flag of each value: the last Flag (ZsFlag for Zs values) of its factor in its
         # frame; an absent or empty ZsFlag falls back to Flag
         flag_pos = np.flatnonzero(kind >= 0)
         f_len = text_len[flag_pos]
         for k in np.flatnonzero(f_len > _NAME_MAX).tolist():
-            rejects.setdefault(int(frame[flag_pos[k]]), f"a flag over {_NAME_MAX} chars")
+            rejects.setdefault(
+                int(frame[flag_pos[k]]), f"hj212_invalid: a flag over {_NAME_MAX} chars"
+            )
         flag_text_id, flag_words = textscan.intern_rows(
             textscan.cut(buf, eq[flag_pos] + 1, f_len, min(int(f_len.max(initial=0)), _NAME_MAX))
         )
@@ -461,9 +500,7 @@ class _Columns:
             frame_index=item_meta[:, 4].astype(np.int32),
             nulls={"flag": flag < 0},
         )
-        reject_list = [
-            Reject(self.data[f][5], f"hj212_invalid: {why}") for f, why in rejects.items()
-        ]
+        reject_list = [Reject(self.data[f][5], why) for f, why in rejects.items()]
         return rows, reject_list
 
     @staticmethod

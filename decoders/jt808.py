@@ -30,6 +30,7 @@ import numpy as np
 from core.frames import Decoded, FrameBatch, Reject, TableRows
 from decoders.base import Decoder, TableSpec
 from decoders.cst import cst_to_utc_us
+from decoders.limits import LimitError, check_int
 from decoders.rows import nullable_column
 from decoders.tables import VEHICLE_POSITIONS
 
@@ -196,6 +197,9 @@ class JT808Decoder:
             except struct.error:
                 del rows[mark:]
                 rejects.append(Reject(i, "truncated: body shorter than its fields"))
+            except LimitError as exc:
+                del rows[mark:]
+                rejects.append(Reject(i, str(exc)))
         rejects.sort(key=lambda r: r.index)
         return Decoded(
             rows={VEHICLE_POSITIONS.name: _build(rows)},
@@ -264,6 +268,7 @@ class JT808Decoder:
 
 def _location(body: bytes, device: str, i: int) -> tuple[object, ...]:
     alarm, status, lat, lon, alt, speed, heading, when = _LOCATION.unpack_from(body, 0)
+    check_int("heading", heading, "int16")  # vehicle_positions.heading_deg is smallint
     t = _fix_time_us(when)
     mileage = fuel = signal = sats = None
     p = _LOCATION.size

@@ -14,6 +14,7 @@ import struct
 
 from core.frames import Decoded, FrameBatch, Reject
 from decoders.base import Decoder, TableSpec
+from decoders.limits import LimitError, check_int, check_length, check_time_us
 from decoders.tables import VEHICLE_TAG_READS
 from decoders.tagreads import TagRead, build
 
@@ -79,9 +80,12 @@ def _read(value: bytes, reader: str, frame: int) -> TagRead:
             epc = v.hex().upper()
         elif typ == EPC_DATA:
             (bits,) = struct.unpack_from(">H", v, 0)
+            if 2 + (bits + 7) // 8 > len(v):
+                raise LLRPError(f"truncated: EPCData says {bits} bits, has {len(v) - 2} bytes")
             epc = v[2 : 2 + (bits + 7) // 8].hex().upper()
         elif typ == 1:
             (antenna,) = struct.unpack(">H", v)
+            check_int("antenna", antenna, "int16")  # vehicle_tag_reads.antenna is smallint
         elif typ == 6:
             (rssi,) = struct.unpack(">b", v)
         elif typ == 2:
@@ -92,8 +96,12 @@ def _read(value: bytes, reader: str, frame: int) -> TagRead:
             (count,) = struct.unpack(">H", v)
     if epc is None:
         raise LLRPError("TagReportData without EPC")
+    check_length("epc", epc)  # EPCData may carry up to 65535 bits
     if first is None:
         raise LLRPError("TagReportData without FirstSeenTimestampUTC")
+    check_time_us("first_seen", first)
+    if last is not None:
+        check_time_us("last_seen", last)
     return TagRead(first, reader, epc, None, None, antenna, rssi, last, count, frame)
 
 
@@ -145,6 +153,8 @@ class LLRPDecoder:
                 )
             except struct.error:
                 rejects.append(Reject(i, "truncated: parameter shorter than its fields"))
+            except LimitError as exc:
+                rejects.append(Reject(i, str(exc)))
         return Decoded(
             rows={VEHICLE_TAG_READS.name: build(reads)},
             rejects=rejects,

@@ -22,6 +22,7 @@ from typing import cast
 
 from core.frames import Decoded, FrameBatch, Reject
 from decoders.base import Decoder, TableSpec
+from decoders.limits import LimitError, check_finite, check_time_us, too_deep
 from decoders.rows import EnvReadingsBuilder
 from decoders.tables import ENV_READINGS
 
@@ -81,27 +82,48 @@ class TLVError(ValueError):
     """A TLV stream that breaks the encoding."""
 
 
+# Object instance > multiple resource > resource instance: the deepest a TLV payload nests
+# (LwM2M 1.0 §6.4.3.1). Deeper containers are rejected, and the parser keeps its own stack.
+MAX_TLV_DEPTH = 3
+
+
 def parse(data: bytes) -> list[tuple[int, int, object]]:
-    """(kind, id, value) entries; value is bytes, or a nested list for kinds 0 and 2."""
-    out: list[tuple[int, int, object]] = []
+    """(kind, id, value) entries; value is bytes, or a nested list for kinds 0 and 2.
+
+    Iterative: each open container is a (end, entries, start) frame on an explicit stack, so
+    the input's nesting never reaches Python's recursion limit; offsets in reasons are
+    relative to the enclosing container's value, as the TLV lengths are."""
+    root: list[tuple[int, int, object]] = []
+    stack: list[tuple[int, list[tuple[int, int, object]], int]] = [(len(data), root, 0)]
     p = 0
-    while p < len(data):
+    while stack:
+        end, out, base = stack[-1]
+        if p >= end:
+            stack.pop()
+            continue
         t = data[p]
         kind, wide, size = t >> 6, bool(t & 0x20), (t >> 3) & 0x3
+        at = p - base
         p += 1
         id_len = 2 if wide else 1
-        if p + id_len + size > len(data):
-            raise TLVError(f"truncated: TLV header at offset {p - 1}")
+        if p + id_len + size > end:
+            raise TLVError(f"truncated: TLV header at offset {at}")
         ident = int.from_bytes(data[p : p + id_len], "big")
         p += id_len
         length = (t & 0x7) if size == 0 else int.from_bytes(data[p : p + size], "big")
         p += size
-        value = data[p : p + length]
-        if len(value) != length:
-            raise TLVError(f"truncated: TLV {ident} needs {length} bytes at offset {p}")
-        p += length
-        out.append((kind, ident, parse(value) if kind in (0, 2) else value))
-    return out
+        if p + length > end:
+            raise TLVError(f"truncated: TLV {ident} needs {length} bytes at offset {p - base}")
+        if kind in (0, 2):
+            if len(stack) >= MAX_TLV_DEPTH:
+                raise LimitError(too_deep("TLV", MAX_TLV_DEPTH))
+            entries: list[tuple[int, int, object]] = []
+            out.append((kind, ident, entries))
+            stack.append((p + length, entries, p))
+        else:
+            out.append((kind, ident, data[p : p + length]))
+            p += length
+    return root
 
 
 def _value(raw: bytes, typ: str, ident: int) -> float:
@@ -145,13 +167,18 @@ def readings(
             if kind == 2
             else [value]
         )
+        name = f"{base}.{suffix}" if suffix else base
         for n, raw in enumerate(items):
-            number = _value(raw, typ, ident)  # type: ignore[arg-type]
+            if not isinstance(raw, bytes):
+                raise TLVError(f"resource {ident}: an object instance where a value belongs")
+            number = _value(raw, typ, ident)
+            metric = name if len(items) == 1 else f"{name}.{n}"
+            check_finite(metric, number)
             if typ == "time" and ident == 5518:
+                check_time_us(metric, round(number * 1e6))
                 when = number
                 continue
-            name = f"{base}.{suffix}" if suffix else base
-            values.append((name if len(items) == 1 else f"{name}.{n}", number))
+            values.append((metric, number))
     return [(name, when, v) for name, v in values]
 
 
@@ -174,6 +201,9 @@ class LwM2MTlvDecoder:
                 rejects.append(
                     Reject(i, text if text.startswith("truncated") else f"lwm2m_invalid: {text}")
                 )
+                continue
+            except LimitError as exc:
+                rejects.append(Reject(i, str(exc)))
                 continue
             device = batch.device_hints[i].encode()
             if not device:

@@ -10,6 +10,7 @@ import cbor2
 
 from core.frames import Decoded, FrameBatch
 from decoders.base import Decoder, TableSpec
+from decoders.limits import MAX_DEPTH, cbor_may_exceed, depth_exceeds, too_deep
 from decoders.senml_json import PackError, decode_packs
 from decoders.tables import ENV_READINGS
 
@@ -34,10 +35,17 @@ LABELS: dict[int, str] = {
 
 
 def _load_cbor(payload: bytes) -> object:
+    # cbor2 stops at 400 levels itself (CBORDecodeError); our cap is lower and is checked on
+    # the decoded structure, iteratively, only when the payload has enough opening bytes.
+    deep = cbor_may_exceed(payload)
     try:
         pack = cbor2.loads(payload)
     except (cbor2.CBORDecodeError, ValueError, OverflowError, RecursionError, TypeError) as exc:
+        if deep and ("nesting depth" in str(exc) or isinstance(exc, RecursionError)):
+            raise PackError(too_deep("pack")) from None
         raise PackError(f"cbor_invalid: {exc}") from None
+    if deep and depth_exceeds(pack, MAX_DEPTH):
+        raise PackError(too_deep("pack"))
     if not isinstance(pack, list):
         return pack  # parse_pack names the problem
     records: list[object] = []

@@ -17,6 +17,15 @@ from collections.abc import Callable
 
 from core.frames import Decoded, FrameBatch, Reject
 from decoders.base import Decoder, TableSpec
+from decoders.limits import (
+    MAX_TEXT,
+    LimitError,
+    check_text,
+    json_depth_exceeds,
+    not_finite,
+    too_deep,
+    too_long,
+)
 from decoders.rows import EnvReadingsBuilder
 from decoders.tables import ENV_READINGS
 
@@ -38,9 +47,12 @@ def _number(rec: dict[str, object], key: str, i: int) -> float | None:
     if isinstance(val, bool) or not isinstance(val, int | float):
         raise SenMLError(f"record {i}: {key!r} must be a number")
     try:
-        return float(val)
+        number = float(val)
     except OverflowError:
         raise SenMLError(f"record {i}: {key!r} is out of range") from None
+    if not math.isfinite(number):  # JSON's NaN/Infinity tokens, CBOR's NaN and ±Inf
+        raise LimitError(not_finite(f"record {i}: {key}", number))
+    return number
 
 
 def parse_pack(
@@ -70,9 +82,14 @@ def parse_pack(
         unit = rec.get("u", bu)
         if not isinstance(unit, str):
             raise SenMLError(f"record {i}: 'u' must be a string")
+        if not unit.isascii() or "\0" in unit:  # it may become the metric (a TEXT column)
+            check_text(f"record {i}: u", unit)
         n = rec.get("n", "")
         if not isinstance(n, str):
             raise SenMLError(f"record {i}: 'n' must be a string")
+        if len(bn) + len(n) > MAX_TEXT or len(unit) > MAX_TEXT:  # before concatenating
+            long = ("name", len(bn) + len(n)) if len(bn) + len(n) > MAX_TEXT else ("u", len(unit))
+            raise LimitError(too_long(f"record {i}: {long[0]}", long[1]))
         name = bn + n
         if not _NAME_RE.match(name):
             raise SenMLError(f"record {i}: invalid name {name!r}")
@@ -104,6 +121,8 @@ def parse_pack(
                 raise SenMLError(f"record {i}: value must be finite")
             out.append((device, metric, time_s, value))
         if s is not None:
+            if not math.isfinite(bs + s):
+                raise SenMLError(f"record {i}: sum must be finite")
             out.append((device, metric + ".sum", time_s, bs + s))
     return out
 
@@ -130,6 +149,9 @@ def decode_packs(batch: FrameBatch, load: Callable[[bytes], object]) -> Decoded:
         except SenMLError as exc:
             rejects.append(Reject(i, f"senml_invalid: {exc}"))
             continue
+        except LimitError as exc:
+            rejects.append(Reject(i, str(exc)))
+            continue
         for device, metric, time_s, value in readings:
             rows.add(round(time_s * 1e6), device.encode(), metric.encode(), value, i)
     out = Decoded(rejects=rejects, frames_ok=len(batch) - len(rejects))
@@ -137,13 +159,24 @@ def decode_packs(batch: FrameBatch, load: Callable[[bytes], object]) -> Decoded:
     return out
 
 
-def _load_json(payload: bytes) -> object:
+def load_json(payload: bytes, what: str) -> object:
+    """A JSON document, or ``PackError`` with the reject reason; depth is checked first
+    (``json.loads`` recurses once per level)."""
+    if json_depth_exceeds(payload):
+        raise PackError(too_deep(what))
     try:
-        return json.loads(payload.decode("utf-8"))  # RFC 8428 §6: UTF-8 only
+        doc = json.loads(payload.decode("utf-8"))  # RFC 8428 §6: UTF-8 only
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackError(f"json_invalid: {exc}") from None
-    except RecursionError:
-        raise PackError("json_invalid: nested too deeply") from None
+    except ValueError as exc:  # an integer over Python's 4300-digit conversion limit
+        raise PackError(f"json_invalid: {str(exc).split(';')[0]}") from None
+    except RecursionError:  # not reached after the depth check; kept as the last line
+        raise PackError(too_deep(what)) from None
+    return doc
+
+
+def _load_json(payload: bytes) -> object:
+    return load_json(payload, "pack")
 
 
 class SenMLJsonDecoder:

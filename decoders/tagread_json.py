@@ -14,11 +14,21 @@ cityflux defines one event that gateways emit (a JSON object, or an array of the
 
 from __future__ import annotations
 
-import json
+import math
 from datetime import datetime
 
 from core.frames import Decoded, FrameBatch, Reject
 from decoders.base import Decoder, TableSpec
+from decoders.limits import (
+    LimitError,
+    check_int,
+    check_length,
+    check_text,
+    check_time_us,
+    not_finite,
+    out_of_range,
+)
+from decoders.senml_json import PackError, load_json
 from decoders.tables import VEHICLE_TAG_READS
 from decoders.tagreads import TagRead, build
 
@@ -32,8 +42,13 @@ class EventError(ValueError):
 def _time_us(value: object, key: str) -> int:
     if isinstance(value, bool) or value is None:
         raise EventError(f"'{key}' must be an RFC 3339 time or epoch milliseconds")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise LimitError(not_finite(key, value))
     if isinstance(value, int | float):
-        return round(value * 1000)
+        ms = value * 1000
+        if isinstance(ms, float) and not math.isfinite(ms):  # 1e306 * 1000 overflows
+            raise LimitError(out_of_range(key, value, "timestamptz"))
+        return check_time_us(key, round(ms))
     if isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value)
@@ -46,18 +61,25 @@ def _time_us(value: object, key: str) -> int:
 
 
 def _hex(value: object, key: str) -> str:
-    if not isinstance(value, str) or not value or not set(value.upper()) <= _HEX:
+    if not isinstance(value, str) or not value:
+        raise EventError(f"'{key}' must be a hex string")
+    check_length(key, value)  # before the per-character check
+    if not set(value.upper()) <= _HEX:
         raise EventError(f"'{key}' must be a hex string")
     return value.upper()
 
 
-def _int(ev: dict[str, object], key: str) -> int | None:
+def _int(ev: dict[str, object], key: str, typ: str) -> int | None:
     v = ev.get(key)
     if v is None:
         return None
+    if type(v) is int and -32768 <= v <= 32767:  # fits every column it goes to: the usual case
+        return v
+    if isinstance(v, float) and not math.isfinite(v):
+        raise LimitError(not_finite(key, v))
     if isinstance(v, bool) or not isinstance(v, int):
         raise EventError(f"'{key}' must be an integer")
-    return v
+    return check_int(key, v, typ)  # the column's type (vehicle_tag_reads)
 
 
 def _event(ev: object, hint: str, frame: int) -> TagRead:
@@ -68,10 +90,17 @@ def _event(ev: object, hint: str, frame: int) -> TagRead:
         raise EventError("no reader (neither 'reader' nor a device in the topic)")
     if hint and reader != hint:
         raise EventError(f"device_mismatch: topic names {hint!r}, event names {reader!r}")
+    check_length("reader", reader)
+    if not hint and (not reader.isascii() or "\0" in reader):  # a hint is the registry's
+        check_text("reader", reader)
     tid = _hex(ev["tid"], "tid") if ev.get("tid") is not None else None
     plate = ev.get("plate")
     if plate is not None and not isinstance(plate, str):
         raise EventError("'plate' must be a string")
+    if plate is not None:
+        check_length("plate", plate)
+        if not plate.isascii() or "\0" in plate:
+            check_text("plate", plate)
     if "epc" not in ev or "first_seen" not in ev:
         raise EventError("'epc' and 'first_seen' are required")
     last = ev.get("last_seen")
@@ -81,10 +110,10 @@ def _event(ev: object, hint: str, frame: int) -> TagRead:
         _hex(ev["epc"], "epc"),
         tid,
         plate,
-        _int(ev, "antenna"),
-        _int(ev, "rssi"),
+        _int(ev, "antenna", "int16"),
+        _int(ev, "rssi", "int16"),
         None if last is None else _time_us(last, "last_seen"),
-        _int(ev, "count"),
+        _int(ev, "count", "int32"),
         frame,
     )
 
@@ -102,15 +131,17 @@ class TagReadJsonDecoder:
         rejects: list[Reject] = []
         for i, payload in enumerate(batch.payloads):
             try:
-                doc = json.loads(payload.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-                rejects.append(Reject(i, f"json_invalid: {exc}"))
+                doc = load_json(payload, "event")
+            except PackError as exc:
+                rejects.append(Reject(i, str(exc)))
                 continue
             events = doc if isinstance(doc, list) else [doc]
             try:
                 if not events:
                     raise EventError("empty array")
                 reads += [_event(ev, batch.device_hints[i], i) for ev in events]
+            except LimitError as exc:
+                rejects.append(Reject(i, str(exc)))
             except (EventError, OverflowError, ValueError) as exc:
                 rejects.append(Reject(i, f"tagread_invalid: {exc}"))
         return Decoded(

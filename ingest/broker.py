@@ -28,7 +28,7 @@ persistence false
 max_queued_messages 1000000
 max_queued_bytes 0
 max_inflight_messages 0
-max_packet_size 1048576
+max_packet_size 16777216
 log_dest stderr
 """
 

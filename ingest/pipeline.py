@@ -38,6 +38,7 @@ import psycopg
 from core.frames import AckSink, Decoded, FrameBatch, Outcome, Reject, TableRows, merge_decoded
 from core.metrics import Metrics, reason_label
 from decoders.base import Decoder
+from decoders.guard import screen
 from decoders.registry import DecoderRegistry, UnknownDecoderError
 from device_registry.ids import id_problem, shown
 from device_registry.lastseen import LastSeen
@@ -156,6 +157,7 @@ class Pipeline:
         max_frame_bytes: int = 65_536,
     ) -> None:
         self._decoders = decoders
+        self._specs = {s.name: s for s in decoders.tables()}
         self._alerts = alerts
         self._resolver = resolver
         self._writers = writers
@@ -414,6 +416,7 @@ class Pipeline:
         except Exception:  # against the decoder contract: find the frames, in memory
             self._metrics.stage_errors.labels(Stage.DECODE.value).inc()
             decoded = decode_apart(decoder, batch)
+        decoded = screen(decoded, self._specs)  # what PostgreSQL would refuse, per frame
         for rej in decoded.rejects:
             dead.add(rej.index, rej.reason)
         return decoded
@@ -548,7 +551,7 @@ class Pipeline:
                 resolved.append((table, rows, res.ids))
         for frame, reason in sorted(bad_frames.items()):
             dead.add(frame, reason)
-        specs = {s.name: s for s in self._decoders.tables()}
+        specs = self._specs
         bad = np.fromiter(bad_frames, dtype=np.int32, count=len(bad_frames))
         writes = []
         for table, rows, ids in resolved:

@@ -15,13 +15,14 @@ import pytest
 
 from core.frames import FrameBatch
 from decoders.registry import load_registry
-from ingest.topics import uplink
+from ingest.topics import UplinkTopic, parse_uplink, uplink
 from simulators.models import MODELS
 from simulators.models.base import GroupContext
 from tests.helpers import T0, publish, query, running, settings_for, wait_until
 from tests.poison import PoisonCase, load_poison_cases
 
 GOOD_PER_FORMAT = 1000
+LARGEST = 65_536  # pipeline.max_frame_bytes (the default)
 REGISTRY = load_registry()
 KIND = {"value": "env", "lwm2m-tlv": "env"}
 
@@ -78,9 +79,11 @@ def poison_topic(case: PoisonCase, prefix: str) -> str:
     return uplink(kind, case.device or "poison-dev", case.format, prefix, case.path)
 
 
+# A control character in a topic never reaches us over Mosquitto: it refuses the PUBLISH as
+# malformed UTF-8 (MQTT 5 §1.5.4) and drops the publisher; over CoAP it does reach us
+# (test_coap.py), and tests/unit/test_topics.py covers the parser.
 TRANSPORT_CASES = [  # (topic levels after the prefix, payload, reason prefix)
     ("up/env/" + "d" * 80 + "/senml-json", b'[{"n":"t","v":1}]', "device_id_invalid: 80 bytes"),
-    ("up/env/dev\x01ice/senml-json", b'[{"n":"t","v":1}]', "device_id_invalid: dev\\x01ice"),
     ("up/env//senml-json", b'[{"n":"t","v":1}]', "device_id_invalid: empty"),
     ("up//dev-1/senml-json", b'[{"n":"t","v":1}]', "kind_invalid: empty"),
     ("up/env/dev-1/senml-json", b"[" + b" " * 70_000 + b"]", "frame_too_large: 70002 bytes"),
@@ -89,11 +92,13 @@ TRANSPORT_CASES = [  # (topic levels after the prefix, payload, reason prefix)
 ]
 
 
-def _unique_keys(fmt: str, frames: list[bytes]) -> Counter[str]:
+def _unique_keys(fmt: str, frames: list[tuple[str, bytes]]) -> Counter[str]:
     """Rows per table the good frames make, counted once per natural key (as stored)."""
     batch = FrameBatch(fmt, "test")
-    for i, p in enumerate(frames):
-        batch.append(p, "", "dev", "", T0 * 1_000_000 + i)
+    for i, (topic, p) in enumerate(frames):
+        up = parse_uplink(topic)
+        assert isinstance(up, UplinkTopic)
+        batch.append(p, topic, up.device, up.kind, T0 * 1_000_000 + i)
     dec = REGISTRY.get(fmt).decode_batch(batch)
     assert not dec.rejects, f"{fmt}: good frames rejected: {dec.rejects[:3]}"
     specs = {s.name: s for s in REGISTRY.tables()}
@@ -117,17 +122,19 @@ async def test_poison_amid_good_frames_is_dead_lettered_once_and_the_rest_stored
     expected_dead: Counter[tuple[str, bytes]] = Counter()  # (reason prefix, payload)
     for fmt in formats:
         good = good_frames(fmt, topic_prefix)
-        expected_rows += _unique_keys(fmt, [p for _, p in good])
+        expected_rows += _unique_keys(fmt, good)
         poison = [(poison_topic(c, topic_prefix), c.payload, c.reason_prefix) for c in cases
                   if c.format == fmt]  # fmt: skip
         step = len(good) // (len(poison) + 1)
         for j, (topic, payload, reason) in enumerate(poison):  # amid the good frames
             good.insert((j + 1) * step + j, (topic, payload))
-            expected_dead[(reason, payload[:65_536])] += 1
+            if len(payload) > LARGEST:  # refused at the listener before any decoder sees it
+                reason = f"frame_too_large: {len(payload)} bytes"
+            expected_dead[(reason, payload[:LARGEST])] += 1
         msgs += good
     for levels, payload, reason in TRANSPORT_CASES:
         msgs.insert(len(msgs) // 2, (f"{topic_prefix}/{levels}", payload))
-        expected_dead[(reason, payload[:65_536])] += 1
+        expected_dead[(reason, payload[:LARGEST])] += 1
     settings = settings_for(
         pg_url, broker, topic_prefix, pipeline={"flush_interval_ms": 2000}, mqtt={"topics": [
             f"{topic_prefix}/up/+/+/+/#", f"{topic_prefix}/a/#"]},
@@ -149,9 +156,10 @@ async def test_poison_amid_good_frames_is_dead_lettered_once_and_the_rest_stored
              f"unexpected: {reason}")
         for reason, payload in dead
     )  # fmt: skip
-    assert got_dead == Counter({r: n for (r, _), n in expected_dead.items()}) or _explain(
-        dead, expected_dead
-    )
+    wanted: Counter[str] = Counter()
+    for (r, _), n in expected_dead.items():
+        wanted[r] += n
+    assert got_dead == wanted or _explain(dead, expected_dead)
     for table, n in expected_rows.items():
         assert query(pg_url, f"SELECT count(*) FROM {table}") == [(n,)], table
 

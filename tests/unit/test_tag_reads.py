@@ -109,3 +109,14 @@ def test_json_plate_tid_and_rejects() -> None:
         (4, "tagread_invalid: device_mismatch: topic names 'G-0101', event names 'G-9'"),
         (5, "tagread_invalid: 'first_seen' '2026-01-01T08:00:00' has no UTC offset"),
     ]
+
+
+def test_a_reader_named_only_by_the_event_must_be_text_postgresql_takes() -> None:
+    events = [{"reader": r, "epc": "E2", "first_seen": 1} for r in ("G\x00", "\ud800", "G-1")]
+    batch = _batch("tagread-json", *(json.dumps(e).encode() for e in events), hint="")
+    out = JSON_EVENTS.decode_batch(batch)
+    assert [(r.index, r.reason) for r in out.rejects] == [
+        (0, "bad_text: reader contains a NUL byte"),
+        (1, "bad_text: reader is not valid UTF-8"),
+    ]
+    assert out.rows["vehicle_tag_reads"].devices.tolist() == [b"G-1"]

@@ -12,7 +12,8 @@ from decoders.registry import load_registry
 
 VECTORS = Path(__file__).parents[1] / "vectors"
 README = Path(__file__).parents[2] / "decoders" / "README.md"
-CASES = sorted(p for p in VECTORS.glob("*/*") if p.is_dir())
+# tests/vectors/poison/ holds the poison corpus (tests/unit/test_poison.py), not golden cases
+CASES = sorted(p for p in VECTORS.glob("*/*") if p.is_dir() and p.parent.name != "poison")
 
 
 def _source_fields(case: Path) -> dict[str, str]:
