@@ -374,3 +374,26 @@ async def test_readyz_checks_coap_only_when_on(pg_url: str, broker, topic_prefix
             "checks": {"mqtt": True, "coap": True, "database": True, "accepting": True},
         },
     )
+
+
+async def test_a_path_with_a_bad_device_id_is_dead_lettered_and_answered_4_00(
+    pg_url: str, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
+    settings = coap_settings(pg_url, broker, topic_prefix)
+    async with running(settings) as svc, client() as ctx:
+        msg = aiocoap.Message(code=aiocoap.POST, payload=pack("x", 0))
+        msg.remote = aiocoap.message.UndecidedRemote("coap", f"127.0.0.1:{coap_port(svc)}")
+        msg.opt.uri_path = ("up", "env", "dev\x01ice")
+        msg.opt.content_format = 110
+        answer = await asyncio.wait_for(ctx.request(msg).response, 15)
+        good = await post(ctx, coap_port(svc), "/up/env/dev-ok", pack("dev-ok", 0), 110)
+    reason = "device_id_invalid: dev\\x01ice: 1-64 bytes without spaces, control characters"
+    assert str(answer.code) == "4.00 Bad Request"
+    assert answer.payload.decode().startswith(reason)
+    assert str(good.code) == "2.04 Changed"
+    [(source, stored_reason)] = query(pg_url, "SELECT source, reason FROM dead_letters")
+    assert source == "/up/env/dev\x01ice"  # the raw path, as the device sent it
+    assert stored_reason.startswith(reason)
+    assert query(pg_url, "SELECT count(*) FROM devices WHERE external_id = %s", "dev\x01ice") == [
+        (0,)
+    ]

@@ -128,9 +128,9 @@ async def test_poison_amid_good_frames_is_dead_lettered_once_and_the_rest_stored
         step = len(good) // (len(poison) + 1)
         for j, (topic, payload, reason) in enumerate(poison):  # amid the good frames
             good.insert((j + 1) * step + j, (topic, payload))
-            if len(payload) > LARGEST:  # refused at the listener before any decoder sees it
-                reason = f"frame_too_large: {len(payload)} bytes"
-            expected_dead[(reason, payload[:LARGEST])] += 1
+            # a frame over max_frame_bytes is refused at the listener, before any decoder
+            why = f"frame_too_large: {len(payload)} bytes" if len(payload) > LARGEST else reason
+            expected_dead[(why, payload[:LARGEST])] += 1
         msgs += good
     for levels, payload, reason in TRANSPORT_CASES:
         msgs.insert(len(msgs) // 2, (f"{topic_prefix}/{levels}", payload))
