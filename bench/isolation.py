@@ -3,7 +3,7 @@ in one run: cityflux draining the single-reading workload (QoS 1)
 
 - clean;
 - with 1 % poison frames spread evenly through the stream — refused at the edge (an 80-byte
-  device id, a control character in the device level, a 70 KiB payload, an unknown format)
+  device id, a ':' in the device level, a 70 KiB payload, an unknown format)
   or rejected by the decoder (NaN, 1e400, invalid UTF-8): each must end as one dead letter;
 - with 1 % frames that make the decoder raise for its whole batch (a decoder bug, injected):
   the pipeline takes the batch apart in memory until each such frame is alone.
@@ -47,7 +47,7 @@ def edge_and_decoder_poison() -> list[tuple[str, bytes]]:
     """Poison frames of the kinds devices really send, each ending as one dead letter."""
     return [
         (uplink("env", "d" * 80, "value", PREFIX, "/temperature"), b"21.5"),
-        (uplink("env", "esp-\x01bad", "value", PREFIX, "/temperature"), b"21.5"),
+        (uplink("env", "esp:bad", "value", PREFIX, "/temperature"), b"21.5"),  # ':' in an id
         (uplink("env", "esp-big", "value", PREFIX, "/temperature"), b"1" * 70_000),
         (uplink("env", "esp-fmt", "no-such-format", PREFIX), b"21.5"),
         (uplink("env", "esp-nan", "value", PREFIX, "/temperature"), b"NaN"),
