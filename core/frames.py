@@ -7,7 +7,7 @@ See docs/design/0001-batch-and-ack-after-commit.md.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -170,6 +170,18 @@ class Decoded:
     """Frames decoded without reject (a frame may yield zero rows, e.g. a heartbeat)."""
     replies: list[tuple[int, bytes]] = field(default_factory=list)
     """(frame index, payload) the protocol says to send back to the device after commit."""
+
+    def without(self, frames: Collection[int]) -> Decoded:
+        """The same, less every row, reject and reply of these frames (decoded along with
+        their batch, but decided about before: refused at the edge)."""
+        drop = np.fromiter(frames, dtype=np.int32, count=len(frames))
+        rejected = {r.index for r in self.rejects}
+        return Decoded(
+            rows={t: r.take(~np.isin(r.frame_index, drop)) for t, r in self.rows.items()},
+            rejects=[r for r in self.rejects if r.index not in frames],
+            frames_ok=self.frames_ok - sum(1 for f in frames if f not in rejected),
+            replies=[(i, p) for i, p in self.replies if i not in frames],
+        )
 
 
 def merge_decoded(parts: Sequence[tuple[Sequence[int], Decoded]]) -> Decoded:

@@ -50,6 +50,27 @@ log = logging.getLogger(__name__)
 FAULT_TEXT_MAX = 300  # characters of an exception kept in a dead letter's reason
 
 
+class LogBudget:
+    """At most ``lines`` log lines per ``window_s`` for one kind of event (a steady trickle of
+    bad frames must not flood the log); the next line allowed says how many were held back."""
+
+    def __init__(self, lines: int = 20, window_s: float = 10.0) -> None:
+        self._lines, self._window = lines, window_s
+        self._start, self._used, self._held = 0.0, 0, 0
+
+    def allow(self) -> str | None:
+        """A suffix for the line to log (None: do not log it)."""
+        now = time.monotonic()
+        if now - self._start >= self._window:
+            self._start, self._used = now, 0
+        if self._used >= self._lines:
+            self._held += 1
+            return None
+        self._used += 1
+        held, self._held = self._held, 0
+        return f" ({held} similar lines held back)" if held else ""
+
+
 class Stage(StrEnum):
     """Where in the pipeline a batch failed (the ``stage`` label of stage errors)."""
 
@@ -158,6 +179,7 @@ class Pipeline:
     ) -> None:
         self._decoders = decoders
         self._specs = {s.name: s for s in decoders.tables()}
+        self._frame_logs = LogBudget()  # per-frame isolation lines (each frame is a dead letter)
         self._alerts = alerts
         self._resolver = resolver
         self._writers = writers
@@ -337,12 +359,6 @@ class Pipeline:
         """Store one batch and release its acks after the commit; when a stage fails for it,
         split it until the frames that cause the failure are alone, dead-letter those and
         store the rest (never raises for a frame's fault)."""
-        if batch.refused:
-            await self._dead_letter(batch.subset(sorted(batch.refused)), writer)
-            rest = [i for i in range(len(batch)) if i not in batch.refused]
-            if not rest:
-                return
-            batch = batch.subset(rest)
         todo = [batch]
         while todo:
             part = todo.pop()
@@ -351,12 +367,14 @@ class Pipeline:
             except StageError as fault:
                 self._metrics.stage_errors.labels(fault.stage.value).inc()
                 if len(part) == 1:
-                    log.warning(
-                        "pipeline: %s frame from %s fails alone at %s; dead-lettering it",
-                        part.decoder,
-                        shown(part.sources[0]),
-                        fault,
-                    )
+                    if (quiet := self._frame_logs.allow()) is not None:
+                        log.warning(
+                            "pipeline: %s frame from %s fails alone at %s; dead-lettering it%s",
+                            part.decoder,
+                            shown(part.sources[0]),
+                            fault,
+                            quiet,
+                        )
                     await self._dead_letter(part, writer, f"stage_error: {fault}")
                     continue
                 first, second = _split(part, fault.suspects)
@@ -407,16 +425,22 @@ class Pipeline:
             decoder: Decoder | None = self._decoders.get(batch.decoder)
         except UnknownDecoderError:
             decoder = None
-        if decoder is None:
+        refused = batch.refused
+        if decoder is None or len(refused) == len(batch):
             for i in range(len(batch)):
-                dead.add(i, f"unknown_format: no decoder named {shown(batch.decoder)!r}")
+                why = refused.get(i) or f"unknown_format: no decoder named {shown(batch.decoder)!r}"
+                dead.add(i, why)
             return Decoded()
         try:
             decoded = decoder.decode_batch(batch)
         except Exception:  # against the decoder contract: find the frames, in memory
             self._metrics.stage_errors.labels(Stage.DECODE.value).inc()
-            decoded = decode_apart(decoder, batch)
+            decoded = decode_apart(decoder, batch, self._frame_logs)
         decoded = screen(decoded, self._specs)  # what PostgreSQL would refuse, per frame
+        if refused:  # frames refused at the edge were decoded along, never stored
+            decoded = decoded.without(refused)
+            for i, why in refused.items():
+                dead.add(i, why)
         for rej in decoded.rejects:
             dead.add(rej.index, rej.reason)
         return decoded
@@ -443,8 +467,8 @@ class Pipeline:
     async def _dead_letter(
         self, batch: FrameBatch, writer: BatchWriter, reason: str | None = None
     ) -> None:
-        """Store every frame of ``batch`` as a dead letter (its ``refused`` reason, else
-        ``reason``), then acknowledge them; if even that is refused, abandon them."""
+        """Store every frame of ``batch`` as a dead letter with ``reason`` (a frame refused
+        at the edge: its own), then acknowledge them; if even that is refused, abandon them."""
         started = time.perf_counter()
         dead = DeadLetters()
         for i in range(len(batch)):
@@ -604,7 +628,7 @@ class Pipeline:
             self._idle.set()
 
 
-def decode_apart(decoder: Decoder, batch: FrameBatch) -> Decoded:
+def decode_apart(decoder: Decoder, batch: FrameBatch, logs: LogBudget | None = None) -> Decoded:
     """Decode a batch the decoder raised for, halving the parts that raise
     until each raising frame is alone (rejected ``stage_error: decode: …``); decoding is
     pure, so this costs decoder calls, not transactions."""
@@ -619,12 +643,15 @@ def decode_apart(decoder: Decoder, batch: FrameBatch) -> Decoded:
                 todo += [part[len(part) // 2 :], part[: len(part) // 2]]
                 continue
             fault = StageError(Stage.DECODE, exc)
-            log.warning(
-                "pipeline: %s decoder raises for a frame from %s (%s); dead-lettering it",
-                batch.decoder,
-                shown(batch.sources[part[0]]),
-                fault,
-            )
+            quiet = logs.allow() if logs is not None else ""
+            if quiet is not None:
+                log.warning(
+                    "pipeline: %s decoder raises for a frame from %s (%s); dead-lettering it%s",
+                    batch.decoder,
+                    shown(batch.sources[part[0]]),
+                    fault,
+                    quiet,
+                )
             parts.append((part, Decoded(rejects=[Reject(0, f"stage_error: {fault}")])))
     return merge_decoded(parts)
 
