@@ -6,7 +6,7 @@ from core.frames import Decoded, FrameBatch
 from decoders.streetlight import DECODER as STREETLIGHT
 from decoders.streetlight import encode_frame as streetlight_frame
 from ingest.mqtt_source import NO_ACK, AckHandles, puback_packets
-from ingest.pipeline import Stage, StageError, _split, decode_apart
+from ingest.pipeline import LogBudget, Stage, StageError, _split, decode_apart
 
 
 def _batch(n: int) -> FrameBatch:
@@ -123,3 +123,26 @@ def test_a_raising_decoder_is_taken_apart_in_memory_and_the_good_rows_are_unchan
         assert {k: v.tolist() for k, v in merged.nulls.items()} == {
             k: v.tolist() for k, v in rows.nulls.items()
         }
+
+
+def test_frames_refused_at_the_edge_are_dropped_from_what_their_batch_decoded() -> None:
+    batch = FrameBatch("streetlight", "mqtt")
+    for i in range(4):
+        batch.append(streetlight_frame(861234567890000 + i, 1_767_225_600 + i, i, voltage=230.0,
+                                       current=0.3, power=70.0, energy_kwh=1.0, dimming=50,
+                                       lamp_on=True), "t", "", "streetlight", i)  # fmt: skip
+    batch.append(b"garbage", "t", "", "streetlight", 4)
+    whole = STREETLIGHT.decode_batch(batch)
+    kept = whole.without({1, 4})
+    assert kept.frames_ok == whole.frames_ok - 1
+    assert kept.rejects == []
+    for name, rows in kept.rows.items():
+        assert set(rows.frame_index.tolist()) == {0, 2, 3}, name
+        assert len(rows) == len(whole.rows[name]) * 3 // 4
+
+
+def test_a_log_budget_holds_back_a_flood_and_says_how_much() -> None:
+    budget = LogBudget(lines=2, window_s=3600)
+    assert [budget.allow() for _ in range(5)] == ["", "", None, None, None]
+    budget._start = 0.0  # the window has passed
+    assert budget.allow() == " (3 similar lines held back)"
