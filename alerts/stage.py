@@ -264,6 +264,10 @@ class AlertStage:
             self._metrics.alert_reloads.labels("error").inc()
             log.error("alerts: rules file rejected, the previous rules stay active:\n%s", exc)
             return None
+        except Exception:  # a bug in loading must not stop the service either
+            self._metrics.alert_reloads.labels("error").inc()
+            log.exception("alerts: rules file could not be loaded; the previous rules stay")
+            return None
         self._metrics.alert_reloads.labels("ok").inc()
         log.info("alerts: %d rules reloaded from %s", len(ruleset), self._watch.path)
         return ruleset

@@ -63,9 +63,9 @@ def _in_process(port: int, reqs: list[tuple[str, int | None, bytes]], window: in
 
 
 def bare_rate(n: int, window: int = 100) -> dict[str, Any]:
-    """Requests/s of the bare aiocoap server, at the window it does best with (measured
-    here: ~2,800/s at 20-100 outstanding; at 1,000 its default receive buffer overflows,
-    requests are retransmitted and it falls to ~1,300/s)."""
+    """Requests/s of the bare aiocoap server, at the window it does best with (20-100
+    outstanding; at 1,000 its default receive buffer overflows, requests are retransmitted
+    and its rate halves: figures in results/coap.json)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.coap_bare", str(port)], stdout=subprocess.PIPE, text=True

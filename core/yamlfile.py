@@ -69,7 +69,8 @@ def error_message(err: ErrorDetails, node: yaml.Node | None, loc: Sequence[int |
     found, exact = _walk(node, loc)
     if exact and isinstance(found, yaml.ScalarNode) and found.style is None:
         text = str(found.value)
-        msg += f"{':' if msg else ''} YAML reads {text} as {json.dumps(err['input'])}; "
+        read = json.dumps(err["input"], default=str)  # a date or time: its ISO text
+        msg += f"{':' if msg else ''} YAML reads {text} as {read}; "
         msg += f'quote it: "{text}"'
     return msg
 

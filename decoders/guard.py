@@ -35,6 +35,7 @@ from decoders.limits import (
 
 _INT_TYPE = {ColumnType.INT2: "int16", ColumnType.INT4: "int32", ColumnType.INT8: "int64"}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_TEXT_BYTES = 2_000  # under PostgreSQL's btree row limit (~2,704 bytes) with room for a key
 
 
 def _invalid_utf8(mat: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
@@ -104,6 +105,13 @@ def _problems(rows: TableRows, spec: TableSpec) -> list[tuple[int, str]]:
             for j, p in _text_rows(values):
                 if null is None or not null[j]:
                     found.append((j, f"bad_text: {where} {p}"))
+            if values.dtype.kind == "S" and values.dtype.itemsize > MAX_TEXT_BYTES:
+                # a unique index row holds at most ~2.7 kB (btree): a longer key is refused
+                size = np.char.str_len(values)
+                found += [
+                    (j, f"too_long: {where} has {int(size[j])} bytes, max {MAX_TEXT_BYTES}")
+                    for j in np.flatnonzero(size > MAX_TEXT_BYTES).tolist()
+                ]
             continue
         if typ is ColumnType.TIMESTAMPTZ:
             bad = (values < TS_MIN_US) | (values > TS_MAX_US)

@@ -22,6 +22,7 @@ import numpy as np
 
 from core.frames import Decoded, FrameBatch, Reject, TableRows
 from decoders.base import Decoder, TableSpec
+from decoders.limits import MAX_TEXT
 from decoders.rows import EnvReadingsBuilder
 from decoders.tables import ENV_READINGS
 
@@ -58,6 +59,8 @@ def metric_of(source: str) -> str:
     """The metric a source names (``…/value/<metric>``); raise ``PlainValueError``."""
     at = source.rfind(_MARK)
     metric = source[at + len(_MARK) :] if at >= 0 else ""
+    if len(metric) > MAX_TEXT:  # a topic level can be 64 KiB; a btree key row cannot
+        raise PlainValueError(f"too_long: metric has {len(metric)} characters, max {MAX_TEXT}")
     if not _METRIC_RE.match(metric):
         raise PlainValueError(
             f"value_invalid: the topic or path names no metric (…/value/<metric>): {source!r}"

@@ -1,7 +1,7 @@
 """Vectorised reading of simple CSV device lines: a block of the file at a time, with numpy.
 
 A bulk registry file is millions of plain lines (``861000000000001,nbiot-env,Futian,22.5,114``).
-Reading them with :mod:`csv` and checking each in Python costs ~6 µs a line; here a block's
+Reading them with :mod:`csv` and checking each in Python costs microseconds a line; here a block's
 newline and comma positions give every field of every line at once, and the cheap checks
 (id characters and length, profile known, status, text lengths, coordinates in range) run
 as array operations. A line is *simple* when it is ASCII, has no quote or carriage return,

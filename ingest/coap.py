@@ -362,7 +362,8 @@ class CoapListener(asyncio.DatagramProtocol):
         self._pending[ack_id] = ex
         self._waiting.append((ex.received + self._cfg.piggyback_ms / 1000, ex))
         source = "/" + "/".join(path)
-        refusal = check_levels(kind, device)
+        named_format = path[3] if len(path) > 3 and not path[3].isdigit() else None
+        refusal = check_levels(kind, device, named_format)
         largest = self._pipeline.max_frame_bytes
         if refusal is None and len(payload) <= largest:
             self._pipeline.submit(fmt, TRANSPORT, self, payload, source, device, kind, ack_id)

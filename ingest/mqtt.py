@@ -182,6 +182,9 @@ class MqttListener(MqttSource):
         ack = self._client.ack
         for mid in self._acks.release(ack_ids, ok):  # in arrival order (ingest/mqtt_source.py)
             ack(mid, 1)
+        if not ok and not self._stopping.is_set() and self._client.is_connected():
+            log.warning("MQTT: frames abandoned unstored; reconnecting so the broker resends")
+            self._client.disconnect()  # the session is kept; run() reconnects
 
     def send_replies(self, replies: Sequence[tuple[str, bytes]]) -> None:
         """Publish each reply on the device's downlink topic (``…/down/<kind>/<device>/<fmt>``)

@@ -11,7 +11,9 @@ A QoS 1 frame is acknowledged (PUBACK) only after its batch committed. Two rules
 - **Connections.** Packet ids are per connection: after a reconnect the broker redelivers
   the old frame under an id of its choosing and may reuse the old id for another frame, so a
   late PUBACK by packet id alone could acknowledge a frame not yet stored. A handle carries
-  the connection's generation and the frame's arrival number (``generation << 32 | arrival``);
+  the connection's generation (15 bits, wrapping: a handle 32,768 reconnects old is never
+  still waiting) and the frame's arrival number on that connection (48 bits: 2.8·10¹⁴
+  frames, years at a million a second) as ``generation << 48 | arrival``;
   only handles of the current connection are ever acknowledged (the redelivered copy is
   stored once by the idempotent writer and acknowledged under its new id).
 
@@ -27,8 +29,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-SHIFT = 32
+SHIFT = 48
 ARRIVAL_MASK = (1 << SHIFT) - 1
+GENERATIONS = 1 << 15  # handles stay non-negative int64
 NO_ACK = -1
 _COMPACT = 1 << 20  # forget acknowledged arrivals in steps of this many
 
@@ -55,7 +58,7 @@ class AckHandles:
     @property
     def tag(self) -> int:
         """The current connection's bits of a handle."""
-        return self.generation << SHIFT
+        return (self.generation % GENERATIONS) << SHIFT
 
     def handle(self, packet_id: int | None) -> int:
         """Note a frame's arrival; its handle (``NO_ACK`` for QoS 0: nothing to acknowledge).
@@ -76,7 +79,7 @@ class AckHandles:
         acknowledged now, in arrival order: those of the longest run of settled frames from
         the oldest one waiting (abandoned frames are skipped, never acknowledged)."""
         h = np.asarray(handles, dtype=np.int64)
-        mine = h[(h >= 0) & (h >> SHIFT == self.generation)] & ARRIVAL_MASK
+        mine = h[(h >= 0) & (h >> SHIFT == self.generation % GENERATIONS)] & ARRIVAL_MASK
         n = len(self.packet_ids)
         if self._done.shape[0] < n:
             grown = np.zeros(max(n, 2 * self._done.shape[0]), dtype=np.int8)

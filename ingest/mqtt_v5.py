@@ -213,6 +213,11 @@ class Mqtt5Listener(MqttSource, asyncio.Protocol):
         pids = self._acks.release(ack_ids, ok)
         if pids:
             self._write(puback_packets(pids))
+        if not ok and not self._stopping.is_set() and self._transport is not None:
+            # the broker redelivers unacknowledged frames only to a new connection, and each
+            # holds one of its in-flight slots meanwhile: reconnect (the session is kept)
+            log.warning("MQTT: frames abandoned unstored; reconnecting so the broker resends")
+            self._transport.close()
 
     def send_replies(self, replies: Sequence[tuple[str, bytes]]) -> None:
         """Publish each reply on the device's downlink topic at QoS 1."""

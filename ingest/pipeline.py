@@ -44,7 +44,7 @@ from device_registry.ids import id_problem, shown
 from device_registry.lastseen import LastSeen
 from device_registry.resolver import DeviceResolver, Resolution
 from storage.dead_letters import DeadLetters
-from storage.writer import TRANSIENT_ERRORS, BatchWriter, StorageRejectedError, TableWrite
+from storage.writer import BatchWriter, StorageRejectedError, TableWrite, is_transient
 
 log = logging.getLogger(__name__)
 FAULT_TEXT_MAX = 300  # characters of an exception kept in a dead letter's reason
@@ -313,6 +313,7 @@ class Pipeline:
         by_transport = self._flush_by_transport
         while True:
             await asyncio.sleep(tick)
+            self._metrics.queue_depth.set(self._inflight)  # also while nothing commits
             now = time.monotonic()
             for key in [
                 k
@@ -353,6 +354,8 @@ class Pipeline:
                     batch.decoder,
                     _frame_ids(batch),
                 )
+                batch.ack_sink.release(batch.ack_ids, False)  # later PUBACKs must not wait
+                self._finish(len(batch))
         await writer.close()
 
     async def process(self, batch: FrameBatch, writer: BatchWriter) -> None:
@@ -378,16 +381,18 @@ class Pipeline:
                     await self._dead_letter(part, writer, f"stage_error: {fault}")
                     continue
                 first, second = _split(part, fault.suspects)
-                log.warning(
-                    "pipeline: a batch of %d %s frames failed at %s; splitting it (%d + %d) to "
-                    "find the frames that cause it; frames %s",
-                    len(part),
-                    part.decoder,
-                    fault,
-                    len(first),
-                    len(second),
-                    _frame_ids(part),
-                )
+                if (quiet := self._frame_logs.allow()) is not None:
+                    log.warning(
+                        "pipeline: a batch of %d %s frames failed at %s; splitting it (%d + %d) "
+                        "to find the frames that cause it; frames %s%s",
+                        len(part),
+                        part.decoder,
+                        fault,
+                        len(first),
+                        len(second),
+                        _frame_ids(part),
+                        quiet,
+                    )
                 todo += [part.subset(second), part.subset(first)]
 
     async def _store(self, batch: FrameBatch, writer: BatchWriter) -> None:
@@ -406,7 +411,8 @@ class Pipeline:
                     writes, dead.columns(batch), dead.nulls(batch), then, _once(batch, dead)
                 )
             except StorageRejectedError as exc:
-                raise StageError(Stage.STORE, exc, _frames_named(exc, writes, dead)) from exc
+                named = _frames_named(exc, writes, dead, _once(batch, dead))
+                raise StageError(Stage.STORE, exc, named) from exc
         except StageError:
             if hook is not None and note is not None:
                 hook.abandoned(note)
@@ -415,9 +421,7 @@ class Pipeline:
             if hook is not None and note is not None:
                 hook.abandoned(note)
             raise StageError(Stage.PIPELINE, exc) from exc
-        if hook is not None:
-            hook.committed(note)
-        self._committed(batch, decoded, dead, writes, started)
+        self._committed(batch, decoded, dead, writes, started, note)
 
     def _decode(self, batch: FrameBatch, dead: DeadLetters) -> Decoded:
         """The decoder's rows and rejects (rejects go to ``dead``)."""
@@ -455,9 +459,9 @@ class Pipeline:
         async def then(conn: Any) -> None:
             try:
                 await hook.within(conn, writes, note)
-            except TRANSIENT_ERRORS:
-                raise  # the writer reconnects and retries the transaction
             except psycopg.Error as exc:
+                if is_transient(exc):
+                    raise  # the writer reconnects and retries the transaction
                 raise StageError(Stage.ALERT_EVENTS, exc) from exc
             except Exception as exc:
                 raise StageError(Stage.RULES, exc) from exc
@@ -499,21 +503,27 @@ class Pipeline:
         dead: DeadLetters,
         writes: list[TableWrite],
         started: float,
+        note: Any = None,
     ) -> None:
-        """After the commit: acknowledge, then the bookkeeping (which must never un-ack)."""
-        outcome = Outcome(dict(zip(dead.frames, dead.reasons, strict=True)))
-        outcome.replies = {i: p for i, p in decoded.replies if i not in outcome.rejected}
-        batch.ack_sink.release(batch.ack_ids, True, outcome)
+        """After the commit: acknowledge, then the bookkeeping (which must never un-ack,
+        never raise, and count the batch's frames out of flight exactly once)."""
+        accounted = False
         try:
+            outcome = Outcome(dict(zip(dead.frames, dead.reasons, strict=True)))
+            outcome.replies = {i: p for i, p in decoded.replies if i not in outcome.rejected}
+            batch.ack_sink.release(batch.ack_ids, True, outcome)
+            if self._alerts is not None and note is not None:
+                self._alerts.committed(note)
             self._note_seen(batch, writes, dead)
             if outcome.replies:
                 batch.ack_sink.send_replies(
                     [(batch.sources[i], payload) for i, payload in outcome.replies.items()]
                 )
             self._account(batch, decoded, dead, writes, time.perf_counter() - started)
+            accounted = True
             for on_committed in self.on_committed:
                 on_committed(batch, decoded)
-        except Exception:  # the frames are stored and acknowledged; keep going
+        except Exception:  # the frames are stored (and acknowledged); keep going
             self._metrics.stage_errors.labels(Stage.PIPELINE.value).inc()
             log.exception(
                 "pipeline: bookkeeping failed after a committed batch of %d %s frames; frames %s",
@@ -521,7 +531,8 @@ class Pipeline:
                 batch.decoder,
                 _frame_ids(batch),
             )
-            self._finish(len(batch))
+            if not accounted:
+                self._finish(len(batch))
 
     def _note_seen(self, batch: FrameBatch, writes: list[TableWrite], dead: DeadLetters) -> None:
         """Last seen for every device with a stored frame: from the rows' device ids, and for
@@ -553,7 +564,10 @@ class Pipeline:
     ) -> list[TableWrite]:
         if not decoded.rows:
             return []
-        kinds = np.array(batch.kind_hints, dtype=np.bytes_)
+        try:
+            kinds = np.array(batch.kind_hints, dtype=np.bytes_)  # ASCII kinds: one conversion
+        except UnicodeEncodeError:  # a kind in UTF-8 (the id rule allows it)
+            kinds = np.array([k.encode() for k in batch.kind_hints], dtype=np.bytes_)
         bad_frames: dict[int, str] = {}
         resolved: list[tuple[str, TableRows, np.ndarray]] = []
         async with self._resolve_lock:  # provisioning must not race between workers
@@ -675,13 +689,18 @@ def _once(batch: FrameBatch, dead: DeadLetters) -> npt.NDArray[np.bool_] | None:
 
 
 def _frames_named(
-    exc: StorageRejectedError, writes: Sequence[TableWrite], dead: DeadLetters
+    exc: StorageRejectedError,
+    writes: Sequence[TableWrite],
+    dead: DeadLetters,
+    once: npt.NDArray[np.bool_] | None,
 ) -> list[int]:
     """The frame whose row the database names in its error (a COPY's line), if any."""
     if exc.row is None:
         return []
-    if exc.table == "dead_letters":
-        return [dead.frames[exc.row]] if exc.row < len(dead.frames) else []
+    if exc.table == "dead_letters":  # the COPY holds the dead letters not stored "once"
+        fresh = dead.frames if once is None else np.asarray(dead.frames)[~once].tolist()
+        copied: list[int] = fresh
+        return [copied[exc.row]] if exc.row < len(copied) else []
     for tw in writes:
         if tw.spec.name == exc.table and exc.row < len(tw.rows):
             return [int(tw.rows.frame_index[exc.row])]

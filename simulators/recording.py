@@ -9,7 +9,7 @@ made it), then one record per frame::
     payload len   u32  then the payload, as received
 
 Topics and payload headers repeat a lot, so gzip keeps a recording near the size of the
-payloads' entropy (bench: 100,000 NB-IoT frames ≈ 1.4 MB). ``read_frames`` also reads the
+payloads' entropy. ``read_frames`` also reads the
 HJ 212 corpus (``*.h212.gz``: one frame per line, no receive time): each frame gets its
 DataTime as its time and ``<prefix>/up/air/<MN>/hj212`` as its topic.
 """

@@ -63,13 +63,24 @@ class RetryPolicy:
         return min(self.max_s, self.initial_s * math.pow(2, attempt))
 
 
-TRANSIENT_ERRORS = (
-    psycopg.OperationalError,  # connection lost, disk full, shutting down, too many clients
-    psycopg.InterfaceError,
-    errors.DeadlockDetected,
-    errors.SerializationFailure,
-)
-"""Errors that are no frame's fault: retried, never dead-lettered."""
+# SQLSTATE classes that are no frame's fault: connection (08), transaction rollback —
+# deadlocks, serialization (40), insufficient resources — disk full, out of memory, too many
+# connections (53), system errors (58), and operator intervention but query_canceled (57P…).
+# psycopg files some frame-caused errors under OperationalError too (54 program limits: an
+# index row too large; 57014 a statement timeout on a huge batch), so the class decides.
+_TRANSIENT_CLASSES = ("08", "40", "53", "58", "57P")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error is no frame's fault and is retried (never dead-lettered)."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:  # raised by the client: the connection, not the data
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return state.startswith(_TRANSIENT_CLASSES)
+
+
 _COPY_LINE = re.compile(r"COPY (?:_stage_)?(\w+), line (\d+)")
 
 
@@ -200,18 +211,22 @@ class BatchWriter:
             conn = await self.connection()
             try:
                 result = await op(conn)
-            except TRANSIENT_ERRORS as exc:
-                transient = isinstance(exc, errors.DeadlockDetected | errors.SerializationFailure)
-                if not transient and not conn.closed:
-                    await conn.close()
-                self._report_retry(exc, attempt)
-                await asyncio.sleep(self._retry.delay(attempt))
-                attempt += 1
             except psycopg.Error as exc:
+                if is_transient(exc):
+                    in_session = isinstance(
+                        exc, errors.DeadlockDetected | errors.SerializationFailure
+                    )
+                    if not in_session and not conn.closed:
+                        await conn.close()
+                    self._report_retry(exc, attempt)
+                    await asyncio.sleep(self._retry.delay(attempt))
+                    attempt += 1
+                    continue
                 if not conn.closed and conn.info.transaction_status is TransactionStatus.INERROR:
                     await conn.rollback()
                 if not _is_system_fault(exc):
                     raise StorageRejectedError.of(exc) from exc
+                self.reachable = False  # acknowledgements are held: /readyz says so
                 log.error(
                     "database refuses the schema or our privileges (%s: %s); an operator must "
                     "fix it; retrying in %.1f s, holding acknowledgements",

@@ -124,6 +124,10 @@ def test_a_rule_name_yaml_reads_as_a_boolean_is_an_error_saying_to_quote_it(
     )
     f.write_text(RULE.replace("name: no2-high", 'name: "off"'))
     assert [r.name for r in load_rules(f, TABLES).rules] == ["off"]
+    f.write_text(RULE.replace("name: no2-high", "name: 2026-12-02"))  # a date: no JSON form
+    with pytest.raises(DocumentError) as err:
+        load_rules(f, TABLES)
+    assert 'YAML reads 2026-12-02 as "2026-12-02"; quote it: "2026-12-02"' in str(err.value)
 
 
 def _hj212(mn: str, minute: int, pm25: float) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from core.frames import Decoded, FrameBatch
 from decoders.streetlight import DECODER as STREETLIGHT
 from decoders.streetlight import encode_frame as streetlight_frame
-from ingest.mqtt_source import NO_ACK, AckHandles, puback_packets
+from ingest.mqtt_source import GENERATIONS, NO_ACK, AckHandles, puback_packets
 from ingest.pipeline import LogBudget, Stage, StageError, _split, decode_apart
 
 
@@ -146,3 +146,14 @@ def test_a_log_budget_holds_back_a_flood_and_says_how_much() -> None:
     assert [budget.allow() for _ in range(5)] == ["", "", None, None, None]
     budget._start = 0.0  # the window has passed
     assert budget.allow() == " (3 similar lines held back)"
+
+
+def test_arrival_numbers_past_two_to_the_32_still_release() -> None:
+    acks = AckHandles()
+    for _ in range(GENERATIONS + 1):  # generations wrap too
+        acks.new_connection()
+    acks._base = 2**32 - 2  # as after 4.3 billion frames on one connection
+    handles = [acks.handle(pid) for pid in (1, 2, 3, 4, 5)]
+    assert all(0 <= h < 2**63 for h in handles)
+    assert acks.release(handles[2:]) == []
+    assert acks.release(handles[:2]) == [1, 2, 3, 4, 5]
