@@ -139,3 +139,26 @@ async def test_a_decoder_that_raises_loses_only_the_frames_that_make_it_raise(
         _dead_letters(pg_url)
         == [(bad_topic, "stage_error: decode: RuntimeError: boom", POISON)] * 3
     )
+
+
+async def test_a_key_too_long_for_the_index_and_a_utf8_kind_cost_nobody_else_anything(
+    pg_url: str, broker, topic_prefix: str
+) -> None:  # type: ignore[no-untyped-def]
+    long_metric = "m" * 8000  # PostgreSQL's btree refuses an index row this long (class 54)
+    bad = (uplink("env", "lm-bad", "value", topic_prefix, "/" + long_metric), b"1.5")
+    utf8 = (uplink("环境", "dev-kind-utf8", "value", topic_prefix, "/t"), b"2.5")
+    good = [(uplink("env", f"v-{i}", "value", topic_prefix, "/t"), b"3.5") for i in range(10)]
+    msgs = [*good[:5], bad, utf8, *good[5:]]
+    settings = settings_for(pg_url, broker, topic_prefix, pipeline={"flush_interval_ms": 500})
+    async with running(settings) as svc:
+        assert svc.pipeline is not None
+        pipe = svc.pipeline
+        assert await asyncio.to_thread(publish, broker, msgs) == len(msgs)
+        await wait_until(lambda: pipe.stats.received == len(msgs), 30, "12 frames")
+        await wait_until(lambda: pipe.inflight == 0, 30, "all committed")
+    assert query(pg_url, "SELECT count(*) FROM env_readings") == [(11,)]
+    assert query(pg_url, "SELECT kind FROM devices WHERE external_id = 'dev-kind-utf8'") == [
+        ("环境",)
+    ]
+    [(reason,)] = query(pg_url, "SELECT reason FROM dead_letters")
+    assert reason == "too_long: metric has 8000 characters, max 256"

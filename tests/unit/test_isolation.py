@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import psycopg
+import pytest
+from psycopg import errors
+
 from core.frames import Decoded, FrameBatch
 from decoders.streetlight import DECODER as STREETLIGHT
 from decoders.streetlight import encode_frame as streetlight_frame
 from ingest.mqtt_source import GENERATIONS, NO_ACK, AckHandles, puback_packets
 from ingest.pipeline import LogBudget, Stage, StageError, _split, decode_apart
+from storage.writer import is_transient
 
 
 def _batch(n: int) -> FrameBatch:
@@ -157,3 +162,26 @@ def test_arrival_numbers_past_two_to_the_32_still_release() -> None:
     assert all(0 <= h < 2**63 for h in handles)
     assert acks.release(handles[2:]) == []
     assert acks.release(handles[:2]) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (errors.AdminShutdown, True),  # 57P01: the server is shutting down
+        (errors.DiskFull, True),  # 53100
+        (errors.TooManyConnections, True),  # 53300
+        (errors.DeadlockDetected, True),  # 40P01
+        (errors.ProgramLimitExceeded, False),  # 54000: an index row too long — the frame's
+        (errors.QueryCanceled, False),  # 57014: a statement timeout on a huge batch
+        (errors.CheckViolation, False),  # 23514
+        (errors.UndefinedTable, False),  # 42P01: retried as a system fault, not here
+    ],
+)
+def test_the_sqlstate_decides_whether_an_error_is_transient(
+    error: type[psycopg.Error], transient: bool
+) -> None:
+    assert is_transient(error("x")) is transient
+
+
+def test_a_lost_connection_reported_by_the_client_is_transient() -> None:
+    assert is_transient(psycopg.OperationalError("server closed the connection unexpectedly"))
