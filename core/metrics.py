@@ -138,6 +138,17 @@ class Metrics:
         self.ingest_paused = Gauge(
             "cityflux_ingest_paused", "1 while sources are paused for backpressure", registry=r
         )
+        self.queue_capacity = Gauge(
+            "cityflux_queue_capacity_frames",
+            "Uncommitted frames above which sources are paused (pipeline.max_inflight_frames)",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "cityflux_ready",
+            "1 while a readiness check passes (what /readyz reports), by check",
+            ["check"],
+            registry=r,
+        )
         self.db_retries = Counter(
             "cityflux_db_retries", "Database operations retried after a lost connection", registry=r
         )

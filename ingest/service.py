@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Iterator
@@ -109,6 +110,9 @@ class Service:
             "accepting": not self._draining,
         }
 
+    def _ready(self, check: str) -> float:
+        return float(self.readiness()[check])
+
     async def run(self) -> None:
         """Migrate, start every stage, run until ``stop``, then drain and commit."""
         s = self.settings
@@ -117,6 +121,9 @@ class Service:
             migrate, conninfo, self.decoders.tables(), s.database.timescaledb
         )
         self.metrics.storage_info.labels(self.backend.value).set(1)
+        self.metrics.queue_capacity.set(s.pipeline.max_inflight_frames)
+        for check in self.readiness():  # read at scrape time, as /readyz answers
+            self.metrics.ready.labels(check).set_function(functools.partial(self._ready, check))
         self._db_ok = True  # it just answered the migrations
         retry = RetryPolicy(s.database.retry_initial_ms / 1000, s.database.retry_max_ms / 1000)
         writers = self._writers = [

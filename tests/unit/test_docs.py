@@ -61,3 +61,18 @@ def test_the_alerts_readme_describes_every_field_rules_test_prints() -> None:
         assert f"`{field}`" in section, field
     for kind in ("section_speed", "geofence", "watchlist"):
         assert f"`{kind}`" in section, kind
+
+
+def test_the_readme_names_every_metric_alert_and_recording_rule() -> None:
+    import yaml
+
+    from core.metrics import Metrics
+
+    readme = (ROOT / "README.md").read_text()
+    for family in Metrics().registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"`{name}`" in readme, f"README's metrics table lacks {name}"
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/rules/cityflux.yml").read_text())
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        name = rule.get("alert") or rule["record"]
+        assert f"`{name}`" in readme, f"README's 'Operating cityflux' lacks {name}"
