@@ -4,8 +4,6 @@ connection, tables and reports on the terminal."""
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +11,7 @@ from typing import Annotated, Any
 import psycopg
 import typer
 
+from core.logformat import configure_logging
 from ingest.settings import ConfigError, Settings, load_settings
 
 
@@ -44,11 +43,7 @@ def settings_of(config: Path | None, log_level: str | None = None) -> Settings:
     except ConfigError as exc:
         typer.echo(f"cityflux: {exc}", err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(
-        level=log_level or settings.log_level.value,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(log_level or settings.log_level.value, settings.log_format)
     return settings
 
 

@@ -183,6 +183,7 @@ class Service:
                 host=s.http.host,
                 port=s.http.port,
                 log_level="warning",
+                log_config=None,  # uvicorn's lines through our handler: one format (log_format)
                 lifespan="off",
             )
         )

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from alerts.config import AlertsConfig
 from core.config import Section
+from core.logformat import LogFormat
 from core.mqtt import MqttConfig
 from device_registry.config import RegistryConfig
 from device_registry.resolver import UnknownDevicePolicy
@@ -125,6 +126,10 @@ class Settings(BaseSettings):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     log_level: LogLevel = Field(LogLevel.INFO, description="logging threshold")
+    log_format: LogFormat = Field(
+        LogFormat.TEXT,
+        description="text (for people) or json (one object per line, for Loki or Elastic)",
+    )
 
     @classmethod
     def settings_customise_sources(

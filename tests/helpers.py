@@ -77,20 +77,25 @@ def service_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_serve(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    """`cityflux serve` as a real subprocess (for SIGKILL / SIGTERM tests)."""
+def start_serve(
+    settings: Settings, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`cityflux serve` as a real subprocess (for SIGKILL / SIGTERM tests); ``env`` adds
+    variables."""
     return subprocess.Popen(
         [sys.executable, "-m", "cityflux", "serve"],
-        env=service_env(settings),
+        env={**service_env(settings), **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=log.open("ab"),
     )
 
 
-async def start_serve_subscribed(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+async def start_serve_subscribed(
+    settings: Settings, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """`cityflux serve` as a subprocess, returned once it has subscribed (a new log line)."""
     before = log.read_text().count("subscribed") if log.exists() else 0
-    proc = start_serve(settings, log)
+    proc = start_serve(settings, log, env)
     await wait_until(lambda: log.read_text().count("subscribed") > before, 30, "service subscribed")
     return proc
 
