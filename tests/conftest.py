@@ -5,6 +5,8 @@
 - MQTT: CITYFLUX_TEST_MQTT (host:port), else 127.0.0.1:1883, else an embedded broker; every test
   gets a unique topic prefix.
 - TimescaleDB: the real extension under Node (PGlite), restarted per test module.
+- Prometheus: Debian's binary (``apt-get install prometheus``; .ci/run installs it), one per
+  test that asks, started once the test knows what to scrape.
 
 CITYFLUX_TEST_EMBEDDED=1 ignores the machine's services and starts private ones, as on a
 fresh machine (the fallback path, exercised on purpose).
@@ -13,8 +15,9 @@ fresh machine (the fallback path, exercised on purpose).
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +26,7 @@ import pytest
 
 from ingest.broker import EmbeddedBroker
 from storage.embedded import EmbeddedPostgres, free_port, reachable
-from tests.services import TimescaleWasm
+from tests.services import PrometheusServer, TimescaleWasm
 
 EMBEDDED = os.environ.get("CITYFLUX_TEST_EMBEDDED") == "1"
 
@@ -100,3 +103,27 @@ def embedded_pg(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
     pg = EmbeddedPostgres(tmp_path / "pg").start()
     yield pg
     pg.stop("immediate")
+
+
+PROMETHEUS_BIN = shutil.which("prometheus")
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[list[str]], PrometheusServer]]:
+    """Start a real Prometheus scraping the given targets (with the shipped rules); skipped
+    where the binary is missing, except in CI."""
+    if PROMETHEUS_BIN is None:
+        if os.environ.get("CI"):
+            pytest.fail("prometheus is required in CI")
+        pytest.skip("needs Debian's prometheus (apt-get install prometheus); .ci/run installs it")
+    servers: list[PrometheusServer] = []
+
+    def start(targets: list[str]) -> PrometheusServer:
+        assert PROMETHEUS_BIN is not None
+        server = PrometheusServer(PROMETHEUS_BIN, tmp_path / "prometheus", free_port())
+        servers.append(server)
+        return server.start(targets)
+
+    yield start
+    for server in servers:
+        server.stop()

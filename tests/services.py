@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 TIMESCALEDB_DIR = Path(__file__).parent / "timescaledb"
 
@@ -57,6 +61,69 @@ class TimescaleWasm:
 
     def stop(self) -> None:
         """Stop Node."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+
+
+PROMETHEUS_RULES = Path(__file__).parents[1] / "deploy" / "prometheus" / "rules" / "cityflux.yml"
+
+
+class PrometheusServer:
+    """A real Prometheus (Debian's binary) scraping ``targets`` every second and evaluating
+    the shipped rules (deploy/prometheus/rules/cityflux.yml) every second."""
+
+    def __init__(self, binary: str, folder: Path, port: int) -> None:
+        self.binary, self.folder, self.port = binary, folder, port
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, targets: list[str]) -> PrometheusServer:
+        """Write the config, start Prometheus, wait until its API answers."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PROMETHEUS_RULES, self.folder / "cityflux.yml")
+        listed = ", ".join(f"'{t}'" for t in targets)
+        (self.folder / "prometheus.yml").write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "rule_files: [cityflux.yml]\n"
+            "scrape_configs:\n"
+            "  - job_name: cityflux\n"
+            f"    static_configs: [{{targets: [{listed}]}}]\n"
+        )
+        self._proc = subprocess.Popen(
+            [
+                self.binary,
+                f"--config.file={self.folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.folder / "prometheus.log").open("wb"),
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self.api("/-/ready")
+                return self
+            except OSError:
+                if self._proc.poll() is not None:
+                    break
+                time.sleep(0.2)
+        log = (self.folder / "prometheus.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"Prometheus did not start:\n{log}")
+
+    def api(self, path: str, **params: str) -> Any:
+        """GET an API path; the JSON ``data`` (``/-/ready``: the text)."""
+        query = urllib.parse.urlencode(params)
+        url = f"http://127.0.0.1:{self.port}{path}" + (f"?{query}" if query else "")
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = resp.read()
+        return json.loads(body)["data"] if path.startswith("/api/") else body.decode()
+
+    def stop(self) -> None:
+        """Stop Prometheus."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:

@@ -34,6 +34,8 @@ def test_grafana_dashboard_queries_only_metrics_we_export() -> None:
         | {n + "_bucket" for n in _exported_metric_names()}
         | {n + "_total" for n in _exported_metric_names()}
     )
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "cityflux.yml").read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)) >= 10
     for panel in dash["panels"]:
@@ -41,6 +43,8 @@ def test_grafana_dashboard_queries_only_metrics_we_export() -> None:
         for target in panel["targets"]:
             for name in re.findall(r"cityflux_[a-z0-9_]+", target["expr"]):
                 assert name in exported, f"panel {panel['title']!r} queries unknown {name}"
+            for name in re.findall(r"cityflux:[a-z0-9_:]+", target["expr"]):
+                assert name in recorded, f"panel {panel['title']!r} queries unrecorded {name}"
 
 
 def test_grafana_provisioning_points_at_the_dashboard_folder() -> None:
