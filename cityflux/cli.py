@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cityflux import bench, db, decode, demo, devices, fleet, profiles, rules, serve
+from cityflux import bench, db, decode, demo, devices, fleet, profiles, rules, serve, status
 
 app = typer.Typer(
     help="cityflux: smart-city device ingest into TimescaleDB, with alerts.",
@@ -12,6 +12,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command()(serve.serve)
+app.command()(status.status)
 app.command()(bench.bench)
 app.command()(demo.demo)
 app.command()(decode.decode)
