@@ -36,6 +36,7 @@ import numpy.typing as npt
 import psycopg
 
 from core.frames import AckSink, Decoded, FrameBatch, Outcome, Reject, TableRows, merge_decoded
+from core.logformat import frame_fields
 from core.metrics import Metrics, reason_label
 from decoders.base import Decoder
 from decoders.guard import screen
@@ -377,6 +378,9 @@ class Pipeline:
                             shown(part.sources[0]),
                             fault,
                             quiet,
+                            extra=frame_fields(
+                                part.transport, part.device_hints[0] or None, part.decoder
+                            ),
                         )
                     await self._dead_letter(part, writer, f"stage_error: {fault}")
                     continue
@@ -665,6 +669,9 @@ def decode_apart(decoder: Decoder, batch: FrameBatch, logs: LogBudget | None = N
                     shown(batch.sources[part[0]]),
                     fault,
                     quiet,
+                    extra=frame_fields(
+                        batch.transport, batch.device_hints[part[0]] or None, batch.decoder
+                    ),
                 )
             parts.append((part, Decoded(rejects=[Reject(0, f"stage_error: {fault}")])))
     return merge_decoded(parts)

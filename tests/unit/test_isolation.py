@@ -185,3 +185,15 @@ def test_the_sqlstate_decides_whether_an_error_is_transient(
 
 def test_a_lost_connection_reported_by_the_client_is_transient() -> None:
     assert is_transient(psycopg.OperationalError("server closed the connection unexpectedly"))
+
+
+def test_a_frame_that_makes_a_decoder_raise_is_logged_with_its_frame_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    batch = FrameBatch("streetlight", "mqtt")
+    batch.append(b"BOOM", "c/up/streetlight/sl-9/streetlight", "sl-9", "streetlight", 0)
+    with caplog.at_level("WARNING", logger="ingest.pipeline"):
+        decode_apart(_Exploding(), batch, LogBudget())
+    [record] = caplog.records
+    fields = (record.transport, record.device, record.format)  # type: ignore[attr-defined]
+    assert fields == ("mqtt", "sl-9", "streetlight")  # the JSON log shows them (log_format)
