@@ -33,11 +33,13 @@ from alerts.engine import AlertEvent, Engine
 from alerts.rules import RuleSet, load_rules
 from alerts.runtimes import AbsenceRuntime, MachineRuntime
 from alerts.sinks import Dispatcher, MqttSink, Sink, WebhookSink
+from core.access import ActorKind, Principal
 from core.frames import FrameBatch
 from core.metrics import Metrics
 from core.mqtt import MqttConfig, MqttProtocol
 from core.yamlfile import DocumentError
 from decoders.base import TableSpec
+from storage import audit
 from storage.writer import TableWrite
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class AlertStage:
         self.engine = Engine(load_rule_file(cfg.rules_file, tables))
         metrics.alert_rules.set(len(self.engine.rules))
         self._reload = asyncio.Event()
+        self._reload_cause = "file changed"
         self._uncommitted = 0
         self._late_seen: dict[str, int] = {}
         self.dispatchers = [
@@ -249,6 +252,7 @@ class AlertStage:
 
     def _changed_rules(self) -> RuleSet | None:
         forced = self._reload.is_set()
+        self._reload_cause = "SIGHUP" if forced else "file changed"
         self._reload.clear()
         for rt in self.engine.runtimes.values():
             wl = rt.watchlist if isinstance(rt, MachineRuntime) else None
@@ -278,7 +282,16 @@ class AlertStage:
             await store.lock(conn)
             events: list[AlertEvent] = []
             if new is not None:
+                before = sorted(self.engine.runtimes)
                 events += self.engine.replace(new, now_us)
+                await audit.record_async(
+                    conn,
+                    Principal("cityflux", ActorKind.SERVICE),
+                    "rules.reload",
+                    str(self._watch.path),
+                    {"rules": before},
+                    {"rules": sorted(self.engine.runtimes), "trigger": self._reload_cause},
+                )
                 self._metrics.alert_rules.set(len(self.engine.rules))
             if self.engine.needs_attributes():
                 for rt in self.engine.runtimes.values():

@@ -19,6 +19,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from alerts.runtimes import AlertEvent
+from core.access import Principal
+from storage import audit
 
 LOCK_KEY = 0x616C657274  # "alert"
 CHUNK = 500  # events per statement (WebAssembly TimescaleDB builds fail on large unnest)
@@ -297,8 +299,10 @@ class AckError(LookupError):
         self.status = status
 
 
-def acknowledge(conn: Conn, alert_id: int, by: str, note: str | None) -> dict[str, Any]:
-    """Acknowledge a raised alert (and log the event for the sinks)."""
+def acknowledge(conn: Conn, alert_id: int, who: Principal, note: str | None) -> dict[str, Any]:
+    """Acknowledge a raised alert as ``who`` (and log the event for the sinks, and the change
+    in the audit log)."""
+    by = who.name
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         cur = conn.cursor(row_factory=dict_row)
@@ -330,6 +334,14 @@ def acknowledge(conn: Conn, alert_id: int, by: str, note: str | None) -> dict[st
                 by,
                 note,
             ),
+        )
+        audit.record(
+            conn,
+            who,
+            "alert.acknowledge",
+            str(alert_id),
+            {"state": "raised"},
+            {"state": "acknowledged", "note": note},
         )
     row.pop("subject_key")
     return _plain(row)

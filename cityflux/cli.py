@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from cityflux import bench, db, decode, demo, devices, fleet, profiles, rules, serve, status
+from cityflux import (
+    bench,
+    db,
+    decode,
+    demo,
+    devices,
+    fleet,
+    profiles,
+    rules,
+    serve,
+    status,
+    tokens,
+)
 
 app = typer.Typer(
     help="cityflux: smart-city device ingest into TimescaleDB, with alerts.",
@@ -23,3 +35,4 @@ app.add_typer(db.db_app, name="db")
 app.add_typer(devices.devices_app, name="devices")
 app.add_typer(profiles.profiles_app, name="profiles")
 app.add_typer(rules.rules_app, name="rules")
+app.add_typer(tokens.tokens_app, name="tokens")

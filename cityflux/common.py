@@ -3,7 +3,9 @@ connection, tables and reports on the terminal."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +13,7 @@ from typing import Annotated, Any
 import psycopg
 import typer
 
+from core.access import ActorKind, Principal
 from core.logformat import configure_logging
 from ingest.settings import ConfigError, Settings, load_settings
 
@@ -88,3 +91,12 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
         f"scenario {report['scenario']} (seed {report['seed']}): {report['devices']:,} devices"
     )
     typer.echo(render(report))
+
+
+def cli_principal() -> Principal:
+    """Who a state change made from the command line is audited as: the OS user."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        name = f"uid:{os.getuid()}"
+    return Principal(name, ActorKind.CLI)

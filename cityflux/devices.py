@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cityflux.common import ConfigOpt, print_rows, registry_conn, settings_of
+from cityflux.common import ConfigOpt, cli_principal, print_rows, registry_conn, settings_of
 
 devices_app = typer.Typer(help="Device registry: import, export, list, show.", no_args_is_help=True)
 
@@ -45,7 +45,7 @@ def devices_import(
                 progress.update(task, completed=done, total=total, description=what)
 
             try:
-                result = import_devices(conn, file, step)
+                result = import_devices(conn, file, step, cli_principal())
             except ImportFormatError as exc:
                 typer.echo(f"cityflux: {exc}", err=True)
                 raise typer.Exit(2) from None

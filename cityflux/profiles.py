@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cityflux.common import ConfigOpt, print_rows, registry_conn
+from cityflux.common import ConfigOpt, cli_principal, print_rows, registry_conn
 
 profiles_app = typer.Typer(help="Device profiles.", no_args_is_help=True)
 
@@ -27,7 +27,7 @@ def profiles_import(
         typer.echo(f"cityflux: {exc}", err=True)
         raise typer.Exit(2) from None
     with registry_conn(config) as conn:
-        changed = store(conn, profiles)
+        changed = store(conn, profiles, cli_principal(), str(file))
     typer.echo(f"{len(profiles)} profiles read, {changed} inserted or changed")
 
 

@@ -14,6 +14,7 @@ import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict
 
+from core.access import Guard, Principal, Scope
 from device_registry import store
 
 
@@ -41,18 +42,26 @@ def _connect(request: Request) -> Iterator[psycopg.Connection[Any]]:
 Conn = Annotated[psycopg.Connection[Any], Depends(_connect)]
 
 
-def registry_router() -> APIRouter:
+def registry_router(guard: Guard) -> APIRouter:
     """The ``/api/v1`` routes: devices, profiles, online status. The app names the database
-    in ``app.state.registry_conninfo``."""
+    in ``app.state.registry_conninfo``; ``guard`` admits a request holding a scope (reads
+    need ``read``, enabling or disabling a device ``operate``)."""
     router = APIRouter(prefix="/api/v1", tags=["registry"])
+    read = [Depends(guard(Scope.READ))]
+    # a default, not an annotation: annotations are strings here and cannot name locals
+    operator = Depends(guard(Scope.OPERATE))
 
-    @router.get("/devices", summary="Devices in internal-id order (keyset pages)")
+    @router.get(
+        "/devices", summary="Devices in internal-id order (keyset pages)", dependencies=read
+    )
     def devices(
         db: Conn,
         offline: Annotated[bool | None, Query(description="true: offline only")] = None,
         profile: str | None = None,
         status: DeviceState | None = None,
-        after: Annotated[int, Query(ge=0, description="page after this internal id")] = 0,
+        after: Annotated[
+            int, Query(ge=0, le=2**63 - 1, description="page after this internal id")
+        ] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     ) -> dict[str, Any]:
         rows = store.list_devices(
@@ -65,25 +74,31 @@ def registry_router() -> APIRouter:
         )
         return {"devices": rows, "next_after": rows[-1]["id"] if len(rows) == limit else None}
 
-    @router.get("/devices/{device}", summary="One device (external id, or #<internal id>)")
+    @router.get(
+        "/devices/{device}",
+        summary="One device (external id, or #<internal id>)",
+        dependencies=read,
+    )
     def device(db: Conn, device: str) -> dict[str, Any]:
         row = store.get_device(db, device)
         if row is None:
             raise HTTPException(404, f"no device {device!r}")
         return row
 
-    @router.patch("/devices/{device}", summary="Enable or disable a device")
-    def patch_device(db: Conn, device: str, change: StatusChange) -> dict[str, Any]:
-        row = store.set_status(db, device, change.status.value)
+    @router.patch("/devices/{device}", summary="Enable or disable a device (audited)")
+    def patch_device(
+        db: Conn, device: str, change: StatusChange, who: Principal = operator
+    ) -> dict[str, Any]:
+        row = store.set_status(db, device, change.status.value, who)
         if row is None:
             raise HTTPException(404, f"no device {device!r}")
         return row
 
-    @router.get("/profiles", summary="Device profiles with device counts")
+    @router.get("/profiles", summary="Device profiles with device counts", dependencies=read)
     def profiles(db: Conn) -> list[dict[str, Any]]:
         return store.list_profiles(db)
 
-    @router.get("/status", summary="Online/offline counts per profile")
+    @router.get("/status", summary="Online/offline counts per profile", dependencies=read)
     def status_summary(db: Conn) -> list[dict[str, Any]]:
         return store.status_summary(db)
 

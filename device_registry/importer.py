@@ -23,11 +23,13 @@ import numpy.typing as npt
 import psycopg
 import psycopg.errors
 
+from core.access import Principal
 from device_registry.credentials import CredentialError, check_hash, device_salt, hash_secret
 from device_registry.csvscan import TEXT_MAX, scan_block
 from device_registry.devicerows import FIELDS, DeviceRows, ImportResult, LineError, Progress
 from device_registry.ids import ID_RULE, id_problem
 from device_registry.upsert import stream_devices, write_devices
+from storage import audit
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TEXT_MAX = TEXT_MAX
@@ -381,6 +383,7 @@ def import_devices(
     conn: psycopg.Connection[tuple[object, ...]],
     path: Path,
     progress: Progress | None = None,
+    who: Principal | None = None,
 ) -> ImportResult:
     """Read, validate and upsert the devices of ``path`` in one transaction.
 
@@ -388,7 +391,8 @@ def import_devices(
     copied at once (``upsert.stream_devices``), so reading and writing overlap. A device
     named twice among the new ones makes the server refuse the copy; the import then runs
     again with every device's last line only (``upsert.write_devices``). ``progress`` is
-    called with (done, total, what).
+    called with (done, total, what). With ``who``, the import is audited once it committed
+    (file and counts; the devices' rows carry their own ``updated_at``).
     """
     cur = conn.execute("SELECT name, kind FROM device_profiles")
     profiles = {str(name): str(kind) for name, kind in cur.fetchall()}
@@ -400,4 +404,13 @@ def import_devices(
         rows, result = read_devices(path, profiles, progress)
         write_devices(conn, rows, profiles, result, progress)
     result.errors.sort(key=lambda e: e.line)
+    if who is not None:
+        counts = {
+            "imported": result.imported,
+            "inserted": result.inserted,
+            "updated": result.updated,
+            "unchanged": result.unchanged,
+            "invalid_lines": len(result.errors),
+        }
+        audit.record(conn, who, "devices.import", str(path), None, counts)
     return result

@@ -13,8 +13,10 @@ from typing import Annotated
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from core.access import Principal
 from core.yamlfile import DocumentError, describe, load_document
 from device_registry.resolver import UnknownDevicePolicy
+from storage import audit
 
 _INTERVAL = r"^\s*\d+(\.\d+)?\s*(s|sec|second|min|minute|h|hour|d|day|week|mon|month|year)s?\s*$"
 
@@ -83,12 +85,19 @@ def load_profiles(path: Path, decoders: set[str] | None = None) -> list[DevicePr
 COLUMNS = tuple(DeviceProfile.model_fields)
 
 
-def store(conn: psycopg.Connection[tuple[object, ...]], profiles: list[DeviceProfile]) -> int:
-    """Upsert profiles by name; return how many were inserted or changed."""
+def store(
+    conn: psycopg.Connection[tuple[object, ...]],
+    profiles: list[DeviceProfile],
+    who: Principal | None = None,
+    source: str = "",
+) -> int:
+    """Upsert profiles by name; return how many were inserted or changed. With ``who``, the
+    import is audited in the same transaction (``source`` names the file)."""
     cols = ", ".join(COLUMNS)
     marks = ", ".join(["%s"] * len(COLUMNS))
     sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "name")
     changed = 0
+    names: list[str] = []
     with conn.transaction():
         for p in profiles:
             values = [getattr(p, c) for c in COLUMNS]
@@ -99,7 +108,12 @@ def store(conn: psycopg.Connection[tuple[object, ...]], profiles: list[DevicePro
                 f"({', '.join('EXCLUDED.' + c for c in COLUMNS)}) RETURNING name",
                 [v.value if isinstance(v, UnknownDevicePolicy) else v for v in values],
             )
-            changed += len(cur.fetchall())
+            rows = cur.fetchall()
+            changed += len(rows)
+            names += [str(r[0]) for r in rows]
+        if who is not None:
+            after = {"profiles": len(profiles), "changed": names}
+            audit.record(conn, who, "profiles.import", source, None, after)
     return changed
 
 

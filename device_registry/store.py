@@ -13,6 +13,9 @@ from typing import IO, Any
 import psycopg
 from psycopg.rows import dict_row
 
+from core.access import Principal
+from storage import audit
+
 DEVICE_FIELDS = (
     "id",
     "external_id",
@@ -117,14 +120,20 @@ def get_device(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any] | None
         return _jsonable(row) if row else None
 
 
-def set_status(conn: psycopg.Connection[Any], ref: str, status: str) -> dict[str, Any] | None:
-    """Enable or disable a device; the running services pick it up from the change feed."""
+def set_status(
+    conn: psycopg.Connection[Any], ref: str, status: str, who: Principal
+) -> dict[str, Any] | None:
+    """Enable or disable a device, audited as ``who``; the running services pick it up from
+    the change feed."""
     with conn.transaction():
         cur = conn.execute(
-            "UPDATE devices SET status = %s WHERE external_id = %s RETURNING id", [status, ref]
-        )
-        if cur.fetchone() is None:
+            "SELECT status FROM devices WHERE external_id = %s FOR UPDATE", [ref]
+        ).fetchone()
+        if cur is None:
             return None
+        conn.execute("UPDATE devices SET status = %s WHERE external_id = %s", [status, ref])
+        action = "device.enable" if status == "active" else "device.disable"
+        audit.record(conn, who, action, ref, {"status": cur[0]}, {"status": status})
     return get_device(conn, ref)
 
 

@@ -1,5 +1,10 @@
-"""Operator HTTP endpoint (FastAPI): /metrics, /healthz, /readyz and the registry API, served
-inside the service loop."""
+"""Operator HTTP endpoint (FastAPI): /metrics, /healthz, /readyz and the operator API under
+/api/v1 (registry, alerts, tokens, audit), served inside the service loop.
+
+Every /api/v1 route needs a bearer token of the right scope (ingest/auth.py); /healthz and
+/readyz are open (orchestrators probe them); /metrics is open unless ``metrics_access`` is
+``token`` (then a ``read`` token). Errors are RFC 9457 problem details (ingest/problems.py).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from alerts.api import alerts_router
+from core.access import Scope
 from core.metrics import Metrics
 from device_registry.api import registry_router
+from ingest import problems
+from ingest.admin_api import admin_router
+from ingest.auth import TokenGuard
+from ingest.settings import MetricsAccess
 
 
 @dataclass(frozen=True)
@@ -27,21 +38,27 @@ def create_app(
     ready: Callable[[], dict[str, bool]],
     conninfo: str | None = None,
     alerts: AlertsApi | None = None,
+    metrics_access: MetricsAccess = MetricsAccess.OPEN,
 ) -> FastAPI:
     """The operator API; ``ready`` reports each dependency's state for /readyz; with a
-    database, the registry routes under /api/v1 (and the alerts routes with an engine)."""
+    database, the token-guarded routes under /api/v1 (the alerts routes with an engine)."""
     app = FastAPI(
         title="cityflux", description="Smart-city device ingest: operator API", version="0.1.0"
     )
+    problems.install(app)
+    guard = None
     if conninfo:
+        guard = TokenGuard(conninfo)
         app.state.registry_conninfo = conninfo
-        app.include_router(registry_router())
+        app.include_router(registry_router(guard))
         if alerts is not None:
-            from alerts.api import alerts_router
+            app.include_router(alerts_router(guard, alerts.rules, alerts.on_ack))
+        app.include_router(admin_router(guard))
+    if metrics_access is MetricsAccess.TOKEN and guard is None:
+        raise ValueError("metrics_access = token needs the database (tokens live there)")
+    scrape = [Depends(guard(Scope.READ))] if guard and metrics_access is MetricsAccess.TOKEN else []
 
-            app.include_router(alerts_router(alerts.rules, alerts.on_ack))
-
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=scrape)
     def get_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

@@ -179,7 +179,13 @@ class Service:
             )
         server = _HttpServer(
             uvicorn.Config(
-                create_app(self.metrics, self.readiness, conninfo, self._rules_api()),
+                create_app(
+                    self.metrics,
+                    self.readiness,
+                    conninfo,
+                    self._rules_api(),
+                    s.http.metrics_access,
+                ),
                 host=s.http.host,
                 port=s.http.port,
                 log_level="warning",

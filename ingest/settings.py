@@ -92,11 +92,21 @@ class PipelineConfig(Section):
     )
 
 
+class MetricsAccess(StrEnum):
+    """Who may scrape /metrics."""
+
+    OPEN = "open"  # anyone who reaches the port (Prometheus' default scrape)
+    TOKEN = "token"  # noqa: S105 - a bearer token of scope read (Prometheus: authorization.credentials)
+
+
 class HttpConfig(Section):
-    """Operator HTTP endpoint: /metrics, /healthz, /readyz."""
+    """Operator HTTP endpoint: /metrics, /healthz, /readyz, the token-guarded /api/v1."""
 
     host: str = Field("127.0.0.1", description="listen address")
     port: int = Field(9108, ge=0, le=65535, description="listen port (0 = any free port)")
+    metrics_access: MetricsAccess = Field(
+        MetricsAccess.OPEN, description="/metrics: open, or token (a bearer token of scope read)"
+    )
 
 
 class LogLevel(StrEnum):

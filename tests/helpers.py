@@ -18,7 +18,9 @@ from typing import Any
 
 import psycopg
 
+from core.access import ActorKind, Principal, Scope
 from decoders.nbiot_env import encode_frame
+from ingest import tokens
 from ingest.service import Service
 from ingest.settings import Settings, load_settings
 from ingest.topics import uplink
@@ -189,21 +191,36 @@ async def wait_until(
 
 
 def api_call(
-    port: int, path: str, body: dict[str, Any] | None = None, write_method: str = "POST"
+    port: int,
+    path: str,
+    body: dict[str, Any] | None = None,
+    write_method: str = "POST",
+    token: str | None = None,
+    method: str | None = None,
 ) -> tuple[int, Any]:
     """(status, JSON body) of the service's HTTP API on 127.0.0.1: a GET, or ``write_method``
-    with ``body`` as JSON."""
+    with ``body`` as JSON (``method`` forces one), with ``token`` as the bearer token."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}",
         data=json.dumps(body).encode() if body is not None else None,
-        method=write_method if body is not None else "GET",
-        headers={"Content-Type": "application/json"},
+        method=method or (write_method if body is not None else "GET"),
+        headers=headers,
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - http://127.0.0.1
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def issue_token(url: str, name: str, scope: str = "admin") -> str:
+    """A new API token in a migrated database (what ``cityflux tokens create`` does)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        token, _ = tokens.create(conn, name, Scope(scope), Principal("tests", ActorKind.CLI))
+    return token
 
 
 def query(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:

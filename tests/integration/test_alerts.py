@@ -5,6 +5,7 @@ PostgreSQL, Mosquitto and HTTP."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from ingest.topics import uplink
 from tests.helpers import (
     T0,
     api_call,
+    issue_token,
     publish,
     query,
     running,
@@ -172,7 +174,8 @@ async def test_alerts_are_committed_with_their_batch_and_delivered_despite_failu
             await wait_until(lambda: len(webhook.events()) == 2, what="webhook delivery")
             await wait_until(lambda: len(sub.got) == 2, what="MQTT delivery")
             port = svc.http_port or 0
-            status, listed = await asyncio.to_thread(api_call, port, "/api/v1/alerts?state=cleared")
+            reader = functools.partial(api_call, token=issue_token(pg_url, "viewer", "read"))
+            status, listed = await asyncio.to_thread(reader, port, "/api/v1/alerts?state=cleared")
             metrics = await asyncio.to_thread(
                 lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
             )
@@ -224,27 +227,56 @@ async def test_operators_acknowledge_alerts_through_the_api(
         await asyncio.to_thread(publish, broker, msgs(topic_prefix, [(a, 0, 99.0)]))
         await wait_until(lambda: svc.pipeline.stats.received == 1, what="the frame")
         port = svc.http_port or 0
-        _, listed = await asyncio.to_thread(api_call, port, "/api/v1/alerts")
+        reader = functools.partial(api_call, token=issue_token(pg_url, "viewer", "read"))
+        op = functools.partial(api_call, token=issue_token(pg_url, "op-1", "operate"))
+        _, listed = await asyncio.to_thread(reader, port, "/api/v1/alerts")
         alert_id = listed["alerts"][0]["id"]
-        ok = await asyncio.to_thread(
-            api_call, port, f"/api/v1/alerts/{alert_id}/ack", {"by": "op-1", "note": "on it"}
-        )
         ack = f"/api/v1/alerts/{alert_id}/ack"
-        again = await asyncio.to_thread(api_call, port, ack, {"by": "x"})
-        missing = await asyncio.to_thread(api_call, port, "/api/v1/alerts/999999/ack", {"by": "x"})
-        _, shown = await asyncio.to_thread(api_call, port, f"/api/v1/alerts/{alert_id}")
-        _, rules = await asyncio.to_thread(api_call, port, "/api/v1/rules")
+        # who acknowledges is the token, not the body: a reader may not, a "by" is refused
+        refused = await asyncio.to_thread(reader, port, ack, {"note": "on it"})
+        claimed = await asyncio.to_thread(op, port, ack, {"by": "someone-else"})
+        ok = await asyncio.to_thread(op, port, ack, {"note": "on it"})
+        again = await asyncio.to_thread(op, port, ack, {})
+        missing = await asyncio.to_thread(op, port, "/api/v1/alerts/999999/ack", {})
+        _, shown = await asyncio.to_thread(reader, port, f"/api/v1/alerts/{alert_id}")
+        _, rules = await asyncio.to_thread(reader, port, "/api/v1/rules")
+    assert refused[0] == 403
+    assert refused[1]["detail"] == "token 'viewer' has scope 'read'; this route needs 'operate'"
+    assert claimed[0] == 422
+    assert claimed[1]["errors"][0]["loc"] == ["body", "by"]
     assert ok[0] == 200
     assert (ok[1]["state"], ok[1]["acknowledged_by"], ok[1]["ack_note"]) == (
         "acknowledged",
         "op-1",
         "on it",
     )
-    assert again == (409, {"detail": f"alert {alert_id} is acknowledged, not raised"})
-    assert missing == (404, {"detail": "no alert 999999"})
+    assert again == (
+        409,
+        {
+            "type": "about:blank",
+            "title": "Conflict",
+            "status": 409,
+            "detail": f"alert {alert_id} is acknowledged, not raised",
+        },
+    )
+    assert (missing[0], missing[1]["detail"]) == (404, "no alert 999999")
     assert [(e["event"], e["actor"]) for e in shown["events"]] == [
         ("raised", None),
         ("acknowledged", "op-1"),
+    ]
+    assert query(
+        pg_url,
+        "SELECT actor, actor_kind, action, target, before, after FROM audit_log "
+        "WHERE action = 'alert.acknowledge'",
+    ) == [
+        (
+            "op-1",
+            "token",
+            "alert.acknowledge",
+            str(alert_id),
+            {"state": "raised"},
+            {"state": "acknowledged", "note": "on it"},
+        )
     ]
     assert [(r["name"], r["kind"], r["open_alerts"]) for r in rules] == [
         ("pm25-high", "threshold", 1)

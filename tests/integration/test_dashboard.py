@@ -6,6 +6,7 @@ query — template variables substituted as Grafana would — returns data over 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ import pytest
 from simulators.scenario import Scenario
 from simulators.session import run_scenario
 from storage.embedded import free_port
-from tests.helpers import api_call, running, settings_for, wait_until
+from tests.helpers import api_call, issue_token, running, settings_for, wait_until
 from tests.services import PrometheusServer
 
 DASHBOARDS = Path(__file__).parents[2] / "deploy" / "grafana" / "dashboards"
@@ -174,13 +175,14 @@ async def test_every_dashboard_panel_shows_data_from_a_faulty_fleet(
             60, "an open alert",
         )  # fmt: skip
         answers = []
+        ops = functools.partial(api_call, token=issue_token(pg_url, "ops", "operate"))
         for _ in range(20):  # an alert may clear between the listing and the acknowledgement
-            _, listed = await asyncio.to_thread(api_call, port, "/api/v1/alerts?state=raised")
+            _, listed = await asyncio.to_thread(ops, port, "/api/v1/alerts?state=raised")
             if listed["alerts"]:
                 alert_id = listed["alerts"][0]["id"]
                 answers.append(
                     await asyncio.to_thread(
-                        api_call, port, f"/api/v1/alerts/{alert_id}/ack", {"by": "ops"}
+                        ops, port, f"/api/v1/alerts/{alert_id}/ack", {"note": "seen"}
                     )
                 )
                 if answers[-1][0] == 200:

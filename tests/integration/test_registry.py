@@ -19,6 +19,7 @@ from ingest.topics import uplink
 from tests.helpers import (
     api_call,
     env_frame,
+    issue_token,
     publish,
     query,
     running,
@@ -165,6 +166,7 @@ async def test_service_follows_registry_changes_and_tracks_last_seen(
     water = lambda mn: uplink("water", mn, "hj212", topic_prefix)  # noqa: E731
     async with running(settings) as svc:
         port = svc.http_port or 0
+        http = functools.partial(_http, token=issue_token(pg_url, "ops", "operate"))
         pipe = svc.pipeline
         assert pipe is not None
         first = [
@@ -188,7 +190,7 @@ async def test_service_follows_registry_changes_and_tracks_last_seen(
         ) == [("nbiot-env", "auto")]
         # an operator enables ST02 through the API; the service's index follows without restart
         status, body = await asyncio.to_thread(
-            _http, port, "/api/v1/devices/ST02", {"status": "active"}
+            http, port, "/api/v1/devices/ST02", {"status": "active"}
         )
         assert (status, body.get("status")) == (200, "active"), body
         await wait_until(lambda: svc_index_has(svc, b"ST02"), what="index refresh")
@@ -208,26 +210,24 @@ async def test_service_follows_registry_changes_and_tracks_last_seen(
             ),
             what="last seen flushed",
         )
-        status, listing = await asyncio.to_thread(
-            _http, port, "/api/v1/devices?profile=air-station"
-        )
+        status, listing = await asyncio.to_thread(http, port, "/api/v1/devices?profile=air-station")
         assert status == 200
         assert [(d["external_id"], d["online"]) for d in listing["devices"]] == [
             ("ST01", True),
             ("ST02", True),
         ]
-        status, summary = await asyncio.to_thread(_http, port, "/api/v1/status")
+        status, summary = await asyncio.to_thread(http, port, "/api/v1/status")
         assert {s["profile"]: s["online"] for s in summary} == {"air-station": 2, "nbiot-env": 1}
-        status, schema = await asyncio.to_thread(_http, port, "/openapi.json")
+        status, schema = await asyncio.to_thread(http, port, "/openapi.json")
         assert {"/api/v1/devices", "/api/v1/devices/{device}", "/api/v1/status"} <= set(
             schema["paths"]
         )
-        assert (await asyncio.to_thread(_http, port, "/api/v1/devices/NOPE"))[0] == 404
+        assert (await asyncio.to_thread(http, port, "/api/v1/devices/NOPE"))[0] == 404
         # the PATCH body is {"status": ...} and nothing else (README); #<id> is %23<id>
         for wrong in ({"district": "Nanshan"}, {"status": "active", "district": "Nanshan"}):
-            got = await asyncio.to_thread(_http, port, "/api/v1/devices/ST02", wrong)
+            got = await asyncio.to_thread(http, port, "/api/v1/devices/ST02", wrong)
             assert got[0] == 422, got
-        by_id = await asyncio.to_thread(_http, port, f"/api/v1/devices/%23{body['id']}")
+        by_id = await asyncio.to_thread(http, port, f"/api/v1/devices/%23{body['id']}")
         assert (by_id[0], by_id[1]["external_id"]) == (200, "ST02")
         gauge = 'cityflux_devices{profile="air-station",state="online"} 2.0'
         for _ in range(100):  # the gauges refresh every 0.2 s
@@ -237,6 +237,12 @@ async def test_service_follows_registry_changes_and_tracks_last_seen(
             await asyncio.sleep(0.1)
         assert gauge in metrics
     assert query(pg_url, "SELECT count(*) FROM hj212_readings") == [(2,)]
+    # the operator's change is audited under the token's name, with the status before and after
+    assert query(
+        pg_url,
+        "SELECT actor, actor_kind, action, target, before, after FROM audit_log "
+        "WHERE action IN ('device.enable', 'device.disable')",
+    ) == [("ops", "token", "device.enable", "ST02", {"status": "disabled"}, {"status": "active"})]
     # a station silent for more than offline_after × interval is offline
     query(
         pg_url,

@@ -23,7 +23,15 @@ from decoders.registry import load_registry
 from device_registry.profiles import load_profiles, store
 from ingest.topics import uplink
 from storage.migrate import TimescaleMode, migrate
-from tests.helpers import env_frame, env_messages, publish, running, settings_for, wait_until
+from tests.helpers import (
+    env_frame,
+    env_messages,
+    issue_token,
+    publish,
+    running,
+    settings_for,
+    wait_until,
+)
 
 CLI = [sys.executable, "-m", "cityflux", "status"]
 PROFILES = Path(__file__).parents[2] / "deploy" / "registry" / "profiles.example.yaml"
@@ -76,8 +84,15 @@ async def test_status_shows_rates_dead_letters_alerts_and_devices(
         await wait_until(
             lambda: (written("cityflux_last_seen_written_total") or 0) >= 2, 30, "last seen"
         )
+        token = issue_token(pg_url, "status", "read")  # /api/v1 needs a read token
         out = await asyncio.to_thread(
-            _status, "--url", f"http://127.0.0.1:{svc.http_port}", "--interval", "0.5"
+            _status,
+            "--url",
+            f"http://127.0.0.1:{svc.http_port}",
+            "--interval",
+            "0.5",
+            "--token",
+            token,
         )
     assert out.returncode == 0, out.stderr
     text = out.stdout

@@ -11,12 +11,15 @@ import psycopg
 
 from alerts import store
 from alerts.runtimes import AlertEvent
+from core.access import ActorKind, Principal
 from core.frames import TableRows
 from decoders.tables import ALL_TABLES, ENV_READINGS
 from storage.ddl import Backend
 from storage.migrate import TimescaleMode, migrate
 from storage.writer import BatchWriter, TableWrite, WriteMethod
 from tests.services import TimescaleWasm
+
+OPERATOR = Principal("operator-7", ActorKind.TOKEN)
 
 T0 = 1_767_225_600_000_000
 
@@ -110,11 +113,13 @@ async def test_alerts_live_in_hypertables_and_can_be_acknowledged(
         assert [(a["rule"], a["subject"], a["state"]) for a in open_] == [
             ("no2-high", "ST01", "raised")
         ]
-        acked = store.acknowledge(conn, open_[0]["id"], "operator-7", "crew sent")
+        acked = store.acknowledge(conn, open_[0]["id"], OPERATOR, "crew sent")
         assert (acked["state"], acked["acknowledged_by"]) == ("acknowledged", "operator-7")
         cleared_rows = store.list_alerts(conn, state="cleared")
         assert [(a["subject"], a["cleared_value"]) for a in cleared_rows] == [("ST02", 10.0)]
         events = conn.execute("SELECT rule, event FROM alert_events ORDER BY id").fetchall()
+        audited = conn.execute("SELECT actor, action FROM audit_log").fetchall()
+    assert audited == [("operator-7", "alert.acknowledge")]
     assert events == [
         ("no2-high", "raised"),
         ("pm-high", "raised"),
