@@ -32,9 +32,16 @@ class AlertsConfig(Section):
         default_factory=list, description="POST alert events to these URLs (JSON)"
     )
     webhook_secret: SecretStr | None = Field(
-        None, description="sign webhook bodies: X-Cityflux-Signature: sha256=<HMAC>"
+        None, description="sign webhooks: X-Cityflux-Signature: sha256=<HMAC of timestamp.body>"
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="webhook request timeout")
+    webhook_give_up_after: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="an event a webhook refuses (4xx but 408/429) this many times is recorded "
+        "in alert_delivery_failures and skipped",
+    )
     retry_initial_ms: int = Field(1_000, ge=1, description="first delivery retry backoff")
     retry_max_ms: int = Field(300_000, ge=1, description="longest delivery retry backoff")
 

@@ -4,8 +4,12 @@ Each sink keeps a cursor (the last event id it delivered) in ``alert_sink_cursor
 the events after it, delivers them in order and only then moves the cursor, so an event is
 delivered at least once, in order, whatever crashes; a sink that cannot deliver (broker
 down, webhook answering 500) retries the same events with exponential backoff — nothing is
-dropped, and later events wait behind the failed ones. The pipeline wakes the sinks after
-each commit that wrote events, so delivery follows within milliseconds.
+dropped, and later events wait behind the failed ones. The exception is a permanent refusal
+(a webhook answering 4xx other than 408 or 429: the receiver will never take that body): the
+sink then sends the first event alone, and after ``give_up_after`` refusals of it records it
+in ``alert_delivery_failures`` and moves on, so one poisoned event cannot block its sink for
+ever. The pipeline wakes the sinks after each commit that wrote events, so delivery follows
+within milliseconds.
 
 Contract: ``deliver`` either delivers every event given or raises; it may be called again
 with the same events (receivers should de-duplicate by the event ``id``).
@@ -20,6 +24,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -34,6 +39,10 @@ from alerts import store
 from core.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+class PermanentDeliveryError(Exception):
+    """The receiver refused the events and would refuse them again (HTTP 4xx but 408/429)."""
 
 
 class Sink(Protocol):
@@ -128,9 +137,22 @@ class MqttSink:
             self._client.loop_stop()
 
 
+SIGNATURE_HEADER = "X-Cityflux-Signature"
+TIMESTAMP_HEADER = "X-Cityflux-Timestamp"
+
+
+def signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex HMAC-SHA256 of "<timestamp>." + body>``: the timestamp is signed with the
+    body, so a receiver that refuses old timestamps refuses replays (alerts/README.md)."""
+    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256)
+    return f"sha256={mac.hexdigest()}"
+
+
 class WebhookSink:
-    """POSTs ``{"events": [...]}`` to a URL; any 2xx is delivered. With a secret, the body is
-    signed: ``X-Cityflux-Signature: sha256=<hex HMAC of the body>``."""
+    """POSTs ``{"events": [...]}`` to a URL; any 2xx is delivered, a 4xx other than 408 or
+    429 is a permanent refusal. With a secret, each request carries
+    ``X-Cityflux-Timestamp: <unix seconds>`` and ``X-Cityflux-Signature: sha256=<hex HMAC of
+    "<timestamp>." + body>``."""
 
     def __init__(self, url: str, *, secret: str | None = None, timeout_s: float = 10.0) -> None:
         self.url = url
@@ -143,11 +165,15 @@ class WebhookSink:
         body = json.dumps({"events": [event_json(e) for e in events]}).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "cityflux-alerts"}
         if self._secret is not None:
-            sig = hmac.new(self._secret, body, hashlib.sha256).hexdigest()
-            headers["X-Cityflux-Signature"] = f"sha256={sig}"
+            stamp = str(int(time.time()))
+            headers[TIMESTAMP_HEADER] = stamp
+            headers[SIGNATURE_HEADER] = signature(self._secret, stamp, body)
         resp = await self._client.post(self.url, content=body, headers=headers)
-        if not 200 <= resp.status_code < 300:
-            raise ConnectionError(f"webhook {self.url} answered {resp.status_code}")
+        code = resp.status_code
+        if 400 <= code < 500 and code not in (408, 429):
+            raise PermanentDeliveryError(f"webhook {self.url} answered {code}")
+        if not 200 <= code < 300:
+            raise ConnectionError(f"webhook {self.url} answered {code}")
 
     async def close(self) -> None:
         """Close the HTTP client."""
@@ -167,6 +193,7 @@ class Dispatcher:
         retry_initial_s: float = 1.0,
         retry_max_s: float = 300.0,
         poll_s: float = 1.0,
+        give_up_after: int = 5,
     ) -> None:
         self.sink = sink
         self._conninfo = conninfo
@@ -174,6 +201,7 @@ class Dispatcher:
         self._batch = batch
         self._retry = (retry_initial_s, retry_max_s)
         self._poll_s = poll_s
+        self._give_up_after = give_up_after
         self.wake = asyncio.Event()
         self.delivered = 0
         self.failures = 0
@@ -181,6 +209,8 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop``."""
         delay = self._retry[0]
+        refused: tuple[int, int] | None = None  # (event id sent alone, refusals so far)
+        isolate_until = 0  # events up to this id go one at a time (a batch was refused)
         while not stop.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -196,8 +226,48 @@ class Dispatcher:
                             self.wake.clear()
                             await _wait(self.wake, stop, self._poll_s)
                             continue
+                        if cursor < isolate_until:  # a batch was refused: one at a time
+                            events = events[:1]
                         try:
                             await self.sink.deliver(events)
+                        except PermanentDeliveryError as exc:
+                            self._metrics.alert_deliveries.labels(self.sink.name, "failed").inc(
+                                len(events)
+                            )
+                            if len(events) > 1:  # which event? send them alone from now on
+                                isolate_until = int(events[-1]["id"])
+                                continue
+                            first = int(events[0]["id"])
+                            n = refused[1] + 1 if refused and refused[0] == first else 1
+                            refused = (first, n)
+                            if n >= self._give_up_after:
+                                await store.give_up(conn, self.sink.name, first, n, str(exc))
+                                self._metrics.alert_deliveries.labels(
+                                    self.sink.name, "given_up"
+                                ).inc()
+                                log.error(
+                                    "alert sink %s: event %d refused %d times (%s); recorded "
+                                    "in alert_delivery_failures, delivering the next events",
+                                    self.sink.name,
+                                    first,
+                                    n,
+                                    exc,
+                                )
+                                cursor, refused, delay = first, None, self._retry[0]
+                                continue
+                            log.warning(
+                                "alert sink %s: event %d refused (%s; %d of %d tries); "
+                                "retrying it in %.1f s",
+                                self.sink.name,
+                                first,
+                                exc,
+                                n,
+                                self._give_up_after,
+                                delay,
+                            )
+                            await _wait(asyncio.Event(), stop, delay)
+                            delay = min(delay * 2, self._retry[1])
+                            continue
                         except Exception as exc:  # any failure: retry the same events later
                             self.failures += 1
                             self._metrics.alert_deliveries.labels(self.sink.name, "failed").inc(
@@ -216,6 +286,7 @@ class Dispatcher:
                             delay = min(delay * 2, self._retry[1])
                             continue
                         delay = self._retry[0]
+                        refused = None
                         cursor = int(events[-1]["id"])
                         await store.advance_cursor(conn, self.sink.name, cursor)
                         self.delivered += len(events)

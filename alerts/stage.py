@@ -97,6 +97,7 @@ class AlertStage:
                 metrics,
                 retry_initial_s=cfg.retry_initial_ms / 1000,
                 retry_max_s=cfg.retry_max_ms / 1000,
+                give_up_after=cfg.webhook_give_up_after,
             )
             for s in self._sinks(mqtt)
         ]

@@ -222,6 +222,18 @@ async def advance_cursor(conn: AConn, sink: str, event_id: int) -> None:
     )
 
 
+async def give_up(conn: AConn, sink: str, event_id: int, attempts: int, reason: str) -> None:
+    """``sink`` stopped retrying ``event_id`` (a permanent refusal): record it and move the
+    cursor past it, in one transaction."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO alert_delivery_failures (sink, event_id, attempts, reason) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (sink, event_id) DO NOTHING",
+            (sink, event_id, attempts, reason),
+        )
+        await advance_cursor(conn, sink, event_id)
+
+
 async def newest_event(conn: AConn) -> int:
     """The largest event id (0 when none)."""
     cur = await conn.execute("SELECT COALESCE(max(id), 0) FROM alert_events")

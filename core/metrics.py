@@ -207,7 +207,8 @@ class Metrics:
         )
         self.alert_deliveries = Counter(
             "cityflux_alert_deliveries",
-            "Alert events delivered to a sink, or whose delivery failed (they are retried)",
+            "Alert events delivered to a sink (result delivered), failed (retried), or given up "
+            "on after permanent refusals (given_up)",
             ["sink", "result"],
             registry=r,
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -209,6 +211,82 @@ async def test_alerts_are_committed_with_their_batch_and_delivered_despite_failu
     assert 'cityflux_alerts_raised_total{rule="pm25-high",severity="critical"} 1.0' in metrics
     assert 'cityflux_alerts_cleared_total{rule="pm25-high",severity="critical"} 1.0' in metrics
     assert 'cityflux_alert_deliveries_total{result="failed"' in metrics
+
+
+class StrictWebhook:
+    """A receiver that checks each request's signature and timestamp the way alerts/README.md
+    tells receivers to, and refuses (400) any body holding an event about ``refuse``."""
+
+    def __init__(self, secret: bytes, refuse: str) -> None:
+        self.accepted: list[dict[str, Any]] = []
+        self.refused = 0
+        self.bad: list[str] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                stamp = self.headers.get("X-Cityflux-Timestamp", "")
+                mac = hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+                good = hmac.compare_digest(
+                    self.headers.get("X-Cityflux-Signature", ""), f"sha256={mac}"
+                )
+                if not good or abs(time.time() - int(stamp)) > 300:  # a replay, or forged
+                    hook.bad.append(stamp)
+                    status = 401
+                else:
+                    events = json.loads(body)["events"]
+                    status = 400 if any(e["subject"] == refuse for e in events) else 200
+                    if status == 200:
+                        hook.accepted += events
+                    else:
+                        hook.refused += 1
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+async def test_a_webhook_refusing_an_event_for_good_is_given_up_on_and_the_rest_delivered(
+    pg_url: str, broker, topic_prefix: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    a, b = 861000000000111, 861000000000112
+    hook = StrictWebhook(b"s3cret", refuse=str(a))
+    settings = _alert_settings(
+        pg_url,
+        broker,
+        topic_prefix,
+        _rules(tmp_path),
+        webhook_urls=[hook.url],
+        webhook_secret="s3cret",  # noqa: S106 - the test receiver's own
+        webhook_give_up_after=3,
+        mqtt_topic_prefix="",
+    )
+    try:
+        async with running(settings) as svc:
+            assert svc.pipeline is not None
+            for m in msgs(topic_prefix, [(a, 0, 90.0), (b, 0, 95.0), (b, 1, 20.0)]):
+                assert await asyncio.to_thread(publish, broker, [m]) == 1
+            await wait_until(lambda: len(hook.accepted) == 2, what="b's events delivered")
+    finally:
+        hook.server.shutdown()
+    assert [(e["event"], e["subject"]) for e in hook.accepted] == [
+        ("raised", str(b)),
+        ("cleared", str(b)),
+    ]
+    assert hook.bad == []  # every request was signed over its timestamp and body
+    (raised_a,) = query(
+        pg_url, "SELECT id FROM alert_events WHERE subject = %s AND event = 'raised'", str(a)
+    )[0]
+    assert query(
+        pg_url, "SELECT sink, event_id, attempts, reason FROM alert_delivery_failures"
+    ) == [(f"webhook:{hook.url}", raised_a, 3, f"webhook {hook.url} answered 400")]
+    assert hook.refused >= 3
 
 
 def _ts(seconds: int) -> Any:
