@@ -57,23 +57,35 @@ def test_grafana_provisioning_points_at_the_dashboard_folder() -> None:
     assert ds["datasources"][0]["uid"] == "prometheus"
 
 
+def _env_example() -> dict[str, str]:
+    lines = (DEPLOY / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR:?message}`` substitution, from ``env``."""
+    return re.sub(r"\$\{(\w+):\?[^}]*\}", lambda m: env[m.group(1)], value)
+
+
 def test_compose_environment_is_a_valid_cityflux_configuration(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     svc = compose["services"]["cityflux"]
+    env = _env_example()
     for key, value in svc["environment"].items():
-        monkeypatch.setenv(key, str(value))
+        monkeypatch.setenv(key, _interpolate(str(value), env))
     s = load_settings()
     assert s.mqtt.host == "mosquitto"
-    assert s.database.url.get_secret_value().startswith(
-        "postgresql://postgres:cityflux@timescaledb"
+    assert s.database.url.get_secret_value() == (
+        f"postgresql://cityflux:{env['POSTGRES_PASSWORD']}@timescaledb:5432/cityflux"
     )
     assert s.http.host == "0.0.0.0"  # noqa: S104 - listens inside its container
-    assert f"{s.http.port}:{s.http.port}" in svc["ports"]
+    assert f"127.0.0.1:{s.http.port}:{s.http.port}" in svc["ports"]
     assert svc["command"] == ["serve"]
     assert set(compose["services"]) == {
         "timescaledb",
+        "broker-credentials",
         "mosquitto",
         "cityflux",
         "prometheus",
@@ -81,6 +93,110 @@ def test_compose_environment_is_a_valid_cityflux_configuration(
     }
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == [f"cityflux:{s.http.port}"]
+
+
+def test_compose_publishes_no_database_port_and_operator_ports_on_loopback_only() -> None:
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    assert "ports" not in services["timescaledb"]
+    for name in ("cityflux", "prometheus", "grafana"):
+        tcp = [p for p in services[name]["ports"] if not p.endswith("/udp")]
+        assert tcp, name
+        assert all(p.startswith("127.0.0.1:") for p in tcp), (name, tcp)
+    # what devices must reach: the broker (authenticated) and CoAP (OSCORE)
+    assert services["mosquitto"]["ports"] == ["1883:1883"]
+    assert services["cityflux"]["environment"]["CITYFLUX_COAP__MODE"] == "oscore"
+
+
+def test_compose_takes_every_secret_from_the_env_file_and_none_is_committed() -> None:
+    text = (DEPLOY / "compose.yaml").read_text()
+    env = _env_example()
+    used = set(re.findall(r"\$\{(\w+)", text))
+    assert (
+        used
+        == set(env)
+        == {
+            "POSTGRES_PASSWORD",
+            "MQTT_SERVICE_PASSWORD",
+            "WEBHOOK_SECRET",
+            "GRAFANA_ADMIN_PASSWORD",
+        }
+    )
+    # each is required (compose refuses to start without it), none has a default
+    assert not re.search(r"\$\{\w+(:?-)", text)
+    assert len(re.findall(r"\$\{\w+:\?", text)) == len(re.findall(r"\$\{", text))
+    assert set(env.values()) == {"change-me"}  # placeholders, nothing real
+    services = yaml.safe_load(text)["services"]
+    for name, svc in services.items():
+        for key, value in (svc.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET|__URL", key):
+                assert "${" in str(value), f"{name}: {key} is not from the env file"
+    assert "admin/admin" not in text
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith(
+        "${GRAFANA_ADMIN_PASSWORD:?"
+    )
+    assert "/deploy/.env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_broker_refuses_anonymous_clients_and_reads_credentials_made_from_the_registry() -> None:
+    conf = dict(
+        line.split(None, 1)
+        for line in (DEPLOY / "mosquitto/mosquitto.conf").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert conf["allow_anonymous"] == "false"
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    init, broker = services["broker-credentials"], services["mosquitto"]
+    mounted = dict(v.rsplit(":", 2)[:2] for v in broker["volumes"] if v.count(":") == 2)
+    assert mounted["mosquitto-credentials"] == "/mosquitto/credentials"
+    assert conf["password_file"] == "/mosquitto/credentials/passwd"  # noqa: S105 - a path
+    assert conf["acl_file"] == "/mosquitto/credentials/acl"
+    # the init step writes both files into that volume from the registry, before the broker
+    script = " ".join(init["command"])
+    assert "cityflux devices credentials" in script
+    assert "--password-file /credentials/passwd --acl-file /credentials/acl" in script
+    assert "mosquitto-credentials:/credentials" in init["volumes"]
+    assert broker["depends_on"]["broker-credentials"]["condition"] == (
+        "service_completed_successfully"
+    )
+    # the service has its own broker user, which the init step puts in the password file
+    env = init["environment"]
+    assert env["CITYFLUX_MQTT__USERNAME"] == "cityflux"
+    assert env == {k: services["cityflux"]["environment"][k] for k in env}
+
+
+def test_every_api_route_of_the_deployed_service_needs_a_bearer_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ingest.http import AlertsApi, create_app
+
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    for key, value in compose["services"]["cityflux"]["environment"].items():
+        monkeypatch.setenv(key, _interpolate(str(value), _env_example()))
+    s = load_settings()
+    app = create_app(
+        Metrics(),
+        dict,
+        s.database.url.get_secret_value(),
+        AlertsApi(list, lambda: None),
+        s.http.metrics_access,
+    )
+    schema = app.openapi()
+    assert schema["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": schema["components"]["securitySchemes"]["bearer"]["description"],
+    }
+    api = [
+        (path, method, op)
+        for path, ops in schema["paths"].items()
+        for method, op in ops.items()
+        if path.startswith("/api/v1/")
+    ]
+    assert len(api) >= 13
+    for path, method, op in api:
+        assert op.get("security") == [{"bearer": []}], (method, path)
+    for path in ("/healthz", "/readyz", "/metrics"):  # open: probes and Prometheus
+        assert "security" not in schema["paths"][path]["get"], path
 
 
 def test_dockerfile_runs_the_console_script_as_non_root_with_a_healthcheck() -> None:
