@@ -29,6 +29,7 @@ def devices_import(
     if not file.is_file():
         typer.echo(f"cityflux: {file}: no such file", err=True)
         raise typer.Exit(2)
+    iterations = settings_of(config).registry.credential_iterations
     with registry_conn(config) as conn:
         progress = Progress(
             "[progress.description]{task.description}",
@@ -45,7 +46,7 @@ def devices_import(
                 progress.update(task, completed=done, total=total, description=what)
 
             try:
-                result = import_devices(conn, file, step, cli_principal())
+                result = import_devices(conn, file, step, cli_principal(), iterations)
             except ImportFormatError as exc:
                 typer.echo(f"cityflux: {exc}", err=True)
                 raise typer.Exit(2) from None
@@ -68,8 +69,9 @@ def devices_export(
         bool,
         typer.Option(
             "--with-secrets",
-            help="also the OSCORE keys (oscore_secret, oscore_salt), in a file only its owner "
-            "can read: a registry that can be imported into an empty one",
+            help="also the credential hashes and OSCORE keys (credential_hash, oscore_secret, "
+            "oscore_salt), in a file only its owner can read: a registry that can be imported "
+            "into an empty one",
         ),
     ] = False,
 ) -> None:
@@ -181,5 +183,7 @@ def devices_credentials(
         else "cityflux"
     )
     with registry_conn(config) as conn:
-        done = export_mosquitto(conn, password_file, acl_file, prefix, service)
+        done = export_mosquitto(
+            conn, password_file, acl_file, prefix, service, settings.registry.credential_iterations
+        )
     typer.echo(f"{done.devices} device credentials -> {password_file}; ACL -> {acl_file}")

@@ -16,6 +16,12 @@ class RegistryConfig(Section):
     last_seen_flush_s: float = Field(
         5.0, gt=0, description="write devices' last-seen times in one UPDATE this often"
     )
+    credential_iterations: int = Field(
+        1_000,
+        ge=1,
+        le=10_000_000,
+        description="PBKDF2 rounds of new device secret hashes (EMQX: set the same count)",
+    )
     status_interval_s: float = Field(
         300.0,
         ge=0,

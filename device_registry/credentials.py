@@ -23,20 +23,19 @@ from pathlib import Path
 
 import psycopg
 
-ITERATIONS = 1_000  # mosquitto_passwd's default is 101; more costs each CONNECT and each import
+# PBKDF2 iterations of new hashes (registry.credential_iterations). Mosquitto 2 reads any count
+# from a $7$ line; EMQX's pbkdf2 authenticator takes any positive count but one per
+# authenticator, so every device's hash must use the count configured there (1,000 in the
+# README's EMQX example). Each CONNECT costs the broker one PBKDF2 of this many rounds.
+ITERATIONS = 1_000
+# Mosquitto 2.0 reads a 12-byte salt only (2.0.11 refuses a user whose $7$ salt is 16 bytes:
+# tests/integration/test_broker_auth.py); 12 of 64 printable characters are 72 random bits
 SALT_CHARS = 12
 _SALT_ALPHABET = string.ascii_letters + string.digits + "./"
 
 
 class CredentialError(ValueError):
     """A credential that is not in a form the registry stores."""
-
-
-def device_salt(external_id: str) -> str:
-    """A salt unique to the device and stable across imports: re-importing the same secret
-    yields the same hash (the import stays idempotent), a new secret a new hash."""
-    mac = hmac.new(b"cityflux device salt", external_id.encode(), hashlib.sha256).digest()
-    return base64.b64encode(mac[:9], altchars=b"./").decode()
 
 
 def hash_secret(secret: str, salt: str | None = None, iterations: int = ITERATIONS) -> str:
@@ -60,6 +59,12 @@ def check_hash(stored: str) -> str:
     if len(digest) != 64 or not salt:
         raise CredentialError("the digest must be 64 bytes and the salt not empty")
     return stored
+
+
+def iterations_of(stored: str) -> int:
+    """The PBKDF2 iterations of a ``$7$`` hash (0 when it is not one)."""
+    parts = stored.split("$")
+    return int(parts[2]) if len(parts) == 5 and parts[2].isdigit() else 0
 
 
 def verify(secret: str, stored: str) -> bool:
@@ -110,6 +115,7 @@ def export_mosquitto(
     acl_file: Path,
     prefix: str = "cityflux",
     service: tuple[str, str] | None = None,
+    iterations: int = ITERATIONS,
 ) -> MosquittoExport:
     """Write a Mosquitto password file (active devices with a credential, plus the service's
     own user) and the ACL file. Files are written next to their target and renamed into place,
@@ -118,7 +124,7 @@ def export_mosquitto(
     tmp = password_file.with_name(password_file.name + ".tmp")
     with tmp.open("wb") as out, conn.cursor() as cur:
         if service:
-            out.write(f"{service[0]}:{hash_secret(service[1])}\n".encode())
+            out.write(f"{service[0]}:{hash_secret(service[1], iterations=iterations)}\n".encode())
         with cur.copy(
             "COPY (SELECT external_id || ':' || credential_hash FROM devices "
             "WHERE status = 'active' AND credential_hash IS NOT NULL ORDER BY id) TO STDOUT"

@@ -31,7 +31,11 @@ FIELDS = (
     "oscore_salt",
 )
 STORED = tuple(f for f in FIELDS if f != "secret")  # secret is stored as credential_hash
-TEXT_FIELDS = tuple(f for f in STORED if f not in ("lat", "lon", "road_km"))
+# what validation hands on: the stored fields, then the plain secret (never written: the
+# upsert uses it only to keep a stored hash the secret still verifies, so that a re-import
+# with per-device random salts is idempotent)
+STAGED = (*STORED, "secret")
+TEXT_FIELDS = tuple(f for f in STAGED if f not in ("lat", "lon", "road_km"))
 NUMBER_FIELDS = ("lat", "lon", "road_km")
 
 
@@ -80,9 +84,9 @@ class DeviceRows:
 
     @classmethod
     def from_values(cls, lines: list[int], rows: list[list[str]]) -> DeviceRows:
-        """Rows validated in Python (``validate``'s output, ``STORED`` order)."""
-        cols = list(zip(*rows, strict=True)) if rows else [() for _ in STORED]
-        by_name = dict(zip(STORED, cols, strict=True))
+        """Rows validated in Python (``validate``'s output, ``STAGED`` order)."""
+        cols = list(zip(*rows, strict=True)) if rows else [() for _ in STAGED]
+        by_name = dict(zip(STAGED, cols, strict=True))
         return cls(
             np.array(lines, dtype=np.int64),
             {k: np.array([v.encode() for v in by_name[k]], dtype=np.bytes_) for k in TEXT_FIELDS},

@@ -24,7 +24,7 @@ import psycopg
 import psycopg.errors
 
 from core.access import Principal
-from device_registry.credentials import CredentialError, check_hash, device_salt, hash_secret
+from device_registry.credentials import ITERATIONS, CredentialError, check_hash, hash_secret
 from device_registry.csvscan import TEXT_MAX, scan_block
 from device_registry.devicerows import FIELDS, DeviceRows, ImportResult, LineError, Progress
 from device_registry.ids import ID_RULE, id_problem
@@ -56,9 +56,12 @@ def _float(name: str, text: str, lo: float, hi: float) -> str:
     return text
 
 
-def validate(v: list[str], profiles: frozenset[str] | dict[str, str]) -> list[str]:
-    """The staged values (``STORED`` order, ``""`` = not given) of one device line given in
-    ``FIELDS`` order, or ``_InvalidFieldError`` naming the field."""
+def validate(
+    v: list[str], profiles: frozenset[str] | dict[str, str], iterations: int = ITERATIONS
+) -> list[str]:
+    """The staged values (``STAGED`` order, ``""`` = not given) of one device line given in
+    ``FIELDS`` order, or ``_InvalidFieldError`` naming the field. A secret is hashed with a
+    random salt and ``iterations``; the plain secret is handed on too (see ``STAGED``)."""
     ext, profile, kind, status, tenant, district, lat, lon, road, road_km = v[:10]
     install, secret, hashed, cert, kid, oscore_secret, salt = v[10:]
     if not ext:
@@ -102,7 +105,7 @@ def validate(v: list[str], profiles: frozenset[str] | dict[str, str]) -> list[st
             raise _InvalidFieldError("secret", "give a secret or a credential_hash, not both")
         if len(secret) < 8:
             raise _InvalidFieldError("secret", "shorter than 8 characters")
-        hashed = hash_secret(secret, device_salt(ext))
+        hashed = hash_secret(secret, iterations=iterations)
     elif hashed:
         try:
             check_hash(hashed)
@@ -135,6 +138,7 @@ def validate(v: list[str], profiles: frozenset[str] | dict[str, str]) -> list[st
         kid,
         oscore_secret,
         salt,
+        secret,
     ]
 
 
@@ -253,9 +257,12 @@ class _Validator:
     """Turns lines into parts of valid rows (columns) and errors; Python validates the lines
     the vectorised scan left (or all of them, for JSON Lines)."""
 
-    def __init__(self, profiles: dict[str, str], result: ImportResult) -> None:
+    def __init__(
+        self, profiles: dict[str, str], result: ImportResult, iterations: int = ITERATIONS
+    ) -> None:
         self.profiles = profiles
         self.result = result
+        self.iterations = iterations
 
     def python(self, rows: Iterable[tuple[int, list[str] | str]]) -> Iterator[DeviceRows]:
         """Validate rows in Python; a part every 20,000 valid rows."""
@@ -267,7 +274,7 @@ class _Validator:
                 self.result.errors.append(LineError(line, "line", values))
                 continue
             try:
-                valid.append(validate(values, self.profiles))
+                valid.append(validate(values, self.profiles, self.iterations))
             except _InvalidFieldError as exc:
                 self.result.errors.append(LineError(line, exc.field, str(exc)))
                 continue
@@ -351,11 +358,15 @@ class _Chain(io.RawIOBase):
 
 
 def iter_devices(
-    path: Path, profiles: dict[str, str], result: ImportResult, progress: Progress | None = None
+    path: Path,
+    profiles: dict[str, str],
+    result: ImportResult,
+    progress: Progress | None = None,
+    iterations: int = ITERATIONS,
 ) -> Iterator[DeviceRows]:
     """The valid device lines of ``path``, a part (numpy columns) at a time; line counts and
     errors go to ``result``. Raises ``ImportFormatError`` when the file cannot be imported."""
-    check = _Validator(profiles, result)
+    check = _Validator(profiles, result, iterations)
     if path.suffix in (".jsonl", ".ndjson", ".json"):
         with path.open(encoding="utf-8", errors="replace", newline="") as fh:
             yield from check.python(_jsonl_rows(fh, str(path)))
@@ -364,12 +375,15 @@ def iter_devices(
 
 
 def read_devices(
-    path: Path, profiles: dict[str, str], progress: Progress | None = None
+    path: Path,
+    profiles: dict[str, str],
+    progress: Progress | None = None,
+    iterations: int = ITERATIONS,
 ) -> tuple[DeviceRows, ImportResult]:
     """Every valid device line of ``path`` as columns (each block's simple lines first, not
     in line order), and the result so far (line count, errors in line order)."""
     result = ImportResult()
-    rows = DeviceRows.concat(list(iter_devices(path, profiles, result, progress)))
+    rows = DeviceRows.concat(list(iter_devices(path, profiles, result, progress, iterations)))
     result.errors.sort(key=lambda e: e.line)
     return rows, result
 
@@ -384,6 +398,7 @@ def import_devices(
     path: Path,
     progress: Progress | None = None,
     who: Principal | None = None,
+    iterations: int = ITERATIONS,
 ) -> ImportResult:
     """Read, validate and upsert the devices of ``path`` in one transaction.
 
@@ -391,17 +406,20 @@ def import_devices(
     copied at once (``upsert.stream_devices``), so reading and writing overlap. A device
     named twice among the new ones makes the server refuse the copy; the import then runs
     again with every device's last line only (``upsert.write_devices``). ``progress`` is
-    called with (done, total, what). With ``who``, the import is audited once it committed
+    called with (done, total, what). A secret is hashed with a random salt and
+    ``iterations``; a known device keeps its stored hash while the secret still verifies
+    against it with that many iterations, so importing the same file twice changes nothing.
+    With ``who``, the import is audited once it committed
     (file and counts; the devices' rows carry their own ``updated_at``).
     """
     cur = conn.execute("SELECT name, kind FROM device_profiles")
     profiles = {str(name): str(kind) for name, kind in cur.fetchall()}
     result = ImportResult()
     try:
-        parts = iter_devices(path, profiles, result, progress)
+        parts = iter_devices(path, profiles, result, progress, iterations)
         stream_devices(conn, parts, profiles, result, _count_lines(path), progress)
     except psycopg.errors.UniqueViolation:
-        rows, result = read_devices(path, profiles, progress)
+        rows, result = read_devices(path, profiles, progress, iterations)
         write_devices(conn, rows, profiles, result, progress)
     result.errors.sort(key=lambda e: e.line)
     if who is not None:

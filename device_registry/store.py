@@ -52,7 +52,6 @@ EXPORT_FIELDS = (
     "road",
     "road_km",
     "install",
-    "credential_hash",
     "cert_fingerprint",
     "oscore_kid",
 )
@@ -165,13 +164,14 @@ def list_profiles(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         return [_jsonable(r) for r in cur.fetchall()]
 
 
-SECRET_FIELDS = ("oscore_secret", "oscore_salt")
+SECRET_FIELDS = ("credential_hash", "oscore_secret", "oscore_salt")
 
 
 def export_csv(conn: psycopg.Connection[Any], out: IO[bytes], secrets: bool = False) -> None:
-    """Every device as CSV in the import format (re-importable), streamed. OSCORE keys are
-    exported only with ``secrets`` (hex, like the kid): without them a re-import keeps the
-    stored keys, and only a device already holding its kid can be imported."""
+    """Every device as CSV in the import format (re-importable), streamed. Credential hashes
+    and OSCORE keys (hex, like the kid) are exported only with ``secrets``: a hash can be
+    attacked offline, a key used at once. Without them a re-import keeps the stored ones, and
+    only a device already holding its kid can be imported."""
     fields = (*EXPORT_FIELDS, *SECRET_FIELDS) if secrets else EXPORT_FIELDS
     cols = ", ".join(f"encode({c}, 'hex') AS {c}" if c.startswith("oscore_") else c for c in fields)
     with (

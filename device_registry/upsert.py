@@ -27,6 +27,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from decoders.base import Column, ColumnType
+from device_registry.credentials import iterations_of, verify
 from device_registry.devicerows import DeviceRows, ImportResult, LineError, Progress
 from device_registry.index import UNKNOWN, DeviceIndex
 from device_registry.resolver import INDEX_COPY, IndexBuilder
@@ -178,6 +179,7 @@ def stream_devices(
         old, dups = last_per_device(DeviceRows.concat(old_parts))
         result.duplicates += dups
         old = old.take(_kid_held(conn, old, result.errors))
+        old = _keep_verified_hashes(conn, old)
         if len(old):
             conn.execute(_STAGE)
             _copy(conn, "devices_import", STAGE_COLUMNS, *_stage_columns(old))
@@ -265,6 +267,35 @@ def _copy_sql(table: str, columns: tuple[Column, ...]) -> sql.Composed:
     return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
         sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
     )
+
+
+def _keep_verified_hashes(conn: Conn, old: DeviceRows) -> DeviceRows:
+    """Known devices given a secret keep their stored hash when the secret still verifies
+    against it with the iterations asked for: each hash has a random salt, so hashing again
+    would change every device on every import (and wake every service's change feed)."""
+    secrets = old.text["secret"]
+    given = np.flatnonzero(secrets != b"")
+    if given.shape[0] == 0:
+        return old
+    ext = old.text["external_id"][given]
+    rows = conn.execute(
+        "SELECT external_id, credential_hash FROM devices "
+        "WHERE external_id = ANY(%s) AND credential_hash IS NOT NULL",
+        ([e.decode() for e in ext.tolist()],),
+    ).fetchall()
+    stored = {str(r[0]): str(r[1]) for r in rows}
+    hashes = old.text["credential_hash"].tolist()
+    for i, e in zip(given.tolist(), ext.tolist(), strict=True):
+        have = stored.get(e.decode())
+        new = hashes[i].decode()
+        if (
+            have is not None
+            and iterations_of(have) == iterations_of(new)
+            and verify(secrets[i].decode(), have)
+        ):
+            hashes[i] = have.encode()
+    old.text["credential_hash"] = np.array(hashes, dtype=np.bytes_)
+    return old
 
 
 def _new_columns(

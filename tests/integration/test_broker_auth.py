@@ -20,9 +20,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from typer.testing import CliRunner
 
 from cityflux.cli import app
+from device_registry.credentials import ITERATIONS, hash_secret
 from storage.embedded import free_port, reachable
 
 MOSQUITTO = shutil.which("mosquitto")
+ITERATION_COUNTS = (101, ITERATIONS, 20_000)
 pytestmark = pytest.mark.skipif(
     MOSQUITTO is None, reason="needs the mosquitto binary (the amqtt fallback has no ACL files)"
 )
@@ -38,6 +40,15 @@ def secured_broker(pg_url: str, tmp_path: Path) -> Iterator[int]:
         "861000000000002,active,second-device-secret\n"
         "861000000000003,disabled,third-device-secret\n"
     )
+    # mosquitto_passwd's count, ours, and more: Mosquitto 2 reads each line's own count
+    hashed = tmp_path / "hashed.csv"
+    hashed.write_text(
+        "external_id,credential_hash\n"
+        + "".join(
+            f"86100000000010{i},{hash_secret(f'iterations-{n}', iterations=n)}\n"
+            for i, n in enumerate(ITERATION_COUNTS)
+        )
+    )
     env = {
         "CITYFLUX_DATABASE__URL": pg_url,
         "CITYFLUX_LOG_LEVEL": "WARNING",
@@ -46,6 +57,7 @@ def secured_broker(pg_url: str, tmp_path: Path) -> Iterator[int]:
     }
     runner = CliRunner()
     assert runner.invoke(app, ["devices", "import", "-q", str(devices)], env=env).exit_code == 0
+    assert runner.invoke(app, ["devices", "import", "-q", str(hashed)], env=env).exit_code == 0
     passwd, acl = tmp_path / "passwd", tmp_path / "acl"
     result = runner.invoke(
         app,
@@ -53,7 +65,8 @@ def secured_broker(pg_url: str, tmp_path: Path) -> Iterator[int]:
         env=env,
     )
     assert result.exit_code == 0, result.output
-    assert "2 device credentials" in result.output  # the disabled device is left out
+    # the disabled device is left out
+    assert f"{2 + len(ITERATION_COUNTS)} device credentials" in result.output
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(
@@ -138,3 +151,14 @@ def test_passwords_and_topic_acl_are_enforced(secured_broker: int) -> None:
     assert got == ["cityflux/up/env/861000000000001/nbiot-env"]
     assert not acks[own.mid].is_failure
     assert acks[other.mid].is_failure  # MQTT 5: PUBACK 0x87 Not authorized
+
+
+def test_mosquitto_accepts_random_salts_and_each_iteration_count(secured_broker: int) -> None:
+    for i, n in enumerate(ITERATION_COUNTS):
+        client, rc = _connect(secured_broker, f"86100000000010{i}", f"iterations-{n}")
+        client.disconnect()
+        client.loop_stop()
+        assert not rc.is_failure, (n, rc)
+        wrong, rc = _connect(secured_broker, f"86100000000010{i}", f"iterations-{n + 1}")
+        wrong.loop_stop()
+        assert rc.is_failure, n

@@ -111,6 +111,13 @@ def test_import_reports_bad_lines_imports_the_rest_and_is_idempotent(
     assert _cli(pg_url, "devices", "export", str(exported)).exit_code == 0
     again = _cli(pg_url, "devices", "import", "-q", str(exported))
     assert (again.exit_code, "0 new, 0 updated, 2 unchanged" in again.output) == (0, True)
+    # the export leaves the credential hashes out (only --with-secrets carries them)
+    stored_hash = query(pg_url, "SELECT credential_hash FROM devices WHERE external_id = 'ST01'")
+    assert "credential_hash" not in exported.read_text().splitlines()[0].split(",")
+    assert stored_hash[0][0] not in exported.read_text()
+    full = tmp_path / "full.csv"
+    assert _cli(pg_url, "devices", "export", "--with-secrets", str(full)).exit_code == 0
+    assert stored_hash[0][0] in full.read_text()
     # JSON Lines: an update and a new device; an empty field keeps the stored value
     jsonl = tmp_path / "more.jsonl"
     jsonl.write_text(

@@ -103,3 +103,46 @@ def test_a_small_import_into_a_large_registry_updates_in_place(pg_url: str, tmp_
         "SELECT external_id, district, status, id FROM devices "
         "WHERE external_id IN ('B0000001', 'NEW1') ORDER BY 1",
     ) == [("B0000001", "Futian", "active", 2), ("NEW1", "Luohu", "disabled", BULK_MIN_ROWS + 1)]
+
+
+def test_secrets_get_random_salts_and_a_reimport_keeps_each_stored_hash(
+    pg_url: str, tmp_path: Path
+) -> None:
+    from device_registry.credentials import iterations_of, verify
+
+    path = tmp_path / "devices.csv"
+    path.write_text(
+        "external_id,profile,secret\n"
+        "861000000000001,nbiot-env,same-secret-for-both\n"
+        "861000000000002,nbiot-env,same-secret-for-both\n"
+    )
+    hashes = "SELECT external_id, credential_hash, updated_at FROM devices ORDER BY id"
+    with _registry(pg_url) as conn:
+        first = import_devices(conn, path)
+        stored = query(pg_url, hashes)
+        again = import_devices(conn, path)
+        unchanged = query(pg_url, hashes)
+        path.write_text(
+            "external_id,profile,secret\n"
+            "861000000000001,nbiot-env,a-new-secret-now\n"
+            "861000000000002,nbiot-env,same-secret-for-both\n"
+        )
+        changed = import_devices(conn, path)
+        after = query(pg_url, hashes)
+        slower = import_devices(conn, path, iterations=5_000)
+        rehashed = query(pg_url, hashes)
+    (_, h1, _), (_, h2, _) = stored
+    salt = lambda h: h.split("$")[3]  # noqa: E731
+    assert salt(h1) != salt(h2)  # per-device random salts: equal secrets, unequal hashes
+    assert len(salt(h1)) == len(salt(h2)) == 16  # 12 characters, base64
+    assert verify("same-secret-for-both", h1)
+    assert verify("same-secret-for-both", h2)
+    assert (first.inserted, again.updated, again.unchanged) == (2, 0, 2)
+    assert unchanged == stored  # idempotent: nothing rewritten, updated_at unmoved
+    assert (changed.updated, changed.unchanged) == (1, 1)
+    assert verify("a-new-secret-now", after[0][1])
+    assert after[1] == stored[1]
+    # another iteration count hashes every secret afresh (EMQX takes one count)
+    assert slower.updated == 2
+    assert [iterations_of(r[1]) for r in rehashed] == [5_000, 5_000]
+    assert verify("same-secret-for-both", rehashed[1][1])
