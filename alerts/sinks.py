@@ -37,6 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from alerts import store
 from core.metrics import Metrics
+from core.mqtt import MqttConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ class MqttSink:
         username: str | None = None,
         password: str | None = None,
         timeout_s: float = 10.0,
+        broker: MqttConfig | None = None,
     ) -> None:
+        """``broker``, when given, adds its TLS settings (and its credentials)."""
         self.name = "mqtt"
         self.prefix = prefix.rstrip("/")
         self.qos = qos
@@ -99,6 +102,8 @@ class MqttSink:
         )
         if username:
             self._client.username_pw_set(username, password)
+        if broker is not None:
+            broker.secure_paho(self._client)
         self._connected = threading.Event()
         self._client.on_connect = lambda *a: self._connected.set()
         self._client.on_disconnect = lambda *a: self._connected.clear()

@@ -114,6 +114,7 @@ class AlertStage:
                     v5=mqtt.protocol is MqttProtocol.V5,
                     username=mqtt.username,
                     password=mqtt.password.get_secret_value() if mqtt.password else None,
+                    broker=mqtt,
                 )
             )
         secret = self.cfg.webhook_secret.get_secret_value() if self.cfg.webhook_secret else None

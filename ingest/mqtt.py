@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import Any, Literal, cast
 
@@ -62,10 +63,7 @@ class MqttListener(MqttSource):
             manual_ack=cfg.qos is QoS.AT_LEAST_ONCE,
             reconnect_on_failure=False,
         )
-        if cfg.username is not None:
-            client.username_pw_set(
-                cfg.username, cfg.password.get_secret_value() if cfg.password else None
-            )
+        cfg.secure_paho(client)  # user name, password, TLS
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -115,6 +113,11 @@ class MqttListener(MqttSource):
     def _read(self) -> None:
         # Read everything the socket has: paho parses one packet per loop_read call.
         self._client.loop_read(max_packets=1000)
+        # TLS: bytes already decrypted wait in the SSL object and do not wake the selector
+        sock = self._sock
+        if self._reading and isinstance(sock, ssl.SSLSocket) and sock.pending():
+            assert self._loop is not None
+            self._loop.call_soon(self._read)
 
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any

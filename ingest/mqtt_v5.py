@@ -250,7 +250,17 @@ class Mqtt5Listener(MqttSource, asyncio.Protocol):
         while not self._stopping.is_set():
             self._lost.clear()
             try:
-                await asyncio.wait_for(loop.create_connection(lambda: self, cfg.host, cfg.port), 10)
+                tls = cfg.ssl_context()
+                await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: self,
+                        cfg.host,
+                        cfg.port,
+                        ssl=tls,
+                        server_hostname=cfg.server_name if tls else None,
+                    ),
+                    10,
+                )
                 delay = 0.2
             except (OSError, TimeoutError) as exc:
                 log.warning(

@@ -17,6 +17,8 @@ import uuid
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from core.mqtt import MqttConfig
+
 DROPPED = "$SYS/broker/publish/messages/dropped"
 
 
@@ -25,6 +27,7 @@ def dropped_messages(
     port: int,
     username: str | None = None,
     password: str | None = None,
+    tls: MqttConfig | None = None,
     timeout_s: float = 3.0,
 ) -> int | None:
     """The broker's dropped-message count now, or None if it does not publish one."""
@@ -41,6 +44,8 @@ def dropped_messages(
     )
     if username:
         client.username_pw_set(username, password)
+    if tls is not None:
+        tls.secure_paho(client)
     client.on_message = on_message
     client.on_connect = lambda c, *_: c.subscribe(DROPPED, 0)
     try:

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import time
 from collections import Counter
 
 import mqtt5
+
+from core.mqtt import MqttConfig
 
 _FLUSH_BYTES = 256 * 1024
 
@@ -41,8 +44,10 @@ class BulkPublisher:
         password: str | None = None,
         keepalive_s: int = 60,
         max_inflight: int = 65_535,
+        tls: MqttConfig | None = None,
     ) -> None:
         self.host, self.port, self.client_id, self.qos = host, port, client_id, qos
+        self._tls = tls
         self._username, self._password, self._keepalive = username, password, keepalive_s
         self._max_inflight = max_inflight
         self.sent: Counter[int] = Counter()
@@ -63,6 +68,9 @@ class BulkPublisher:
         sock = socket.create_connection((self.host, self.port), timeout=timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        ctx = self._tls.ssl_context() if self._tls else None
+        if ctx is not None and self._tls is not None:
+            sock = ctx.wrap_socket(sock, server_hostname=self._tls.server_name)
         self._sock = sock
         sock.sendall(
             mqtt5.ConnectPacket(
@@ -163,9 +171,12 @@ class BulkPublisher:
         sock = self._sock
         if sock is None:
             raise PublishError("not connected")
-        ready, _, _ = select.select([sock], [], [], timeout_s if block else 0)
-        if not ready:
-            return
+        # TLS: bytes already decrypted sit in the SSL object, invisible to select
+        pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+        if not pending:
+            ready, _, _ = select.select([sock], [], [], timeout_s if block else 0)
+            if not ready:
+                return
         data = sock.recv(1 << 20)
         if not data:
             raise PublishError(f"{self.host}:{self.port} closed the connection")
@@ -226,6 +237,7 @@ class PahoPublisher:
         username: str | None = None,
         password: str | None = None,
         max_inflight: int = 500,
+        tls: MqttConfig | None = None,
     ) -> None:
         import threading
 
@@ -244,6 +256,8 @@ class PahoPublisher:
         )
         if username:
             self._client.username_pw_set(username, password)
+        if tls is not None:
+            tls.secure_paho(self._client)
         self._client.max_inflight_messages_set(max_inflight)
         self._client.max_queued_messages_set(0)
         self._client.on_publish = self._on_publish
@@ -311,12 +325,14 @@ def connect_publisher(
     v5: bool = True,
     username: str | None = None,
     password: str | None = None,
+    tls: MqttConfig | None = None,
 ) -> BulkPublisher | PahoPublisher:
-    """A connected publisher for the broker's protocol version."""
+    """A connected publisher for the broker's protocol version (``tls``: the broker settings
+    whose TLS options to use)."""
     if v5:
         return BulkPublisher(
-            host, port, client_id, qos=qos, username=username, password=password
+            host, port, client_id, qos=qos, username=username, password=password, tls=tls
         ).connect()
     return PahoPublisher(
-        host, port, client_id, qos=qos, username=username, password=password
+        host, port, client_id, qos=qos, username=username, password=password, tls=tls
     ).connect()

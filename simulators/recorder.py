@@ -42,8 +42,7 @@ def record_mqtt(
         client_id=f"cityflux-record-{uuid.uuid4().hex[:8]}",
         protocol=MQTTProtocolVersion.MQTTv5,
     )
-    if m.username:
-        client.username_pw_set(m.username, m.password.get_secret_value() if m.password else None)
+    m.secure_paho(client)  # user name, password, TLS
     client.on_message = on_message
     client.on_connect = lambda c, *_: c.subscribe(topic, 1)
     client.connect(m.host, m.port)

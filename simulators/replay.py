@@ -243,6 +243,7 @@ def send(
                         v5=target.mqtt_v5,
                         username=target.mqtt_username,
                         password=target.mqtt_password,
+                        tls=target.mqtt_tls,
                     )
                 pub.publish(where, f.payload, f.tag)
             led.sent[f.tag] += 1

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from core.mqtt import MqttConfig
 from simulators.coap_client import CoapSender
 from simulators.keyed import stream_id, uniform
 from simulators.models import MODELS, DeviceModel, Frames
@@ -49,6 +50,7 @@ class Target:
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_v5: bool = True  # False for MQTT 3.1.1 brokers (the embedded amqtt fallback)
+    mqtt_tls: MqttConfig | None = None  # the broker settings, when they ask for TLS
     coap_host: str = "127.0.0.1"
     coap_port: int = 5683
     coap_window: int = 1000
@@ -204,6 +206,7 @@ class FleetRun:
                     v5=tg.mqtt_v5,
                     username=tg.mqtt_username,
                     password=tg.mqtt_password,
+                    tls=tg.mqtt_tls,
                 )
             topic = f"{self.scenario.prefix}/up/{kind}/{device}/{fmt}"
             pub.publish(topic, payload, t)

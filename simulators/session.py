@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import yaml
 
-from core.mqtt import MqttProtocol
+from core.mqtt import MqttProtocol, TlsMode
 from decoders.registry import load_registry
 from device_registry.importer import import_devices
 from device_registry.profiles import load_profiles, store
@@ -42,6 +42,7 @@ def target_of(settings: Settings) -> Target:
         mqtt_username=m.username,
         mqtt_password=m.password.get_secret_value() if m.password else None,
         mqtt_v5=m.protocol is MqttProtocol.V5,
+        mqtt_tls=m if m.tls is TlsMode.ON else None,
         coap_host=coap_host,
         coap_port=c.port,
     )
@@ -128,7 +129,7 @@ def run_scenario(
     before = scrape_ages(metrics)
     tg = run.target
     mqtt = any(g.transport.value == "mqtt" for g in scenario.groups)
-    broker_args = (tg.mqtt_host, tg.mqtt_port, tg.mqtt_username, tg.mqtt_password)
+    broker_args = (tg.mqtt_host, tg.mqtt_port, tg.mqtt_username, tg.mqtt_password, tg.mqtt_tls)
     dropped_before = dropped_messages(*broker_args) if mqtt else None
     began = time.time()
     try:
