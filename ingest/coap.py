@@ -39,7 +39,7 @@ import logging
 import random
 import socket
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -52,7 +52,7 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 from core.frames import Outcome
 from core.metrics import Metrics
 from decoders.registry import DecoderRegistry
-from ingest.coap_oscore import DeviceContext, DeviceKeyStore
+from ingest.coap_oscore import DeviceContext, DeviceKeyStore, LookupsExhaustedError
 from ingest.pipeline import Pipeline
 from ingest.settings import CoapConfig, CoapMode
 from ingest.topics import UplinkTopic, check_levels, refused
@@ -144,6 +144,8 @@ class CoapListener(asyncio.DatagramProtocol):
         self._waiting: deque[tuple[float, _Exchange]] = deque()
         self._outgoing: dict[tuple[Remote, int], _Outgoing] = {}
         self._uploads: dict[tuple[Remote, tuple[str, ...], bytes], _Upload] = {}
+        self._uploads_of: Counter[Remote] = Counter()  # uploads being assembled per remote
+        self._protecting: set[asyncio.Task[None]] = set()  # OSCORE requests awaiting a key
         self._mid = random.randrange(0x10000)
         self._saturated = False
         self._draining = False
@@ -240,7 +242,13 @@ class CoapListener(asyncio.DatagramProtocol):
         ex = _Exchange(remote, mid, msg.token, mtype == CON, time.monotonic())
         self._remember(key, ex)
         if msg.opt.oscore is not None:
-            asyncio.get_running_loop().create_task(self._protected(msg, ex))
+            if len(self._protecting) >= self._cfg.max_pending_oscore:  # work per datagram
+                self._metrics.coap_oscore_failures.labels("busy").inc()
+                self._answer(ex, Code.SERVICE_UNAVAILABLE, b"", max_age=self._cfg.retry_after_s)
+                return
+            task = asyncio.get_running_loop().create_task(self._protected(msg, ex))
+            self._protecting.add(task)
+            task.add_done_callback(self._protecting.discard)
             return
         if self._cfg.mode is CoapMode.OSCORE and not _is_discovery(msg):
             self._metrics.coap_oscore_failures.labels("missing").inc()
@@ -273,6 +281,10 @@ class CoapListener(asyncio.DatagramProtocol):
             ctx = await self._keys.context(kid)
         except oscore.NotAProtectedMessage:
             self._answer(ex, Code.BAD_OPTION, b"malformed OSCORE option")
+            return
+        except LookupsExhaustedError:  # a flood of new key ids: the registry is spared
+            self._metrics.coap_oscore_failures.labels("busy").inc()
+            self._answer(ex, Code.SERVICE_UNAVAILABLE, b"", max_age=self._cfg.retry_after_s)
             return
         except Exception as exc:  # the registry cannot be read: try again later
             log.warning("CoAP: OSCORE key lookup failed (%s); answering 5.03", exc)
@@ -395,24 +407,44 @@ class CoapListener(asyncio.DatagramProtocol):
         key = (ex.remote, tuple(msg.opt.uri_path), b"".join(msg.opt.request_tag))
         up = self._uploads.get(key)
         if block1.block_number == 0:
+            if up is None and (
+                len(self._uploads) >= self._cfg.max_uploads
+                or self._uploads_of[ex.remote] >= self._cfg.max_uploads_per_remote
+            ):
+                self._answer(
+                    ex,
+                    Code.SERVICE_UNAVAILABLE,
+                    b"too many uploads",
+                    max_age=self._cfg.retry_after_s,
+                )
+                return None
+            if up is None:
+                self._uploads_of[ex.remote] += 1
             up = self._uploads[key] = _Upload()
         if up is None or block1.block_number != up.next_block:
-            self._uploads.pop(key, None)
+            self._drop_upload(key)
             self._answer(ex, Code.REQUEST_ENTITY_INCOMPLETE, b"blocks out of order")
             return None
         up.body += msg.payload
         up.next_block += 1
         up.touched = time.monotonic()
         if len(up.body) > self._cfg.max_body_bytes:
-            self._uploads.pop(key, None)
+            self._drop_upload(key)
             self._answer(ex, Code.REQUEST_ENTITY_TOO_LARGE, b"", size1=self._cfg.max_body_bytes)
             return None
         if block1.more:
             self._answer(ex, Code.CONTINUE, b"", block1=block1)
             return None
-        del self._uploads[key]
+        self._drop_upload(key)
         ex.block1 = block1
         return bytes(up.body)
+
+    def _drop_upload(self, key: tuple[Remote, tuple[str, ...], bytes]) -> None:
+        if self._uploads.pop(key, None) is not None:
+            remote = key[0]
+            self._uploads_of[remote] -= 1
+            if self._uploads_of[remote] <= 0:
+                del self._uploads_of[remote]
 
     # -- answering ---------------------------------------------------------------------
     def release(self, ack_ids: Sequence[int], ok: bool, outcome: Outcome | None = None) -> None:
@@ -530,7 +562,7 @@ class CoapListener(asyncio.DatagramProtocol):
             self._metrics.coap_retransmissions.inc()
             self._send(out.data, out.remote)
         for upload in [k for k, u in self._uploads.items() if now - u.touched > BLOCK_TTL_S]:
-            del self._uploads[upload]
+            self._drop_upload(upload)
         stale = now - EXCHANGE_LIFETIME_S
         while self._exchanges:
             first = next(iter(self._exchanges.values()))

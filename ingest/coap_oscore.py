@@ -64,14 +64,35 @@ _QUERY = (
 )
 
 
-class DeviceKeyStore:
-    """OSCORE contexts by kid, read from the registry on first use (bounded LRU)."""
+class LookupsExhaustedError(RuntimeError):
+    """Registry look-ups of new key ids are over their rate: answer 5.03, try later."""
 
-    def __init__(self, conninfo: str, max_contexts: int = 100_000) -> None:
+
+class DeviceKeyStore:
+    """OSCORE contexts by kid, read from the registry on first use (bounded LRU).
+
+    Hostile traffic (docs/design/0010-coap-limits.md): key ids no device has are remembered for
+    ``NEGATIVE_TTL_S`` in an LRU of at most ``max_unknown`` entries, and registry look-ups of
+    ids not in memory are limited to ``lookups_per_s`` (a token bucket of one second's worth);
+    beyond it ``context`` raises ``LookupsExhaustedError`` without touching the database.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        max_contexts: int = 100_000,
+        max_unknown: int = 10_000,
+        lookups_per_s: float = 200.0,
+    ) -> None:
         self._conninfo = conninfo
         self._max = max_contexts
+        self._max_unknown = max_unknown
+        self._rate = lookups_per_s
+        self._tokens = lookups_per_s
+        self._refilled = time.monotonic()
+        self.lookups = 0
         self._contexts: OrderedDict[bytes, DeviceContext] = OrderedDict()
-        self._unknown: dict[bytes, float] = {}
+        self._unknown: OrderedDict[bytes, float] = OrderedDict()
         self._loading: dict[bytes, asyncio.Future[DeviceContext | None]] = {}
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
@@ -93,6 +114,7 @@ class DeviceKeyStore:
         pending = self._loading.get(kid)
         if pending is not None:
             return await asyncio.shield(pending)
+        self._take_token()
         fut: asyncio.Future[DeviceContext | None] = asyncio.get_running_loop().create_future()
         self._loading[kid] = fut
         try:
@@ -106,7 +128,21 @@ class DeviceKeyStore:
             del self._loading[kid]
         return ctx
 
+    def _take_token(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self._rate, self._tokens + (now - self._refilled) * self._rate)
+        self._refilled = now
+        if self._tokens < 1.0:
+            raise LookupsExhaustedError(f"more than {self._rate:g} new OSCORE key ids per second")
+        self._tokens -= 1.0
+
+    @property
+    def unknown_kids(self) -> int:
+        """Key ids remembered as unknown (at most ``max_unknown``)."""
+        return len(self._unknown)
+
     async def _load(self, kid: bytes) -> DeviceContext | None:
+        self.lookups += 1
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
         try:
@@ -118,6 +154,9 @@ class DeviceKeyStore:
             raise
         if row is None:
             self._unknown[kid] = time.monotonic() + NEGATIVE_TTL_S
+            self._unknown.move_to_end(kid)
+            while len(self._unknown) > self._max_unknown:
+                self._unknown.popitem(last=False)
             return None
         device_id, external_id, secret, salt = row
         ctx = DeviceContext(kid, bytes(secret), bytes(salt), int(device_id), str(external_id))

@@ -167,7 +167,11 @@ class Service:
         else:  # MQTT 3.1.1 brokers (the embedded amqtt fallback): paho
             self.mqtt = MqttListener(s.mqtt, self.pipeline, self.metrics)
         if s.coap.mode is not CoapMode.OFF:
-            keys = DeviceKeyStore(conninfo)
+            keys = DeviceKeyStore(
+                conninfo,
+                max_unknown=s.coap.oscore_unknown_kids,
+                lookups_per_s=s.coap.oscore_lookups_per_s,
+            )
             resolver.on_change.append(keys.forget)
             profiles = resolver.profiles
 

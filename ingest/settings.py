@@ -71,6 +71,21 @@ class CoapConfig(Section):
     dedup_entries: int = Field(
         100_000, ge=100, description="recent exchanges remembered to answer retransmissions"
     )
+    max_uploads: int = Field(
+        256, ge=1, description="block-wise uploads assembled at once, in all (beyond: 5.03)"
+    )
+    max_uploads_per_remote: int = Field(
+        4, ge=1, description="block-wise uploads assembled at once per address and port (5.03)"
+    )
+    max_pending_oscore: int = Field(
+        1_000, ge=1, description="OSCORE requests awaiting their key at once (beyond: 5.03)"
+    )
+    oscore_unknown_kids: int = Field(
+        10_000, ge=1, description="unknown OSCORE key ids remembered (10 s each, LRU)"
+    )
+    oscore_lookups_per_s: float = Field(
+        200.0, gt=0, description="registry look-ups of new OSCORE key ids per second (5.03)"
+    )
 
 
 class PipelineConfig(Section):
