@@ -410,12 +410,11 @@ class Pipeline:
             writes = await self._resolve(batch, decoded, dead, writer)
             note = hook.new_note(batch) if hook is not None else None
             then = self._rules_then(writes, note) if hook is not None else None
+            once = _once(batch, dead)
             try:
-                await writer.write(
-                    writes, dead.columns(batch), dead.nulls(batch), then, _once(batch, dead)
-                )
+                await writer.write(writes, dead.columns(batch), dead.nulls(batch), then, once)
             except StorageRejectedError as exc:
-                named = _frames_named(exc, writes, dead, _once(batch, dead))
+                named = _frames_named(exc, writes, dead, once)
                 raise StageError(Stage.STORE, exc, named) from exc
         except StageError:
             if hook is not None and note is not None:
