@@ -187,3 +187,31 @@ def devices_credentials(
             conn, password_file, acl_file, prefix, service, settings.registry.credential_iterations
         )
     typer.echo(f"{done.devices} device credentials -> {password_file}; ACL -> {acl_file}")
+
+
+@devices_app.command("command")
+def devices_command(
+    device: Annotated[str, typer.Argument(help="external id, or #<internal id>")],
+    operation: Annotated[str, typer.Argument(help="write or execute")],
+    path: Annotated[str, typer.Argument(help="LwM2M resource, /object/instance/resource")],
+    value: Annotated[str | None, typer.Argument(help="write: the value (text)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Queue an LwM2M Write or Execute; sent on the device's next Register or Update."""
+    from device_registry import lwm2m
+
+    try:
+        op = lwm2m.Operation(operation)
+    except ValueError:
+        typer.echo(f"cityflux: operation {operation!r} is not write or execute", err=True)
+        raise typer.Exit(2) from None
+    with registry_conn(config) as conn:
+        try:
+            row = lwm2m.queue_command(conn, device, op, path, value, cli_principal())
+        except lwm2m.CommandError as exc:
+            typer.echo(f"cityflux: {exc}", err=True)
+            raise typer.Exit(2) from None
+    if row is None:
+        typer.echo(f"cityflux: no device {device!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(row, default=str))
