@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import socket
@@ -53,6 +54,8 @@ from core.frames import Outcome
 from core.metrics import Metrics
 from decoders.registry import DecoderRegistry
 from ingest.coap_oscore import DeviceContext, DeviceKeyStore, LookupsExhaustedError
+from ingest.lwm2m import ROOTS as LWM2M_ROOTS
+from ingest.lwm2m import Lwm2mServer, OnResponse
 from ingest.pipeline import Pipeline
 from ingest.settings import CoapConfig, CoapMode
 from ingest.topics import UplinkTopic, check_levels, refused
@@ -97,6 +100,17 @@ class _Exchange:
     oscore: tuple[DeviceContext, Any] | None = None  # context, request id
     block1: Any = None  # the final Block1 value to echo
     device: str = ""
+    notification: bool = False  # a device's response to our request: ACKed after the commit
+
+
+@dataclass(slots=True)
+class _Request:
+    """A request the server sent to a device (LwM2M Observe, Write, Execute)."""
+
+    remote: Remote
+    on_response: OnResponse
+    observe: bool
+    mid: int
 
 
 @dataclass(slots=True)
@@ -117,6 +131,7 @@ class _Outgoing:
     due: float
     attempts: int = 0
     timeout: float = ACK_TIMEOUT_S
+    token: bytes | None = None  # a request of ours: its callback learns of a timeout
 
 
 class CoapListener(asyncio.DatagramProtocol):
@@ -130,6 +145,7 @@ class CoapListener(asyncio.DatagramProtocol):
         decoders: DecoderRegistry,
         keys: DeviceKeyStore | None = None,
         kind_decoders: Callable[[str], list[str]] | None = None,
+        lwm2m: Lwm2mServer | None = None,
     ) -> None:
         self._cfg = cfg
         self._pipeline = pipeline
@@ -150,6 +166,10 @@ class CoapListener(asyncio.DatagramProtocol):
         self._saturated = False
         self._draining = False
         self._stopping = asyncio.Event()
+        self._requests: dict[bytes, _Request] = {}  # ours, by token
+        self._lwm2m = lwm2m
+        if lwm2m is not None:
+            lwm2m.attach(self)
         self.port: int | None = None
         self.bound = asyncio.Event()
         pipeline.add_source(self)
@@ -212,7 +232,17 @@ class CoapListener(asyncio.DatagramProtocol):
         mid = int.from_bytes(data[2:4], "big")
         remote: Remote = (addr[0], addr[1])
         if mtype in (ACK, RST):
-            self._outgoing.pop((remote, mid), None)  # the device got our separate response
+            out = self._outgoing.pop((remote, mid), None)  # the device got our message
+            if out is not None and out.token is not None:
+                if mtype == RST:  # the device refused our request
+                    req = self._requests.pop(out.token, None)
+                    if req is not None:
+                        req.on_response(None, _noop)
+                elif data[1] != 0:  # the response, piggybacked
+                    self._response(data, remote, mtype, mid)
+            return
+        if data[1] >= 0x40 and self._requests:  # a response (class 2-5) to a request of ours
+            self._response(data, remote, mtype, mid)
             return
         if data[1] == 0:  # an empty CON is a ping: RST (§4.3)
             if mtype == CON:
@@ -224,7 +254,9 @@ class CoapListener(asyncio.DatagramProtocol):
             self._duplicate(known)
             return
         plain = _parse_plain(data) if self._cfg.mode is not CoapMode.OSCORE else None
-        if plain is not None:  # the usual uplink, parsed without building a Message
+        if plain is not None and (
+            self._lwm2m is None or plain[2][:1] not in LWM2M_ROOTS
+        ):  # the usual uplink, parsed without building a Message
             code, token, path, cf, payload = plain
             ex = _Exchange(remote, mid, token, mtype == CON, time.monotonic())
             self._remember(key, ex)
@@ -263,8 +295,8 @@ class CoapListener(asyncio.DatagramProtocol):
 
     def _duplicate(self, ex: _Exchange) -> None:
         self._metrics.coap_duplicates.inc()
-        if not ex.con:
-            return
+        if not ex.con or (ex.notification and ex.response is None):
+            return  # a notification is ACKed once committed
         if ex.response is not None:
             self._send(ex.response, ex.remote)
         elif not ex.empty_acked:  # still waiting for the commit: stop its retransmissions
@@ -330,6 +362,12 @@ class CoapListener(asyncio.DatagramProtocol):
                 _LINKS.format(prefix=self._cfg.path_prefix).encode(),
                 content_format=40,
             )
+            return
+        if self._lwm2m is not None and path[:1] in LWM2M_ROOTS:
+            if self._draining or self._saturated:
+                self._answer(ex, Code.SERVICE_UNAVAILABLE, b"", max_age=self._cfg.retry_after_s)
+            else:
+                self._lwm2m.handle(ex, msg, authenticated)
             return
         if not self._path_ok(ex, path, int(msg.code)):
             return
@@ -480,6 +518,7 @@ class CoapListener(asyncio.DatagramProtocol):
         size1: int | None = None,
         content_format: int | None = None,
         count: bool = True,
+        location: Sequence[str] = (),
     ) -> None:
         if count:
             label = _LABELS.get(code)
@@ -487,7 +526,7 @@ class CoapListener(asyncio.DatagramProtocol):
                 label = _LABELS[code] = code.dotted
             self._metrics.coap_responses.labels(label).inc()
         plain = ex.oscore is None and max_age is None and block1 is None and size1 is None
-        if plain and not payload and content_format is None:  # the common case, by hand
+        if plain and not payload and content_format is None and not location:  # by hand
             self._deliver(ex, bytes([len(ex.token), int(code)]), ex.token, b"")
             return
         msg = Message(code=code, payload=payload)
@@ -499,10 +538,67 @@ class CoapListener(asyncio.DatagramProtocol):
             msg.opt.size1 = size1
         if content_format is not None:
             msg.opt.content_format = content_format
+        if location:
+            msg.opt.location_path = tuple(location)
         if ex.oscore is not None:
             ctx, request_id = ex.oscore
             msg, _ = ctx.protect(msg, request_id=request_id)
         self._answer_message(ex, msg)
+
+    def answer(
+        self, ex: _Exchange, code: Code, payload: bytes = b"", location: Sequence[str] = ()
+    ) -> None:
+        """Answer a request handed to the LwM2M server (``location``: Location-Path)."""
+        self._answer(ex, code, payload, location=location)
+
+    def request(self, remote: Remote, msg: Message, on_response: OnResponse) -> bytes:
+        """Send a confirmable request to a device (retransmitted, RFC 7252 §4.2); its
+        responses (several for an Observe) go to ``on_response``, ``None`` when the device
+        never answered or refused it. Returns the token (``forget_request`` ends it)."""
+        token = random.randbytes(8)
+        while token in self._requests:
+            token = random.randbytes(8)
+        mid = self._new_mid()
+        msg.mtype, msg.mid, msg.token = aiocoap.CON, mid, token
+        data = msg.encode()
+        observe = msg.opt.observe is not None
+        self._requests[token] = _Request(remote, on_response, observe, mid)
+        self._outgoing[(remote, mid)] = _Outgoing(
+            remote, data, time.monotonic() + ACK_TIMEOUT_S * random.uniform(1, 1.5), token=token
+        )
+        self._send(data, remote)
+        return token
+
+    def forget_request(self, token: bytes) -> None:
+        """Stop taking responses to this request (its next notification is refused, RST)."""
+        self._requests.pop(token, None)
+
+    def _response(self, data: bytes, remote: Remote, mtype: int, mid: int) -> None:
+        """A device's response to a request of ours: to its callback, which calls ``ack``
+        once what it carries is committed (a confirmable response is ACKed then)."""
+        try:
+            msg = Message.decode(data, remote)
+        except (ValueError, aiocoap.error.UnparsableMessage):
+            return
+        req = self._requests.get(msg.token)
+        if req is None or req.remote[0] != remote[0]:
+            if mtype == CON:  # an observation we do not hold: the device stops it (RFC 7641)
+                self._send(bytes([0x70, 0]) + mid.to_bytes(2, "big"), remote)
+            return
+        if not req.observe or msg.opt.observe is None or not msg.code.is_successful():
+            del self._requests[msg.token]
+        self._outgoing.pop((req.remote, req.mid), None)  # answered: no more retransmissions
+        if mtype != CON:
+            req.on_response(msg, _noop)
+            return
+        key = (remote, mid)
+        known = self._exchanges.get(key)
+        if known is not None:
+            self._duplicate(known)
+            return
+        ex = _Exchange(remote, mid, msg.token, True, time.monotonic(), notification=True)
+        self._remember(key, ex)
+        req.on_response(msg, functools.partial(self._empty_ack, ex))
 
     def _answer_message(self, ex: _Exchange, msg: Message) -> None:
         """Send an aiocoap message as the answer (its header is ours to fill)."""
@@ -554,6 +650,11 @@ class CoapListener(asyncio.DatagramProtocol):
                 continue
             if out.attempts >= MAX_RETRANSMIT:
                 del self._outgoing[key]
+                if out.token is not None:  # a request of ours: the device never answered
+                    req = self._requests.pop(out.token, None)
+                    if req is not None:
+                        req.on_response(None, _noop)
+                    continue
                 log.warning("CoAP: %s never acknowledged a separate response", out.remote)
                 continue
             out.attempts += 1
@@ -569,6 +670,10 @@ class CoapListener(asyncio.DatagramProtocol):
             if first.received > stale:
                 break
             self._exchanges.popitem(last=False)
+
+
+def _noop() -> None:
+    return None
 
 
 _LABELS: dict[Code, str] = {}

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import psycopg
 import uvicorn
 
@@ -22,6 +23,7 @@ from device_registry.upkeep import run_upkeep
 from ingest.coap import CoapListener
 from ingest.coap_oscore import DeviceKeyStore
 from ingest.http import AlertsApi, create_app
+from ingest.lwm2m import Lwm2mMode, Lwm2mServer
 from ingest.mqtt import MqttListener
 from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pipeline
@@ -58,6 +60,7 @@ class Service:
     pipeline: Pipeline | None = None
     mqtt: MqttListener | Mqtt5Listener | None = None
     coap: CoapListener | None = None
+    lwm2m: Lwm2mServer | None = None
     alerts: AlertStage | None = None
     http_port: int | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -159,7 +162,10 @@ class Service:
             flush_interval_ms=s.pipeline.flush_interval_ms,
             max_inflight_frames=s.pipeline.max_inflight_frames,
             alerts=self.alerts,
-            flush_by_transport={"coap": s.coap.flush_interval_ms},
+            flush_by_transport={
+                "coap": s.coap.flush_interval_ms,
+                "lwm2m": s.coap.flush_interval_ms,
+            },
             max_frame_bytes=s.pipeline.max_frame_bytes,
         )
         if s.mqtt.protocol is MqttProtocol.V5:
@@ -178,8 +184,17 @@ class Service:
             def kind_decoders(kind: str) -> list[str]:
                 return [dec for (k, dec) in profiles if k == kind]
 
+            if s.lwm2m.mode is Lwm2mMode.SERVER:
+
+                def resolve(endpoint: str) -> int:
+                    ids = resolver.index.resolve(np.array([endpoint.encode()], dtype=np.bytes_))
+                    return int(ids[0])
+
+                self.lwm2m = Lwm2mServer(
+                    s.lwm2m, self.pipeline, self.metrics, self.decoders, conninfo, resolve
+                )
             self.coap = CoapListener(
-                s.coap, self.pipeline, self.metrics, self.decoders, keys, kind_decoders
+                s.coap, self.pipeline, self.metrics, self.decoders, keys, kind_decoders, self.lwm2m
             )
         server = _HttpServer(
             uvicorn.Config(
@@ -204,6 +219,9 @@ class Service:
             if self.coap is not None:
                 coap_task = tg.create_task(self.coap.run(), name="ingest.coap")
                 await self.coap.bound.wait()
+            lwm2m_stop = asyncio.Event()
+            if self.lwm2m is not None:
+                tg.create_task(self.lwm2m.run(lwm2m_stop), name="ingest.lwm2m")
             registry_stop = asyncio.Event()
             registry_task = tg.create_task(
                 run_upkeep(
@@ -241,6 +259,7 @@ class Service:
             await pipe_task
             await self.mqtt.stop()
             await mqtt_task
+            lwm2m_stop.set()
             if self.coap is not None and coap_task is not None:
                 await self.coap.stop()
                 await coap_task

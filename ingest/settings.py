@@ -24,6 +24,7 @@ from core.logformat import LogFormat
 from core.mqtt import MqttConfig
 from device_registry.config import RegistryConfig
 from device_registry.resolver import UnknownDevicePolicy
+from ingest.lwm2m import Lwm2mConfig
 from storage.config import DatabaseConfig
 
 ENV_PREFIX = "CITYFLUX_"
@@ -145,6 +146,7 @@ class Settings(BaseSettings):
 
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     coap: CoapConfig = Field(default_factory=CoapConfig)
+    lwm2m: Lwm2mConfig = Field(default_factory=Lwm2mConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
