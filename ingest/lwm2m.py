@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
 import psycopg
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
@@ -165,6 +167,8 @@ class Lwm2mServer:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._db = asyncio.Lock()
         self._saturated = False
+        self.on_registration: list[Callable[[npt.NDArray[np.int64]], None]] = []
+        """Called with the device ids whose registration (lifetime) changed."""
         pipeline.add_source(self)
 
     def attach(self, port: CoapPort) -> None:
@@ -349,6 +353,8 @@ class Lwm2mServer:
             )
             port.answer(p.ex, Code.SERVICE_UNAVAILABLE)
             return
+        for changed in self.on_registration:  # e.g. the absence rules' offline limits
+            changed(np.array([reg.device_id], dtype=np.int64))
         code = {"register": Code.CREATED, "update": Code.CHANGED}.get(p.operation, Code.DELETED)
         self._metrics.lwm2m_operations.labels(p.operation, code.dotted).inc()
         if p.operation == "deregister":

@@ -193,6 +193,8 @@ class Service:
                 self.lwm2m = Lwm2mServer(
                     s.lwm2m, self.pipeline, self.metrics, self.decoders, conninfo, resolve
                 )
+                if self.alerts is not None:  # a lifetime is an offline limit
+                    self.lwm2m.on_registration.append(self.alerts.engine.attributes.forget_changed)
             self.coap = CoapListener(
                 s.coap, self.pipeline, self.metrics, self.decoders, keys, kind_decoders, self.lwm2m
             )

@@ -194,34 +194,53 @@ async def test_a_real_client_registers_is_observed_takes_a_queued_write_and_dere
 
 
 async def _register(
-    ctx: aiocoap.Context, port: int, query_: str, links: bytes, path: str = "rd"
+    ctx: aiocoap.Context, port: int, query_: str, links: bytes, path: str = "rd", cf: int = 40
 ) -> aiocoap.Message:
-    msg = aiocoap.Message(
-        code=aiocoap.POST, uri=f"coap://127.0.0.1:{port}/{path}?{query_}", payload=links
-    )
-    msg.opt.content_format = 40
+    """POST to /rd (a Register or Update) or /dp (a Send) and the answer."""
+    uri = f"coap://127.0.0.1:{port}/{path}" + (f"?{query_}" if query_ else "")
+    msg = aiocoap.Message(code=aiocoap.POST, uri=uri, payload=links)
+    msg.opt.content_format = cf
     return await asyncio.wait_for(ctx.request(msg).response, 15)
 
 
-async def test_malformed_registrations_are_answered_4xx_and_dead_lettered(
+async def test_send_is_stored_and_malformed_registrations_are_answered_4xx_and_dead_lettered(
     pg_url: str, broker: Any, topic_prefix: str
 ) -> None:
+    await asyncio.to_thread(migrate, pg_url, load_registry().tables(), TimescaleMode.OFF)
+    query(pg_url, "INSERT INTO devices (external_id, kind) VALUES ('meter-7', 'lwm2m')")
+    senml = json.dumps([{"bn": "/3303/0/", "n": "5700", "v": 19.75, "t": 1767225600}]).encode()
     async with running(lwm2m_settings(pg_url, broker, topic_prefix, "reject")) as svc:
         assert svc.coap is not None
         assert svc.coap.port is not None
         ctx = await aiocoap.Context.create_client_context()
+        other = await aiocoap.Context.create_client_context()
         try:
             port = svc.coap.port
+            ok = await _register(ctx, port, "ep=meter-7&lt=60&lwm2m=1.1", b"</1/0>,</3303/0>")
+            sent = await _register(ctx, port, "", senml, path="dp", cf=110)
+            stranger_send = await _register(other, port, "", senml, path="dp", cf=110)
             stranger = await _register(ctx, port, "ep=stranger&lt=60", b"</1/0>,</3/0>")
             bad_links = await _register(ctx, port, "ep=stranger&lt=60", b"</1/0>,<3/0")
             bad_binding = await _register(ctx, port, "ep=stranger&b=T", b"</1/0>")
             no_such = await _register(ctx, port, "lt=60", b"", path="rd/0123456789")
         finally:
             await ctx.shutdown()
+            await other.shutdown()
+    assert (str(ok.code), len(ok.opt.location_path)) == ("2.01 Created", 2)
+    assert ok.opt.location_path[0] == "rd"
+    assert str(sent.code) == "2.04 Changed"
+    stored = query(
+        pg_url,
+        "SELECT d.external_id, r.metric, r.value FROM env_readings r "
+        "JOIN devices d ON d.id = r.device_id",
+    )
+    assert stored == [("meter-7", "/3303/0/5700", 19.75)]
     answers = [
-        (str(a.code), a.payload.decode()) for a in (stranger, bad_links, bad_binding, no_such)
+        (str(a.code), a.payload.decode())
+        for a in (stranger_send, stranger, bad_links, bad_binding, no_such)
     ]
     assert answers == [
+        ("4.04 Not Found", "unknown_registration: Send (/dp) before Register"),
         ("4.03 Forbidden", "unknown_device: stranger"),
         ("4.00 Bad Request", "lwm2m_invalid: bad link format at byte 7: '<3/0'"),
         ("4.00 Bad Request", "lwm2m_invalid: binding b='T' is not U or UQ (UDP only)"),
@@ -229,8 +248,49 @@ async def test_malformed_registrations_are_answered_4xx_and_dead_lettered(
     ]
     dead = query(pg_url, "SELECT transport, source, reason FROM dead_letters ORDER BY id")
     assert dead == [
+        ("lwm2m", "/dp", "unknown_registration: Send (/dp) before Register"),
         ("lwm2m", "/rd", "unknown_device: stranger"),
         ("lwm2m", "/rd", "lwm2m_invalid: bad link format at byte 7: '<3/0'"),
         ("lwm2m", "/rd", "lwm2m_invalid: binding b='T' is not U or UQ (UDP only)"),
         ("lwm2m", "/rd/0123456789", "unknown_registration: /rd/0123456789"),
     ]
+
+
+async def test_a_registration_that_lapses_is_offline_and_raises_the_absence_alert(
+    pg_url: str, broker: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(migrate, pg_url, load_registry().tables(), TimescaleMode.OFF)
+    query(pg_url, "INSERT INTO devices (external_id, kind) VALUES ('lamp-3', 'lwm2m')")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: offline\n    kind: absence\n")  # limit: the lifetime
+    cfg = lwm2m_settings(pg_url, broker, topic_prefix, "reject")
+    cfg.alerts.rules_file = rules
+    cfg.alerts.tick_s = 0.2
+    async with running(cfg) as svc:
+        assert svc.coap is not None
+        assert svc.coap.port is not None
+        ctx = await aiocoap.Context.create_client_context()
+        try:
+            ok = await _register(ctx, svc.coap.port, "ep=lamp-3&lt=1", b"</3311/0>")
+            assert str(ok.code) == "2.01 Created"
+            await wait_until(
+                lambda: query(pg_url, "SELECT state FROM alerts") == [("raised",)],
+                30,
+                "offline once the 1 s lifetime passed without an Update",
+            )
+            status = query(pg_url, "SELECT online, offline_after_s FROM device_status_view")
+            assert status == [(False, 1.0)]
+            update = "/".join(ok.opt.location_path)
+            again = await _register(ctx, svc.coap.port, "lt=3600", b"", path=update)
+            assert str(again.code) == "2.04 Changed"
+            await wait_until(
+                lambda: query(pg_url, "SELECT state FROM alerts") == [("cleared",)],
+                30,
+                "back online with the Update",
+            )
+        finally:
+            await ctx.shutdown()
+    assert query(pg_url, "SELECT online, offline_after_s FROM device_status_view") == [
+        (True, 3600.0)
+    ]
+    assert query(pg_url, "SELECT subject, raised_value FROM alerts") == [("lamp-3", 1.0)]
