@@ -111,6 +111,7 @@ class _Request:
     on_response: OnResponse
     observe: bool
     mid: int
+    oscore: tuple[DeviceContext, Any] | None = None  # the device's context, our request id
 
 
 @dataclass(slots=True)
@@ -551,23 +552,37 @@ class CoapListener(asyncio.DatagramProtocol):
         """Answer a request handed to the LwM2M server (``location``: Location-Path)."""
         self._answer(ex, code, payload, location=location)
 
-    def request(self, remote: Remote, msg: Message, on_response: OnResponse) -> bytes:
+    def request(
+        self, remote: Remote, msg: Message, on_response: OnResponse, security: Any = None
+    ) -> bytes:
         """Send a confirmable request to a device (retransmitted, RFC 7252 §4.2); its
         responses (several for an Observe) go to ``on_response``, ``None`` when the device
-        never answered or refused it. Returns the token (``forget_request`` ends it)."""
+        never answered or refused it. ``security``: the device's OSCORE context (from its
+        request, ``security_of``), which protects the request and its responses. Returns the
+        token (``forget_request`` ends it)."""
         token = random.randbytes(8)
         while token in self._requests:
             token = random.randbytes(8)
+        observe = msg.opt.observe is not None
+        protection = None
+        if isinstance(security, DeviceContext):
+            msg, request_id = security.protect(msg)
+            protection = (security, request_id)
         mid = self._new_mid()
         msg.mtype, msg.mid, msg.token = aiocoap.CON, mid, token
         data = msg.encode()
-        observe = msg.opt.observe is not None
-        self._requests[token] = _Request(remote, on_response, observe, mid)
+        self._requests[token] = _Request(remote, on_response, observe, mid, protection)
         self._outgoing[(remote, mid)] = _Outgoing(
             remote, data, time.monotonic() + ACK_TIMEOUT_S * random.uniform(1, 1.5), token=token
         )
         self._send(data, remote)
         return token
+
+    @staticmethod
+    def security_of(ex: _Exchange) -> Any:
+        """The security a request came with (its OSCORE context; None: plain). DTLS-PSK
+        (another issue) returns its session here, and ``request`` uses it the same way."""
+        return None if ex.oscore is None else ex.oscore[0]
 
     def forget_request(self, token: bytes) -> None:
         """Stop taking responses to this request (its next notification is refused, RST)."""
@@ -580,13 +595,22 @@ class CoapListener(asyncio.DatagramProtocol):
             msg = Message.decode(data, remote)
         except (ValueError, aiocoap.error.UnparsableMessage):
             return
-        req = self._requests.get(msg.token)
+        token = msg.token
+        req = self._requests.get(token)
         if req is None or req.remote[0] != remote[0]:
             if mtype == CON:  # an observation we do not hold: the device stops it (RFC 7641)
                 self._send(bytes([0x70, 0]) + mid.to_bytes(2, "big"), remote)
             return
+        if req.oscore is not None:  # the device protects its responses with its context
+            try:
+                msg, _ = req.oscore[0].unprotect(msg, req.oscore[1])
+            except (oscore.NotAProtectedMessage, oscore.ProtectionInvalid, oscore.DecodeError):
+                self._metrics.coap_oscore_failures.labels("decryption").inc()
+                if mtype == CON:  # not taken: the device may send it again
+                    self._send(bytes([0x70, 0]) + mid.to_bytes(2, "big"), remote)
+                return
         if not req.observe or msg.opt.observe is None or not msg.code.is_successful():
-            del self._requests[msg.token]
+            self._requests.pop(token, None)
         self._outgoing.pop((req.remote, req.mid), None)  # answered: no more retransmissions
         if mtype != CON:
             req.on_response(msg, _noop)
@@ -596,7 +620,7 @@ class CoapListener(asyncio.DatagramProtocol):
         if known is not None:
             self._duplicate(known)
             return
-        ex = _Exchange(remote, mid, msg.token, True, time.monotonic(), notification=True)
+        ex = _Exchange(remote, mid, token, True, time.monotonic(), notification=True)
         self._remember(key, ex)
         req.on_response(msg, functools.partial(self._empty_ack, ex))
 

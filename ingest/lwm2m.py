@@ -107,8 +107,13 @@ class CoapPort(Protocol):
     ) -> None:
         """Answer a request."""
 
-    def request(self, remote: tuple[str, int], msg: Message, on_response: OnResponse) -> bytes:
-        """Send a confirmable request to a device."""
+    def request(
+        self, remote: tuple[str, int], msg: Message, on_response: OnResponse, security: Any = None
+    ) -> bytes:
+        """Send a confirmable request to a device (protected with ``security``)."""
+
+    def security_of(self, ex: Any) -> Any:
+        """The security context a request came with (None: plain CoAP)."""
 
     def forget_request(self, token: bytes) -> None:
         """Stop taking responses to a request."""
@@ -123,6 +128,7 @@ class _Pending:
     reg: Registration | None = None
     ack: Callable[[], None] | None = None  # notify: ACK the confirmable notification
     frame: bytes = b""  # register, update, deregister: the registration frame
+    security: Any = None  # the OSCORE context the request came with
 
 
 def _code(reason: str) -> Code:
@@ -150,6 +156,7 @@ class Lwm2mServer:
         decoders: DecoderRegistry,
         conninfo: str,
         resolve: Callable[[str], int],
+        secured: bool = False,
     ) -> None:
         self._cfg = cfg
         self._pipeline = pipeline
@@ -163,6 +170,8 @@ class Lwm2mServer:
         self._by_location: dict[str, Registration] = {}
         self._by_device: dict[int, Registration] = {}
         self._observing: dict[int, list[bytes]] = {}  # device id -> observation tokens
+        self._secured = secured  # coap.mode = oscore: never a plain request to a device
+        self._security: dict[int, Any] = {}  # device id -> the context of its last request
         self._tasks: set[asyncio.Task[None]] = set()
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._db = asyncio.Lock()
@@ -264,7 +273,7 @@ class Lwm2mServer:
             endpoint = known.endpoint
         frame = f"{operation} {location}\n{query}\n".encode() + msg.payload
         reg = Registration(-1, endpoint, location, 0, "U", ex.remote)
-        pending = _Pending(operation, ex, reg, frame=frame)
+        pending = _Pending(operation, ex, reg, frame=frame, security=port.security_of(ex))
         self._submit("lwm2m-rd", frame, "/" + "/".join(path), endpoint, pending)
 
     def _send_operation(self, ex: Any, msg: Message, authenticated: str | None) -> None:
@@ -362,6 +371,7 @@ class Lwm2mServer:
             port.answer(p.ex, code)
             return
         self._keep(reg)
+        self._security[reg.device_id] = p.security
         port.answer(p.ex, code, location=("rd", reg.location) if code == Code.CREATED else ())
         if p.operation == "register":
             self._observe(reg)
@@ -377,14 +387,25 @@ class Lwm2mServer:
     def _drop(self, reg: Registration) -> None:
         self._by_location.pop(reg.location, None)
         self._by_device.pop(reg.device_id, None)
+        self._security.pop(reg.device_id, None)
         for token in self._observing.pop(reg.device_id, []):
             if self._port is not None:
                 self._port.forget_request(token)
         self._metrics.lwm2m_registered.set(len(self._by_device))
 
     # -- Observe ---------------------------------------------------------------------------
+    def _reachable(self, reg: Registration) -> tuple[bool, Any]:
+        """(whether requests may go to the device, the security to send them with): with
+        coap.mode = oscore only once the device spoke OSCORE to this process (after a restart,
+        at its next Update), never in plain CoAP."""
+        security = self._security.get(reg.device_id)
+        return not self._secured or security is not None, security
+
     def _observe(self, reg: Registration) -> None:
         """GET with Observe=0 for the profile's paths whose object the device registered."""
+        reachable, security = self._reachable(reg)
+        if not reachable:
+            return
         paths = self._cfg.observe.get(reg.profile or "", []) + self._cfg.observe.get("*", [])
         try:
             offered = set(parse_links(reg.object_links))
@@ -397,7 +418,7 @@ class Lwm2mServer:
             if not {"/" + parts[0], "/" + "/".join(parts[:2])} & offered:
                 continue
             msg = Message(code=Code.GET, uri_path=tuple(parts), observe=0)
-            token = port.request(reg.address, msg, self._notification(reg, path))
+            token = port.request(reg.address, msg, self._notification(reg, path), security)
             self._observing.setdefault(reg.device_id, []).append(token)
 
     def _notification(self, reg: Registration, path: str) -> OnResponse:
@@ -420,19 +441,22 @@ class Lwm2mServer:
     # -- commands --------------------------------------------------------------------------
     async def _deliver(self, reg: Registration) -> None:
         """Send the device's queued commands, one after the other."""
+        reachable, security = self._reachable(reg)
+        if not reachable:
+            return  # they stay queued until the device's next (protected) Update
         try:
             commands = await self._db_call(store.due_commands, reg.device_id)
         except psycopg.Error as exc:
             log.warning("LwM2M: commands of %s not read (%s); next Update", reg.endpoint, exc)
             return
         for command in commands:
-            code = await self._command(reg, command)
+            code = await self._command(reg, command, security)
             state = "timeout" if code is None else "done" if code.startswith("2.") else "failed"
             self._metrics.lwm2m_commands.labels(command.operation.value, state).inc()
             with contextlib.suppress(psycopg.Error):
                 await self._db_call(store.finish_command, command.id, state, code)
 
-    async def _command(self, reg: Registration, command: Command) -> str | None:
+    async def _command(self, reg: Registration, command: Command, security: Any) -> str | None:
         """Send one command; the device's response code (None: none in time)."""
         port = self._port
         assert port is not None
@@ -449,7 +473,7 @@ class Lwm2mServer:
             if not done.done():
                 done.set_result(None if resp is None else resp.code.dotted)
 
-        token = port.request(reg.address, msg, answered)
+        token = port.request(reg.address, msg, answered, security)
         try:
             return await asyncio.wait_for(done, self._cfg.command_timeout_s)
         except TimeoutError:

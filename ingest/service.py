@@ -191,7 +191,13 @@ class Service:
                     return int(ids[0])
 
                 self.lwm2m = Lwm2mServer(
-                    s.lwm2m, self.pipeline, self.metrics, self.decoders, conninfo, resolve
+                    s.lwm2m,
+                    self.pipeline,
+                    self.metrics,
+                    self.decoders,
+                    conninfo,
+                    resolve,
+                    secured=s.coap.mode is CoapMode.OSCORE,
                 )
                 if self.alerts is not None:  # a lifetime is an offline limit
                     self.lwm2m.on_registration.append(self.alerts.engine.attributes.forget_changed)

@@ -14,8 +14,12 @@ from typing import Any
 
 import aiocoap
 import pytest
+from aiocoap import oscore, resource
+from aiocoap.credentials import CredentialsMap
+from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
 from decoders.registry import load_registry
+from ingest.settings import CoapMode
 from storage.migrate import TimescaleMode, migrate
 from tests.helpers import api_call, issue_token, query, running, settings_for, wait_until
 
@@ -294,3 +298,82 @@ async def test_a_registration_that_lapses_is_offline_and_raises_the_absence_aler
         (True, 3600.0)
     ]
     assert query(pg_url, "SELECT subject, raised_value FROM alerts") == [("lamp-3", 1.0)]
+
+
+class _Resource(resource.Resource):  # type: ignore[misc]
+    """One writable resource of the OSCORE device below."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+
+    async def render_put(self, request: aiocoap.Message) -> aiocoap.Message:
+        self.written.append(request.payload)
+        return aiocoap.Message(code=aiocoap.CHANGED)
+
+
+async def test_oscore_registration_send_and_a_protected_queued_write(
+    pg_url: str, broker: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(migrate, pg_url, load_registry().tables(), TimescaleMode.OFF)
+    secret = bytes(range(16))
+    query(
+        pg_url,
+        "INSERT INTO devices (external_id, kind, oscore_kid, oscore_secret) "
+        "VALUES ('nb-lamp', 'lwm2m', '\\x0a01', %s), ('nb-other', 'lwm2m', NULL, NULL)",
+        secret,
+    )
+    query(
+        pg_url,
+        "INSERT INTO lwm2m_commands (device_id, operation, path, value, created_by) "
+        "SELECT id, 'write', '/3311/0/5851', '40', 'tests' FROM devices "
+        "WHERE external_id = 'nb-lamp'",
+    )
+    basedir = tmp_path / "device-ctx"
+    basedir.mkdir()
+    (basedir / "settings.json").write_text(
+        json.dumps({"sender-id_hex": "0a01", "recipient-id_hex": "", "secret_hex": secret.hex()})
+    )
+    security = oscore.FilesystemSecurityContext(str(basedir))
+    lamp = _Resource()
+    site = resource.Site()
+    site.add_resource(["3311", "0", "5851"], lamp)
+    cfg = lwm2m_settings(pg_url, broker, topic_prefix, "reject")
+    cfg.coap.mode = CoapMode.OSCORE
+    async with running(cfg) as svc:
+        assert svc.coap is not None
+        port = svc.coap.port
+        credentials = CredentialsMap({":server": security})
+        device = await aiocoap.Context.create_server_context(
+            OscoreSiteWrapper(site, credentials), bind=("127.0.0.1", 0)
+        )
+        device.client_credentials[f"coap://127.0.0.1:{port}/*"] = security
+        plain = await aiocoap.Context.create_client_context()
+        try:
+            ok = await _register(device, port, "ep=nb-lamp&lt=60&b=UQ", b"</3311/0>")
+            other = await _register(device, port, "ep=nb-other&lt=60", b"</3311/0>")
+            sent = await _register(
+                device,
+                port,
+                "",
+                json.dumps([{"bn": "/3311/0/", "n": "5851", "v": 100}]).encode(),
+                path="dp",
+                cf=110,
+            )
+            unprotected = await _register(plain, port, "ep=nb-lamp&lt=60", b"</3311/0>")
+            await wait_until(
+                lambda: (
+                    query(pg_url, "SELECT state FROM lwm2m_commands")[0][0]
+                    not in ("queued", "sent")
+                ),
+                30,
+                "the protected Write answered",
+            )
+        finally:
+            await device.shutdown()
+            await plain.shutdown()
+    codes = [str(m.code) for m in (ok, other, sent, unprotected)]
+    assert codes == ["2.01 Created", "4.03 Forbidden", "2.04 Changed", "4.01 Unauthorized"]
+    assert lamp.written == [b"40"]
+    assert query(pg_url, "SELECT state, result_code FROM lwm2m_commands") == [("done", "2.04")]
+    assert query(pg_url, "SELECT metric, value FROM env_readings") == [("/3311/0/5851", 100.0)]
