@@ -53,6 +53,8 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 from core.frames import Outcome
 from core.metrics import Metrics
 from decoders.registry import DecoderRegistry
+from ingest.coap_frames import code_for as _code_for
+from ingest.coap_frames import parse_plain as _parse_plain
 from ingest.coap_oscore import DeviceContext, DeviceKeyStore, LookupsExhaustedError
 from ingest.lwm2m import ROOTS as LWM2M_ROOTS
 from ingest.lwm2m import Lwm2mServer, OnResponse
@@ -701,70 +703,7 @@ def _noop() -> None:
 
 
 _LABELS: dict[Code, str] = {}
-_PLAIN_OPTIONS = (3, 7, 15, 60)  # Uri-Host, Uri-Port, Uri-Query, Size1: nothing to do
-
-
-def _parse_plain(data: bytes) -> tuple[int, bytes, tuple[str, ...], int | None, bytes] | None:
-    """(code, token, Uri-Path, Content-Format, payload) of a request with no other options
-    than those, or None (the caller then decodes it fully with aiocoap)."""
-    tkl = data[0] & 15
-    if tkl > 8:
-        return None
-    pos, n = 4 + tkl, len(data)
-    number, cf = 0, None
-    path: list[str] = []
-    payload = b""
-    try:
-        while pos < n:
-            b = data[pos]
-            if b == 0xFF:
-                payload = data[pos + 1 :]
-                if not payload:
-                    return None  # a payload marker without payload is a format error
-                break
-            pos += 1
-            delta, length = b >> 4, b & 15
-            if delta >= 13:
-                if delta == 15:
-                    return None
-                delta = data[pos] + 13 if delta == 13 else int.from_bytes(data[pos : pos + 2]) + 269
-                pos += 1 if delta < 269 else 2
-            if length >= 13:
-                if length == 15:
-                    return None
-                length = (
-                    data[pos] + 13 if length == 13 else int.from_bytes(data[pos : pos + 2]) + 269
-                )
-                pos += 1 if length < 269 else 2
-            number += delta
-            value = data[pos : pos + length]
-            if len(value) != length:
-                return None
-            pos += length
-            if number == 11:
-                path.append(value.decode())
-            elif number == 12:
-                cf = int.from_bytes(value, "big")
-            elif number not in _PLAIN_OPTIONS:
-                return None
-    except (IndexError, UnicodeDecodeError):
-        return None
-    return data[1], data[4 : 4 + tkl], tuple(path), cf, payload
 
 
 def _is_discovery(msg: Message) -> bool:
     return msg.code == Code.GET and tuple(msg.opt.uri_path) == (".well-known", "core")
-
-
-def _code_for(reason: str) -> Code:
-    """The response code that tells a device what happened to its dead-lettered frame."""
-    word = reason.split(":", 1)[0].split(" ", 1)[0]
-    if word in ("unknown_format", "content-format"):
-        return Code.UNSUPPORTED_CONTENT_FORMAT
-    if word in ("unknown_device", "disabled_device"):
-        return Code.FORBIDDEN
-    if word == "frame_too_large":
-        return Code.REQUEST_ENTITY_TOO_LARGE
-    if word in ("storage_rejected", "decoder_error", "stage_error"):
-        return Code.INTERNAL_SERVER_ERROR
-    return Code.BAD_REQUEST

@@ -52,6 +52,7 @@ from decoders.lwm2m_rd import RegistrationError, parse_links, parse_query, regis
 from decoders.registry import DecoderRegistry
 from device_registry import lwm2m as store
 from device_registry.lwm2m import Command, Operation, Registration
+from ingest.coap_frames import code_for
 from ingest.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -133,16 +134,9 @@ class _Pending:
 
 def _code(reason: str) -> Code:
     """The answer that tells a device what happened to its dead-lettered frame."""
-    word = reason.split(":", 1)[0].split(" ", 1)[0]
-    if word in ("unknown_device", "disabled_device"):
-        return Code.FORBIDDEN
-    if word == "unknown_registration":
+    if reason.startswith("unknown_registration"):  # Transport §6.2: 4.04 Not Found
         return Code.NOT_FOUND
-    if word in ("unknown_format", "content-format"):
-        return Code.UNSUPPORTED_CONTENT_FORMAT
-    if word in ("storage_rejected", "decoder_error", "stage_error"):
-        return Code.INTERNAL_SERVER_ERROR
-    return Code.BAD_REQUEST
+    return code_for(reason)
 
 
 class Lwm2mServer:
