@@ -125,6 +125,12 @@ async def load_registrations(conn: AConn) -> list[Registration]:
     return out
 
 
+async def queued_devices(conn: AConn) -> set[int]:
+    """Devices with queued commands (one index scan, whatever the fleet's size)."""
+    cur = await conn.execute("SELECT DISTINCT device_id FROM lwm2m_commands WHERE state = 'queued'")
+    return {int(r[0]) for r in await cur.fetchall()}
+
+
 async def due_commands(conn: AConn, device_id: int, limit: int = 16) -> list[Command]:
     """Queued commands of a device, oldest first, marked sent."""
     cur = await conn.execute(

@@ -33,6 +33,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -166,6 +167,8 @@ class Lwm2mServer:
         self._observing: dict[int, list[bytes]] = {}  # device id -> observation tokens
         self._secured = secured  # coap.mode = oscore: never a plain request to a device
         self._security: dict[int, Any] = {}  # device id -> the context of its last request
+        self._expires: dict[int, float] = {}  # device id -> monotonic time its registration lapses
+        self._delivering: set[int] = set()  # devices whose commands are being sent
         self._tasks: set[asyncio.Task[None]] = set()
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._db = asyncio.Lock()
@@ -201,8 +204,18 @@ class Lwm2mServer:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._cfg.command_poll_s)
-            for reg in [r for r in self._by_device.values() if r.binding == "U"]:
-                self._spawn(self._deliver(reg), f"commands {reg.endpoint}")
+            now = time.monotonic()
+            for reg in [r for r in self._by_device.values() if self._expires[r.device_id] < now]:
+                self._drop(reg)  # lapsed (Transport §6.2.2): Send and Observe need a new Register
+            try:
+                waiting = await self._db_call(store.queued_devices) if self._by_device else set()
+            except psycopg.Error as exc:
+                log.warning("LwM2M: queued commands not read (%s); next poll", exc)
+                continue
+            for device_id in waiting:
+                reg = self._by_device.get(device_id)
+                if reg is not None and reg.binding == "U" and device_id not in self._delivering:
+                    self._spawn(self._deliver(reg), f"commands {reg.endpoint}")
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -376,12 +389,14 @@ class Lwm2mServer:
         if old is not None and old.location != reg.location:
             self._drop(old)
         self._by_location[reg.location] = self._by_device[reg.device_id] = reg
+        self._expires[reg.device_id] = time.monotonic() + reg.lifetime_s
         self._metrics.lwm2m_registered.set(len(self._by_device))
 
     def _drop(self, reg: Registration) -> None:
         self._by_location.pop(reg.location, None)
         self._by_device.pop(reg.device_id, None)
         self._security.pop(reg.device_id, None)
+        self._expires.pop(reg.device_id, None)
         for token in self._observing.pop(reg.device_id, []):
             if self._port is not None:
                 self._port.forget_request(token)
@@ -436,8 +451,15 @@ class Lwm2mServer:
     async def _deliver(self, reg: Registration) -> None:
         """Send the device's queued commands, one after the other."""
         reachable, security = self._reachable(reg)
-        if not reachable:
+        if not reachable or reg.device_id in self._delivering:
             return  # they stay queued until the device's next (protected) Update
+        self._delivering.add(reg.device_id)
+        try:
+            await self._send_commands(reg, security)
+        finally:
+            self._delivering.discard(reg.device_id)
+
+    async def _send_commands(self, reg: Registration, security: Any) -> None:
         try:
             commands = await self._db_call(store.due_commands, reg.device_id)
         except psycopg.Error as exc:

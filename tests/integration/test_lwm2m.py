@@ -284,13 +284,13 @@ async def test_a_registration_that_lapses_is_offline_and_raises_the_absence_aler
             )
             status = query(pg_url, "SELECT online, offline_after_s FROM device_status_view")
             assert status == [(False, 1.0)]
-            update = "/".join(ok.opt.location_path)
-            again = await _register(ctx, svc.coap.port, "lt=3600", b"", path=update)
-            assert str(again.code) == "2.04 Changed"
+            # a lapsed registration is gone (Transport §6.2.2): the device registers again
+            again = await _register(ctx, svc.coap.port, "ep=lamp-3&lt=3600", b"</3311/0>")
+            assert str(again.code) == "2.01 Created"
             await wait_until(
                 lambda: query(pg_url, "SELECT state FROM alerts") == [("cleared",)],
                 30,
-                "back online with the Update",
+                "back online with the new Register",
             )
         finally:
             await ctx.shutdown()
