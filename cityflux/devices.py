@@ -205,12 +205,13 @@ def devices_command(
     except ValueError:
         typer.echo(f"cityflux: operation {operation!r} is not write or execute", err=True)
         raise typer.Exit(2) from None
+    try:
+        lwm2m.check_command(op, path, value)  # before connecting: a typo is told at once
+    except lwm2m.CommandError as exc:
+        typer.echo(f"cityflux: {exc}", err=True)
+        raise typer.Exit(2) from None
     with registry_conn(config) as conn:
-        try:
-            row = lwm2m.queue_command(conn, device, op, path, value, cli_principal())
-        except lwm2m.CommandError as exc:
-            typer.echo(f"cityflux: {exc}", err=True)
-            raise typer.Exit(2) from None
+        row = lwm2m.queue_command(conn, device, op, path, value, cli_principal())
     if row is None:
         typer.echo(f"cityflux: no device {device!r}", err=True)
         raise typer.Exit(1)

@@ -580,6 +580,10 @@ class CoapListener(asyncio.DatagramProtocol):
         self._send(data, remote)
         return token
 
+    def abandon(self, ex: _Exchange) -> None:
+        """Forget a request left unanswered (its retransmission is processed anew)."""
+        self._exchanges.pop((ex.remote, ex.mid), None)
+
     @staticmethod
     def security_of(ex: _Exchange) -> Any:
         """The security a request came with (its OSCORE context; None: plain). DTLS-PSK

@@ -120,6 +120,9 @@ class CoapPort(Protocol):
     def forget_request(self, token: bytes) -> None:
         """Stop taking responses to a request."""
 
+    def abandon(self, ex: Any) -> None:
+        """Forget a request left unanswered (its retransmission is processed anew)."""
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -164,6 +167,8 @@ class Lwm2mServer:
         self._next_ack = 0
         self._by_location: dict[str, Registration] = {}
         self._by_device: dict[int, Registration] = {}
+        self._by_endpoint: dict[str, Registration] = {}  # Send under OSCORE
+        self._by_address: dict[tuple[str, int], Registration] = {}  # Send in plain CoAP
         self._observing: dict[int, list[bytes]] = {}  # device id -> observation tokens
         self._secured = secured  # coap.mode = oscore: never a plain request to a device
         self._security: dict[int, Any] = {}  # device id -> the context of its last request
@@ -287,9 +292,9 @@ class Lwm2mServer:
         """LwM2M 1.1 Send: data from a registered device (by OSCORE identity or address)."""
         reg = None
         if authenticated is not None:
-            reg = next((r for r in self._by_device.values() if r.endpoint == authenticated), None)
+            reg = self._by_endpoint.get(authenticated)
         else:
-            reg = next((r for r in self._by_device.values() if r.address == ex.remote), None)
+            reg = self._by_address.get(ex.remote)
         if reg is None:
             self._refuse(ex, "unknown_registration: Send (/dp) before Register", msg, "send")
             return
@@ -322,8 +327,12 @@ class Lwm2mServer:
         assert port is not None
         for i, ack_id in enumerate(ack_ids):
             p = self._pending.pop(ack_id, None)
-            if p is None or not ok:
-                continue  # abandoned: the device retries (its request is processed anew)
+            if p is None:
+                continue
+            if not ok:  # abandoned (stopping): the device retries, its request processed anew
+                if p.ex is not None:
+                    port.abandon(p.ex)
+                continue
             reason = rejected.get(i)
             if p.operation == "notify":
                 if p.ack is not None:
@@ -334,6 +343,7 @@ class Lwm2mServer:
                 self._metrics.lwm2m_operations.labels(p.operation, code.dotted).inc()
                 port.answer(p.ex, code, reason.encode()[:512])
             elif p.operation == "send":
+                self._metrics.lwm2m_operations.labels("send", Code.CHANGED.dotted).inc()
                 port.answer(p.ex, Code.CHANGED)
             else:
                 self._spawn(self._registered(p), f"{p.operation} {p.reg.endpoint if p.reg else ''}")
@@ -388,13 +398,20 @@ class Lwm2mServer:
         old = self._by_device.get(reg.device_id)
         if old is not None and old.location != reg.location:
             self._drop(old)
+        if old is not None and old.address != reg.address:  # an Update from a new address
+            self._by_address.pop(old.address, None)
         self._by_location[reg.location] = self._by_device[reg.device_id] = reg
+        self._by_endpoint[reg.endpoint] = self._by_address[reg.address] = reg
         self._expires[reg.device_id] = time.monotonic() + reg.lifetime_s
         self._metrics.lwm2m_registered.set(len(self._by_device))
 
     def _drop(self, reg: Registration) -> None:
         self._by_location.pop(reg.location, None)
         self._by_device.pop(reg.device_id, None)
+        if self._by_endpoint.get(reg.endpoint) is reg:
+            del self._by_endpoint[reg.endpoint]
+        if self._by_address.get(reg.address) is reg:
+            del self._by_address[reg.address]
         self._security.pop(reg.device_id, None)
         self._expires.pop(reg.device_id, None)
         for token in self._observing.pop(reg.device_id, []):

@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.config import AlertsConfig
@@ -24,7 +24,7 @@ from core.logformat import LogFormat
 from core.mqtt import MqttConfig
 from device_registry.config import RegistryConfig
 from device_registry.resolver import UnknownDevicePolicy
-from ingest.lwm2m import Lwm2mConfig
+from ingest.lwm2m import Lwm2mConfig, Lwm2mMode
 from storage.config import DatabaseConfig
 
 ENV_PREFIX = "CITYFLUX_"
@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         description="text (for people) or json (one object per line, for Loki or Elastic)",
     )
 
+    @model_validator(mode="after")
+    def _lwm2m_needs_coap(self) -> Settings:
+        if self.lwm2m.mode is Lwm2mMode.SERVER and self.coap.mode is CoapMode.OFF:
+            raise ValueError("lwm2m.mode = server needs coap.mode = open or oscore")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -215,5 +221,5 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             else:
                 source = "defaults"
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{field}: {msg} (from {source})")
+            problems.append(f"{field + ': ' if field else ''}{msg} (from {source})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

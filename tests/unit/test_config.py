@@ -43,6 +43,19 @@ def test_file_errors_name_field_and_file(tmp_path: Path) -> None:
     )
 
 
+def test_lwm2m_server_without_coap_is_refused_at_start(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[lwm2m]\nmode = "server"\nobserve = { thermo = ["/3303/0/5700"] }\n')
+    with pytest.raises(ConfigError) as exc:
+        load_settings(cfg)
+    assert str(exc.value) == (
+        "invalid configuration:\n"
+        f"  lwm2m.mode = server needs coap.mode = open or oscore (from config file {cfg})"
+    )
+    ok = load_settings(cfg, coap={"mode": "open"})
+    assert ok.lwm2m.observe == {"thermo": ["/3303/0/5700"]}
+
+
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[mqtt]\nhost = "broker.example"\nport = 1884\n')
