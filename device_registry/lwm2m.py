@@ -111,22 +111,31 @@ async def save_registration(conn: AConn, reg: Registration, operation: str) -> s
     return None if row is None or row[0] is None else str(row[0])
 
 
-async def load_registrations(conn: AConn) -> list[Registration]:
-    """Registrations not de-registered nor expired (what a restarted service still serves)."""
+async def load_registrations(conn: AConn) -> list[tuple[Registration, float]]:
+    """Registrations not de-registered nor expired (what a restarted service still serves),
+    each with the seconds it has left."""
     cur = await conn.execute(
         "SELECT r.device_id, r.endpoint, r.location, r.lifetime_s, r.binding, r.address, "
-        "r.object_links, d.profile FROM lwm2m_registrations r JOIN devices d ON d.id = r.device_id "
+        "r.object_links, d.profile, extract(epoch FROM r.expires_at - now())::float8 "
+        "FROM lwm2m_registrations r JOIN devices d ON d.id = r.device_id "
         "WHERE r.deregistered_at IS NULL AND r.expires_at > now()"
     )
     out = []
-    for dev, ep, loc, lt, b, addr, links, profile in await cur.fetchall():
+    for dev, ep, loc, lt, b, addr, links, profile, left in await cur.fetchall():
         host, _, port = str(addr).rpartition(":")
-        out.append(Registration(dev, ep, loc, lt, b, (host, int(port)), links, profile))
+        out.append((Registration(dev, ep, loc, lt, b, (host, int(port)), links, profile), left))
     return out
 
 
-async def queued_devices(conn: AConn) -> set[int]:
-    """Devices with queued commands (one index scan, whatever the fleet's size)."""
+async def queued_devices(conn: AConn, timeout_s: float) -> set[int]:
+    """Devices with queued commands (one index scan, whatever the fleet's size); commands
+    sent more than ``timeout_s`` ago and never finished (the process that sent them stopped)
+    become ``timeout``."""
+    await conn.execute(
+        "UPDATE lwm2m_commands SET state = 'timeout', finished_at = now() "
+        "WHERE state = 'sent' AND sent_at < now() - make_interval(secs => %s)",
+        (timeout_s * 2,),
+    )
     cur = await conn.execute("SELECT DISTINCT device_id FROM lwm2m_commands WHERE state = 'queued'")
     return {int(r[0]) for r in await cur.fetchall()}
 

@@ -59,6 +59,7 @@ from ingest.pipeline import Pipeline
 log = logging.getLogger(__name__)
 TRANSPORT = "lwm2m"
 ROOTS = (("rd",), ("dp",))
+STOP_GRACE_S = 2.0  # at shutdown, how long answers and commands in flight may take
 OnResponse = Callable[[Message | None, Callable[[], None]], None]
 _TEXT_FORMATS = (None, 0)
 _OBSERVABLE = re.compile(r"(/[0-9]{1,5}){1,3}\Z")
@@ -203,9 +204,12 @@ class Lwm2mServer:
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Load the registrations still valid, poll for commands of U devices until stop."""
-        for reg in await self._db_call(store.load_registrations):
-            self._keep(reg)
-        log.info("LwM2M server: %d registrations still valid", len(self._by_device))
+        try:
+            for reg, left_s in await self._db_call(store.load_registrations):
+                self._keep(reg, left_s)
+            log.info("LwM2M server: %d registrations still valid", len(self._by_device))
+        except psycopg.Error as exc:  # the devices register again within their lifetimes
+            log.warning("LwM2M: saved registrations not read (%s); starting without", exc)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._cfg.command_poll_s)
@@ -213,7 +217,7 @@ class Lwm2mServer:
             for reg in [r for r in self._by_device.values() if self._expires[r.device_id] < now]:
                 self._drop(reg)  # lapsed (Transport §6.2.2): Send and Observe need a new Register
             try:
-                waiting = await self._db_call(store.queued_devices) if self._by_device else set()
+                waiting = await self._db_call(store.queued_devices, self._cfg.command_timeout_s)
             except psycopg.Error as exc:
                 log.warning("LwM2M: queued commands not read (%s); next poll", exc)
                 continue
@@ -221,8 +225,10 @@ class Lwm2mServer:
                 reg = self._by_device.get(device_id)
                 if reg is not None and reg.binding == "U" and device_id not in self._delivering:
                     self._spawn(self._deliver(reg), f"commands {reg.endpoint}")
+        if self._tasks:  # answers of committed registrations still going out
+            await asyncio.wait(list(self._tasks), timeout=STOP_GRACE_S)
         for task in list(self._tasks):
-            task.cancel()
+            task.cancel()  # a command still awaiting its answer: a timeout at the next poll
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._conn is not None:
             await self._conn.close()
@@ -394,7 +400,7 @@ class Lwm2mServer:
             self._observe(reg)
         await self._deliver(reg)
 
-    def _keep(self, reg: Registration) -> None:
+    def _keep(self, reg: Registration, left_s: float | None = None) -> None:
         old = self._by_device.get(reg.device_id)
         if old is not None and old.location != reg.location:
             self._drop(old)
@@ -402,7 +408,8 @@ class Lwm2mServer:
             self._by_address.pop(old.address, None)
         self._by_location[reg.location] = self._by_device[reg.device_id] = reg
         self._by_endpoint[reg.endpoint] = self._by_address[reg.address] = reg
-        self._expires[reg.device_id] = time.monotonic() + reg.lifetime_s
+        lapse = reg.lifetime_s if left_s is None else left_s
+        self._expires[reg.device_id] = time.monotonic() + lapse
         self._metrics.lwm2m_registered.set(len(self._by_device))
 
     def _drop(self, reg: Registration) -> None:
