@@ -282,8 +282,14 @@ async def test_a_registration_that_lapses_is_offline_and_raises_the_absence_aler
                 30,
                 "offline once the 1 s lifetime passed without an Update",
             )
-            status = query(pg_url, "SELECT online, offline_after_s FROM device_status_view")
-            assert status == [(False, 1.0)]
+            await wait_until(  # expires_at is a moment after the frame's receipt + 1 s
+                lambda: (
+                    query(pg_url, "SELECT online, offline_after_s FROM device_status_view")
+                    == [(False, 1.0)]
+                ),
+                30,
+                "the registry saying offline too",
+            )
             # a lapsed registration is gone (Transport §6.2.2): the device registers again
             again = await _register(ctx, svc.coap.port, "ep=lamp-3&lt=3600", b"</3311/0>")
             assert str(again.code) == "2.01 Created"

@@ -521,7 +521,7 @@ gen_case(
 
 # ---------------------------------------------------------------- lwm2m-rd
 R = "lwm2m-rd"
-RD = {"path": "/rd", "device": "thermo-1"}
+RD = {"device": "thermo-1"}
 case(
     R,
     "link-without-brackets",
