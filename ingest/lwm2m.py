@@ -277,6 +277,7 @@ class Lwm2mServer:
                 return
             endpoint = parse_query(query).get("ep", "")
             if authenticated is not None and endpoint != authenticated:
+                self._metrics.coap_oscore_failures.labels("wrong_device").inc()
                 port.answer(ex, Code.FORBIDDEN, f"authenticated as {authenticated}".encode())
                 return
             location = secrets.token_hex(5)
@@ -371,6 +372,10 @@ class Lwm2mServer:
             reg.object_links = known.object_links
         else:
             reg.device_id = self._resolve(reg.endpoint)
+            if reg.device_id < 0:  # committed, yet not in the index (disabled since): retry
+                log.warning("LwM2M: %s is not in the registry index; answering 5.03", reg.endpoint)
+                port.answer(p.ex, Code.SERVICE_UNAVAILABLE)
+                return
         reg.lifetime_s = lifetime or reg.lifetime_s
         reg.binding = binding or reg.binding
         reg.object_links = links or reg.object_links
