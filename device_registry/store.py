@@ -116,7 +116,30 @@ def get_device(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any] | None
         else:
             cur.execute(f"{_SELECT} WHERE d.external_id = %s", [ref])
         row = cur.fetchone()
-        return _jsonable(row) if row else None
+    if row is None:
+        return None
+    out = _jsonable(row)
+    out["frames_24h"] = frames_24h(conn, int(row["id"]))
+    return out
+
+
+def frames_24h(conn: psycopg.Connection[Any], device_id: int) -> dict[str, Any]:
+    """A device's numbered frames over the last 24 hourly counts (this hour and the 23
+    before it): received, missing (net of late frames) and the loss ratio
+    missing / (received + missing), None when it sent no numbered frame."""
+    got = conn.execute(
+        "SELECT COALESCE(sum(received), 0), GREATEST(COALESCE(sum(missing), 0), 0) "
+        "FROM device_frame_counts WHERE device_id = %s "
+        "AND hour >= date_trunc('hour', now()) - interval '23 hours'",
+        [device_id],
+    ).fetchone()
+    received, missing = (int(got[0]), int(got[1])) if got else (0, 0)
+    total = received + missing
+    return {
+        "received": received,
+        "missing": missing,
+        "loss_ratio": missing / total if total else None,
+    }
 
 
 def set_status(

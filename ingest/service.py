@@ -17,6 +17,8 @@ import uvicorn
 from core.metrics import Metrics
 from core.mqtt import MqttProtocol
 from decoders.registry import DecoderRegistry, load_registry
+from device_registry.frameloss import FrameLoss
+from device_registry.gaps import GapDetector
 from device_registry.resolver import DeviceResolver
 from device_registry.upkeep import run_upkeep
 from ingest.coap import CoapListener
@@ -59,6 +61,7 @@ class Service:
     mqtt: MqttListener | Mqtt5Listener | None = None
     coap: CoapListener | None = None
     alerts: AlertStage | None = None
+    frame_loss: FrameLoss | None = None
     http_port: int | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -142,6 +145,10 @@ class Service:
         self.metrics.registry_watermark.set_function(
             lambda: resolver.watermark.timestamp() if resolver.watermark else 0.0
         )
+        self.frame_loss = FrameLoss(
+            resolver, self.metrics, GapDetector(max_gap=s.registry.frame_loss_max_gap)
+        )
+        await self.frame_loss.load(await writers[0].connection())
         if s.alerts.rules_file is not None:
             from alerts.stage import AlertStage
 
@@ -161,6 +168,7 @@ class Service:
             alerts=self.alerts,
             flush_by_transport={"coap": s.coap.flush_interval_ms},
             max_frame_bytes=s.pipeline.max_frame_bytes,
+            frame_loss=self.frame_loss,
         )
         if s.mqtt.protocol is MqttProtocol.V5:
             self.mqtt = Mqtt5Listener(s.mqtt, self.pipeline, self.metrics)
@@ -217,6 +225,11 @@ class Service:
                 name="device_registry.upkeep",
             )
             tg.create_task(self._watch_database(conninfo, registry_stop), name="ingest.db-watch")
+            loss_stop = asyncio.Event()
+            loss_task = tg.create_task(
+                self.frame_loss.run(conninfo, s.registry.frame_loss_flush_s, loss_stop),
+                name="device_registry.frame-loss",
+            )
             alerts_stop = asyncio.Event()
             if self.alerts is not None:
                 tg.create_task(self.alerts.run(alerts_stop), name="alerts")
@@ -246,6 +259,8 @@ class Service:
                 await coap_task
             registry_stop.set()
             await registry_task
+            loss_stop.set()
+            await loss_task
             if self.alerts is not None:
                 await self.alerts.checkpoint()
             alerts_stop.set()
