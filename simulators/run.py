@@ -283,7 +283,8 @@ class FleetRun:
             late = keep & ~bad & (uniform(seed, stream_id(f"fault.late:{gi}"), *keys) < f.late)
             dup = keep & ~bad & (uniform(seed, stream_id(f"fault.dup:{gi}"), *keys) < f.duplicates)
             self.ledger.note_valid(gi, fr, keep & ~bad)
-            self.ledger.note_numbers(gi, fr, drop, keep & ~bad)
+            if f.drop:  # what drops_between needs (only kept when frames are dropped)
+                self.ledger.note_numbers(gi, fr, drop, keep & ~bad)
             ids = self.ids[gi]
             due_late = self.start_us + b_us + round(f.late_s * 1e6)
             flags = zip(keep.tolist(), bad.tolist(), late.tolist(), dup.tolist(), strict=True)
