@@ -524,13 +524,13 @@ class Pipeline:
             if self._alerts is not None and note is not None:
                 self._alerts.committed(note)
             self._note_seen(batch, writes, dead)
-            self._note_numbers(batch, decoded, dead, writes)
             if outcome.replies:
                 batch.ack_sink.send_replies(
                     [(batch.sources[i], payload) for i, payload in outcome.replies.items()]
                 )
             self._account(batch, decoded, dead, writes, time.perf_counter() - started)
             accounted = True
+            self._note_numbers(batch, decoded, dead, writes)  # after: a failure here is logged
             for on_committed in self.on_committed:
                 on_committed(batch, decoded)
         except Exception:  # the frames are stored (and acknowledged); keep going
