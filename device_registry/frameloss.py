@@ -8,8 +8,8 @@ between writer workers. What it finds waits in memory; ``run`` writes it every
 counts behind the 24 h loss ratio (``device_frame_counts``), the detector's state
 (``device_frame_state``); then counts the metrics by profile. On a database error the
 findings are kept and written by a later flush. At start ``load`` reads the saved state, so
-a restart neither forgets a device's counter nor invents a gap; what was found after the
-last flush before a crash is lost with it (docs/design/0011-frame-loss.md).
+a clean restart neither forgets a device's counter nor invents a gap; a crash loses the
+last flush interval's findings and may show its frames as a gap (docs/design/0011).
 """
 
 from __future__ import annotations
