@@ -69,9 +69,9 @@ def devices_export(
         bool,
         typer.Option(
             "--with-secrets",
-            help="also the credential hashes and OSCORE keys (credential_hash, oscore_secret, "
-            "oscore_salt), in a file only its owner can read: a registry that can be imported "
-            "into an empty one",
+            help="also the credential hashes, OSCORE and DTLS keys (credential_hash, "
+            "oscore_secret, oscore_salt, psk_key), in a file only its owner can read: a "
+            "registry that can be imported into an empty one",
         ),
     ] = False,
 ) -> None:
