@@ -16,6 +16,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr
 
 from core.mqtt import MqttConfig
 from device_registry.credentials import acl_text
@@ -216,3 +217,93 @@ def test_devices_credentials_confines_certificate_devices_and_denies_disabled_on
             client.loop_stop()
     assert not answers[active].is_failure
     assert answers[disabled].is_failure  # PUBACK 0x87: denied before the patterns
+
+
+def test_the_deployed_broker_config_takes_tls_devices_by_password_and_by_certificate(
+    pki: Pki, tmp_path: Path, topic_prefix: str
+) -> None:
+    """deploy/mosquitto/mosquitto.conf as shipped, under the real Mosquitto: only its paths
+    (to this test's certificates and files) and ports (free ones, on loopback) are changed."""
+    import os
+    import re
+    import subprocess
+    import time
+
+    from device_registry.credentials import hash_secret
+    from storage.embedded import free_port, reachable
+    from tests.pki import MOSQUITTO as BINARY
+
+    assert BINARY is not None
+    password_device, cert_device = DEVICES
+    (tmp_path / "passwd").write_text(f"{password_device}:{hash_secret('device-secret-1')}\n")
+    (tmp_path / "acl").write_text(acl_text(topic_prefix, None))
+    (tmp_path / "data").mkdir()
+    ports = {p: free_port() for p in ("1883", "8883", "8884")}
+    text = (Path(__file__).parents[2] / "deploy/mosquitto/mosquitto.conf").read_text()
+    for path, local in {
+        "/mosquitto/tls/ca.crt": pki.ca,
+        "/mosquitto/tls/server.crt": pki.server[0],
+        "/mosquitto/tls/server.key": pki.server[1],
+        "/mosquitto/credentials/passwd": tmp_path / "passwd",
+        "/mosquitto/credentials/acl": tmp_path / "acl",
+        "/mosquitto/data/": f"{tmp_path / 'data'}/",
+    }.items():
+        assert path in text, path
+        text = text.replace(path, str(local))
+    text = re.sub(
+        r"^listener (\d+)$", lambda m: f"listener {ports[m[1]]} 127.0.0.1", text, flags=re.M
+    )
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(("user root\n" if os.geteuid() == 0 else "") + text)
+    proc = subprocess.Popen([BINARY, "-c", str(conf)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not all(reachable("127.0.0.1", p) for p in ports.values()):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "mosquitto did not listen"
+            time.sleep(0.05)
+        # 8883: TLS, then user name + password
+        by_password = pki.mqtt(ports["8883"], password_device).model_copy(
+            update={
+                "tls_cert_file": None,
+                "tls_key_file": None,
+                "username": password_device,
+                "password": SecretStr("device-secret-1"),
+            }
+        )
+        with _handshake(by_password) as sock:
+            assert sock.version() in ("TLSv1.2", "TLSv1.3")
+        assert _publishes(by_password, password_device, topic_prefix)
+        wrong = by_password.model_copy(update={"password": SecretStr("not-the-secret")})
+        assert not _publishes(wrong, password_device, topic_prefix)
+        # 8884: the client certificate is the identity; none, no connection
+        assert _publishes(pki.mqtt(ports["8884"], cert_device), cert_device, topic_prefix)
+        assert _refused(by_password.model_copy(update={"port": ports["8884"]}))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _publishes(cfg: MqttConfig, device: str, prefix: str) -> bool:
+    """Whether ``device`` connects with ``cfg`` and its uplink is acknowledged."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"deploy-{device}", protocol=paho.MQTTv5
+    )
+    cfg.secure_paho(client)
+    connected = threading.Event()
+    codes: list[ReasonCode] = []
+    client.on_connect = lambda c, u, f, rc, p: (codes.append(rc), connected.set())
+    acks: dict[int, ReasonCode] = {}
+    client.on_publish = lambda c, u, mid, reason, props: acks.__setitem__(mid, reason)
+    client.connect(cfg.host, cfg.port)
+    client.loop_start()
+    try:
+        assert connected.wait(10), "no CONNACK"
+        if codes[0].is_failure:
+            return False
+        info = client.publish(uplink("env", device, "nbiot-env", prefix), b"x", qos=1)
+        info.wait_for_publish(10)
+        return not acks[info.mid].is_failure
+    finally:
+        client.disconnect()
+        client.loop_stop()
