@@ -54,6 +54,7 @@ class Mqtt5Listener(MqttSource, asyncio.Protocol):
         self._topics: dict[str, UplinkTopic] = {}
         self._refusals: dict[str, Refusal] = {}
         self._next_id = 0
+        self.pubacks_sent = 0  # PUBACKs written (the bench's count of acknowledged frames)
         self._last_rx = 0.0
         self._last_tx = 0.0
         self._resumed = 0.0
@@ -213,6 +214,7 @@ class Mqtt5Listener(MqttSource, asyncio.Protocol):
         pids = self._acks.release(ack_ids, ok)
         if pids:
             self._write(puback_packets(pids))
+            self.pubacks_sent += len(pids)
         if not ok and not self._stopping.is_set() and self._transport is not None:
             # the broker redelivers unacknowledged frames only to a new connection, and each
             # holds one of its in-flight slots meanwhile: reconnect (the session is kept)

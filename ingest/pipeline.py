@@ -123,6 +123,9 @@ class PipelineStats:
     rows: int = 0
     batches: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    # the bench's clock (epoch µs): the earliest frame taken, the latest commit
+    first_received_us: int = 0
+    last_commit_us: int = 0
 
 
 class AlertHook(Protocol):
@@ -625,6 +628,11 @@ class Pipeline:
         m.batch_commit_seconds.labels(fmt).observe(elapsed)
         m.batch_frames.labels(fmt).observe(n)
         st = self.stats
+        if batch.received_us and (
+            st.first_received_us == 0 or batch.received_us[0] < st.first_received_us
+        ):
+            st.first_received_us = batch.received_us[0]
+        st.last_commit_us = max(st.last_commit_us, time.time_ns() // 1000)
         st.received += n
         st.rejected += rejected
         st.stored_frames += n - rejected
