@@ -273,6 +273,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.coap_dtls_failures = Counter(
+            "cityflux_coap_dtls_failures",
+            "DTLS handshakes and requests refused, by reason",
+            ["reason"],
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         """The text exposition format of every metric."""

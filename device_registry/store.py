@@ -54,6 +54,7 @@ EXPORT_FIELDS = (
     "install",
     "cert_fingerprint",
     "oscore_kid",
+    "psk_identity",
 )
 
 
@@ -187,7 +188,8 @@ def list_profiles(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         return [_jsonable(r) for r in cur.fetchall()]
 
 
-SECRET_FIELDS = ("credential_hash", "oscore_secret", "oscore_salt")
+_BYTEA_FIELDS = ("oscore_kid", "oscore_secret", "oscore_salt", "psk_key")
+SECRET_FIELDS = ("credential_hash", "oscore_secret", "oscore_salt", "psk_key")
 
 
 def export_csv(conn: psycopg.Connection[Any], out: IO[bytes], secrets: bool = False) -> None:
@@ -196,7 +198,7 @@ def export_csv(conn: psycopg.Connection[Any], out: IO[bytes], secrets: bool = Fa
     attacked offline, a key used at once. Without them a re-import keeps the stored ones, and
     only a device already holding its kid can be imported."""
     fields = (*EXPORT_FIELDS, *SECRET_FIELDS) if secrets else EXPORT_FIELDS
-    cols = ", ".join(f"encode({c}, 'hex') AS {c}" if c.startswith("oscore_") else c for c in fields)
+    cols = ", ".join(f"encode({c}, 'hex') AS {c}" if c in _BYTEA_FIELDS else c for c in fields)
     with (
         conn.cursor() as cur,
         cur.copy(

@@ -22,12 +22,13 @@ from device_registry.gaps import GapDetector
 from device_registry.resolver import DeviceResolver
 from device_registry.upkeep import run_upkeep
 from ingest.coap import CoapListener
+from ingest.coap_dtls import PskStore, check_dtls_available
 from ingest.coap_oscore import DeviceKeyStore
 from ingest.http import AlertsApi, create_app
 from ingest.mqtt import MqttListener
 from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pipeline
-from ingest.settings import CoapMode, Settings
+from ingest.settings import CoapMode, DtlsMode, Settings
 from storage.ddl import Backend
 from storage.migrate import migrate
 from storage.writer import BatchWriter, RetryPolicy
@@ -60,6 +61,7 @@ class Service:
     pipeline: Pipeline | None = None
     mqtt: MqttListener | Mqtt5Listener | None = None
     coap: CoapListener | None = None
+    coaps: CoapListener | None = None  # coap.dtls = "psk": the DTLS listener
     alerts: AlertStage | None = None
     frame_loss: FrameLoss | None = None
     http_port: int | None = None
@@ -106,6 +108,11 @@ class Service:
                 {}
                 if self.settings.coap.mode is CoapMode.OFF
                 else {"coap": self.coap is not None and self.coap.bound.is_set()}
+            ),
+            **(
+                {}
+                if self.settings.coap.dtls is DtlsMode.OFF
+                else {"coaps": self.coaps is not None and self.coaps.bound.is_set()}
             ),
             "database": self.backend is not None
             and self._db_ok
@@ -174,6 +181,11 @@ class Service:
             self.mqtt = Mqtt5Listener(s.mqtt, self.pipeline, self.metrics)
         else:  # MQTT 3.1.1 brokers (the embedded amqtt fallback): paho
             self.mqtt = MqttListener(s.mqtt, self.pipeline, self.metrics)
+        profiles = resolver.profiles
+
+        def kind_decoders(kind: str) -> list[str]:
+            return [dec for (k, dec) in profiles if k == kind]
+
         if s.coap.mode is not CoapMode.OFF:
             keys = DeviceKeyStore(
                 conninfo,
@@ -181,13 +193,24 @@ class Service:
                 lookups_per_s=s.coap.oscore_lookups_per_s,
             )
             resolver.on_change.append(keys.forget)
-            profiles = resolver.profiles
-
-            def kind_decoders(kind: str) -> list[str]:
-                return [dec for (k, dec) in profiles if k == kind]
-
             self.coap = CoapListener(
                 s.coap, self.pipeline, self.metrics, self.decoders, keys, kind_decoders
+            )
+        if s.coap.dtls is not DtlsMode.OFF:
+            check_dtls_available()  # refuse to start without python-mbedtls, saying so
+            psks = PskStore(
+                conninfo,
+                max_unknown=s.coap.dtls_unknown_identities,
+                lookups_per_s=s.coap.dtls_lookups_per_s,
+            )
+            resolver.on_change.append(psks.forget)
+            self.coaps = CoapListener(
+                s.coap,
+                self.pipeline,
+                self.metrics,
+                self.decoders,
+                kind_decoders=kind_decoders,
+                psks=psks,
             )
         server = _HttpServer(
             uvicorn.Config(
@@ -212,6 +235,10 @@ class Service:
             if self.coap is not None:
                 coap_task = tg.create_task(self.coap.run(), name="ingest.coap")
                 await self.coap.bound.wait()
+            coaps_task = None
+            if self.coaps is not None:
+                coaps_task = tg.create_task(self.coaps.run(), name="ingest.coaps")
+                await self.coaps.bound.wait()
             registry_stop = asyncio.Event()
             registry_task = tg.create_task(
                 run_upkeep(
@@ -250,6 +277,8 @@ class Service:
             self.mqtt.stop_reading()
             if self.coap is not None:
                 self.coap.stop_reading()
+            if self.coaps is not None:
+                self.coaps.stop_reading()
             await self.pipeline.close()
             await pipe_task
             await self.mqtt.stop()
@@ -257,6 +286,9 @@ class Service:
             if self.coap is not None and coap_task is not None:
                 await self.coap.stop()
                 await coap_task
+            if self.coaps is not None and coaps_task is not None:
+                await self.coaps.stop()
+                await coaps_task
             registry_stop.set()
             await registry_task
             loss_stop.set()

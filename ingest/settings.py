@@ -42,6 +42,13 @@ class CoapMode(StrEnum):
     OSCORE = "oscore"  # every request OSCORE-protected with its device's registry key
 
 
+class DtlsMode(StrEnum):
+    """Whether CoAP also listens for DTLS (coaps://) on ``dtls_port``."""
+
+    OFF = "off"
+    PSK = "psk"  # DTLS 1.2, each device's PSK identity and key from the registry
+
+
 class CoapConfig(Section):
     """CoAP source (UDP): NB-IoT devices' uplinks."""
 
@@ -85,6 +92,32 @@ class CoapConfig(Section):
     )
     oscore_lookups_per_s: float = Field(
         200.0, gt=0, description="registry look-ups of new OSCORE key ids per second (5.03)"
+    )
+    dtls: DtlsMode = Field(
+        DtlsMode.OFF,
+        description="off, or psk: DTLS-PSK (coaps://) on dtls_port too; needs cityflux[dtls]",
+    )
+    dtls_port: int = Field(5684, ge=0, le=65535, description="DTLS UDP port (0 = any free port)")
+    dtls_max_sessions: int = Field(
+        2_000, ge=1, description="DTLS sessions held at once (~45 KiB each; beyond: least recent)"
+    )
+    dtls_max_handshakes: int = Field(
+        200, ge=1, description="DTLS handshakes in progress at once (beyond: the oldest dropped)"
+    )
+    dtls_max_handshakes_per_host: int = Field(
+        16, ge=1, description="DTLS handshakes in progress per IP address (beyond: ignored)"
+    )
+    dtls_handshake_timeout_s: float = Field(
+        30.0, gt=0, description="a DTLS handshake not finished by then is dropped"
+    )
+    dtls_session_idle_s: float = Field(
+        600.0, gt=0, description="a DTLS session unused this long is dropped (device redoes it)"
+    )
+    dtls_unknown_identities: int = Field(
+        10_000, ge=1, description="unknown PSK identities remembered (10 s each, LRU)"
+    )
+    dtls_lookups_per_s: float = Field(
+        200.0, gt=0, description="registry look-ups of new PSK identities per second"
     )
 
 
