@@ -16,7 +16,7 @@ while the key is looked up, then fed to Mbed TLS, which finds it in memory. The 
 authenticates the session is the one Mbed TLS asked for, recorded as it asks — never the one
 this module parsed to prefetch the key.
 
-Hostile traffic (docs/design/0011-coap-dtls.md): a ClientHello without a valid cookie is
+Hostile traffic (docs/design/0013-coap-dtls.md): a ClientHello without a valid cookie is
 answered with a HelloVerifyRequest and leaves no state (RFC 6347 §4.2.1); handshakes in
 progress are capped in all (the oldest is dropped) and per IP address (new ones ignored) and
 time out; sessions are capped (least recently used dropped) and expire when idle; unknown
