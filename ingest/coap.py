@@ -130,8 +130,10 @@ class CoapListener(asyncio.DatagramProtocol):
         decoders: DecoderRegistry,
         keys: DeviceKeyStore | None = None,
         kind_decoders: Callable[[str], list[str]] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._cfg = cfg
+        self._reuse_port = reuse_port  # several workers on one port (ingest/workers.py)
         self._pipeline = pipeline
         self._metrics = metrics
         self._decoders = decoders
@@ -167,7 +169,9 @@ class CoapListener(asyncio.DatagramProtocol):
         """Listen until ``stop``; a sweeper sends late ACKs and retransmissions."""
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(
-            lambda: self, local_addr=(self._cfg.host, self._cfg.port)
+            lambda: self,
+            local_addr=(self._cfg.host, self._cfg.port),
+            reuse_port=self._reuse_port or None,
         )
         log.info(
             "CoAP listening on udp://%s:%d (%s), uplinks on /%s/<kind>/<device>/…",

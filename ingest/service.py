@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class Service:
     coap: CoapListener | None = None
     alerts: AlertStage | None = None
     http_port: int | None = None
+    worker: int = 0  # index among settings.workers processes (ingest/workers.py)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _draining: bool = False
@@ -179,7 +181,13 @@ class Service:
                 return [dec for (k, dec) in profiles if k == kind]
 
             self.coap = CoapListener(
-                s.coap, self.pipeline, self.metrics, self.decoders, keys, kind_decoders
+                s.coap,
+                self.pipeline,
+                self.metrics,
+                self.decoders,
+                keys,
+                kind_decoders,
+                reuse_port=s.workers > 1,
             )
         server = _HttpServer(
             uvicorn.Config(
@@ -189,6 +197,7 @@ class Service:
                     conninfo,
                     self._rules_api(),
                     s.http.metrics_access,
+                    api=self.worker == 0,  # the operator API on worker 0; metrics on each
                 ),
                 host=s.http.host,
                 port=s.http.port,
@@ -225,10 +234,11 @@ class Service:
                 await asyncio.sleep(0.01)
             self.http_port = server.servers[0].sockets[0].getsockname()[1]
             log.info(
-                "cityflux serving: /metrics on http://%s:%d, backend %s",
+                "cityflux serving: /metrics on http://%s:%d, backend %s%s",
                 s.http.host,
                 self.http_port,
                 self.backend,
+                f", worker {self.worker} of {s.workers}" if s.workers > 1 else "",
             )
             self.started.set()
             await self._stop.wait()
@@ -286,11 +296,28 @@ async def _connect(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]
     return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
 
 
-async def serve(settings: Settings) -> None:
-    """Run the service until SIGTERM or SIGINT, then drain and exit."""
-    service = Service(settings)
+async def serve(settings: Settings, worker: int = 0, supervisor: int | None = None) -> None:
+    """Run the service until SIGTERM or SIGINT, then drain and exit; a worker (index
+    ``worker``) also drains when its ``supervisor`` process is gone."""
+    service = Service(settings, worker=worker)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
     loop.add_signal_handler(signal.SIGHUP, service.reload_rules)
-    await service.run()
+    if supervisor is None:
+        await service.run()
+        return
+    watch = asyncio.create_task(_watch_supervisor(service, supervisor), name="ingest.supervisor")
+    try:
+        await service.run()
+    finally:
+        watch.cancel()
+
+
+async def _watch_supervisor(service: Service, supervisor: int) -> None:
+    """Drain when the supervisor has died: a new one's workers take over the same sessions,
+    and two processes on one client id would throw each other off the broker."""
+    while os.getppid() == supervisor:  # noqa: ASYNC110 - no event says a parent died
+        await asyncio.sleep(1.0)
+    log.error("supervisor (pid %d) gone; draining and stopping", supervisor)
+    service.stop()
