@@ -29,7 +29,7 @@ def serve(
 
     from core.yamlfile import DocumentError
     from ingest.service import serve as run
-    from ingest.workers import Supervisor
+    from ingest.workers import Supervisor, earlier_workers
 
     settings = settings_of(config)
     if workers is not None:
@@ -42,7 +42,8 @@ def serve(
                 err=True,
             )
             raise typer.Exit(2) from None
-    if settings.workers > 1:
+    # one worker after a run with several: worker 0 resumes its session, the rest are retired
+    if settings.workers > 1 or earlier_workers(settings):
         raise typer.Exit(Supervisor(settings).run())
     try:
         asyncio.run(run(settings))

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DB_CHECK_S = 2.0  # how often readiness asks the database
+RETIRE_IDLE_S = 2.0  # a retiring worker's session is empty after this long without a frame
 
 
 class _HttpServer(uvicorn.Server):
@@ -62,6 +63,7 @@ class Service:
     alerts: AlertStage | None = None
     http_port: int | None = None
     worker: int = 0  # index among settings.workers processes (ingest/workers.py)
+    retire: bool = False  # take what this worker's MQTT session holds, delete it, stop
     started: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _draining: bool = False
@@ -165,7 +167,7 @@ class Service:
             max_frame_bytes=s.pipeline.max_frame_bytes,
         )
         if s.mqtt.protocol is MqttProtocol.V5:
-            self.mqtt = Mqtt5Listener(s.mqtt, self.pipeline, self.metrics)
+            self.mqtt = Mqtt5Listener(s.mqtt, self.pipeline, self.metrics, retire=self.retire)
         else:  # MQTT 3.1.1 brokers (the embedded amqtt fallback): paho
             self.mqtt = MqttListener(s.mqtt, self.pipeline, self.metrics)
         if s.coap.mode is not CoapMode.OFF:
@@ -241,7 +243,12 @@ class Service:
                 f", worker {self.worker} of {s.workers}" if s.workers > 1 else "",
             )
             self.started.set()
+            retiring = None
+            if self.retire and isinstance(self.mqtt, Mqtt5Listener):
+                retiring = tg.create_task(self._retire_when_empty(self.mqtt), name="ingest.retire")
             await self._stop.wait()
+            if retiring is not None:
+                retiring.cancel()
             log.info("stopping: draining %d uncommitted frames", self.pipeline.inflight)
             self._draining = True
             self.mqtt.stop_reading()
@@ -266,6 +273,20 @@ class Service:
             self.pipeline.stats.stored_frames,
             self.pipeline.stats.rejected,
         )
+
+    async def _retire_when_empty(self, mqtt: Mqtt5Listener) -> None:
+        """A retiring worker: once unsubscribed, stop when no frame has come for
+        ``RETIRE_IDLE_S`` and every frame is committed and acknowledged; the session is then
+        deleted on the broker (nothing is left in it)."""
+        await mqtt.unsubscribed.wait()
+        assert self.pipeline is not None
+        pipe, seen = self.pipeline, -1
+        while pipe.stats.received != seen or pipe.inflight:
+            seen = pipe.stats.received
+            await asyncio.sleep(RETIRE_IDLE_S)
+        log.info("retired: %d frames taken from the session; deleting it", seen)
+        mqtt.end_session = True
+        self.stop()
 
     async def _watch_database(self, conninfo: str, stop: asyncio.Event) -> None:
         """Keep ``readiness()['database']`` true only while the database answers (idle
@@ -296,10 +317,13 @@ async def _connect(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]
     return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
 
 
-async def serve(settings: Settings, worker: int = 0, supervisor: int | None = None) -> None:
+async def serve(
+    settings: Settings, worker: int = 0, supervisor: int | None = None, retire: bool = False
+) -> None:
     """Run the service until SIGTERM or SIGINT, then drain and exit; a worker (index
-    ``worker``) also drains when its ``supervisor`` process is gone."""
-    service = Service(settings, worker=worker)
+    ``worker``) also drains when its ``supervisor`` process is gone; a retiring one stops
+    when its session is empty."""
+    service = Service(settings, worker=worker, retire=retire)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)

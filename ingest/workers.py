@@ -36,6 +36,9 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+import mqtt5
+
+from core.mqtt import MqttConfig, MqttProtocol
 from ingest.settings import CoapMode, Settings
 
 log = logging.getLogger(__name__)
@@ -46,12 +49,10 @@ STABLE_S = 10.0  # a worker that ran this long before dying is restarted at once
 _POLL_S = 0.2
 
 
-def worker_settings(settings: Settings, index: int) -> Settings:
+def worker_settings(settings: Settings, index: int, retire: bool = False) -> Settings:
     """The settings of worker ``index``: its own MQTT client id in the shared group, its own
-    HTTP port, the device-state gauges on worker 0 only. One worker: ``settings`` as given."""
+    HTTP port, the device-state gauges on worker 0 only; a retiring worker runs no rules."""
     s = settings
-    if s.workers == 1:
-        return s
     mqtt = s.mqtt.model_copy(
         update={
             "client_id": f"{s.mqtt.client_id}-w{index}",
@@ -62,7 +63,60 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     registry = s.registry
     if index > 0:
         registry = registry.model_copy(update={"status_interval_s": 0.0})
-    return s.model_copy(update={"mqtt": mqtt, "http": http, "registry": registry})
+    update: dict[str, object] = {"mqtt": mqtt, "http": http, "registry": registry}
+    if retire:
+        update["alerts"] = s.alerts.model_copy(update={"rules_file": None})
+    return s.model_copy(update=update)
+
+
+def session_exists(cfg: MqttConfig, client_id: str) -> bool:
+    """Whether the broker holds a persistent session for ``client_id``: one CONNECT with
+    Clean Start 0. A session found is left as it was (anything the broker sends meanwhile
+    stays unacknowledged and is sent again); one the probe created is deleted."""
+    tls = cfg.ssl_context()
+    with socket.create_connection((cfg.host, cfg.port), timeout=10) as raw:
+        sock = tls.wrap_socket(raw, server_hostname=cfg.server_name) if tls else raw
+        sock.sendall(
+            mqtt5.ConnectPacket(
+                client_id,
+                username=cfg.username,
+                password=cfg.password.get_secret_value().encode() if cfg.password else None,
+                clean_start=False,
+                keep_alive=cfg.keepalive_s,
+                session_expiry_interval=cfg.session_expiry_s,
+            ).write()
+        )
+        buf = b""
+        while True:
+            chunk = sock.recv(65_536)
+            if not chunk:
+                raise ConnectionError("the broker closed the connection before CONNACK")
+            buf += chunk
+            try:
+                pkt, _ = mqtt5.read(memoryview(buf))
+            except IndexError:
+                continue
+            break
+        if type(pkt) is not mqtt5.ConnAckPacket:
+            raise ConnectionError(f"expected CONNACK, got {type(pkt).__name__}")
+        if pkt.reason_code != mqtt5.ConnAckReasonCode.SUCCESS:
+            raise ConnectionError(f"the broker refused {client_id}: {pkt.reason_code.name}")
+        present = bool(pkt.session_present)
+        sock.sendall(mqtt5.DisconnectPacket(session_expiry_interval=None if present else 0).write())
+        return present
+
+
+def earlier_workers(settings: Settings) -> bool:
+    """Whether worker 0 of an earlier ``--workers N`` run left its session on the broker (a
+    single service then runs as one supervised worker, and retires the others')."""
+    s = settings.mqtt
+    if s.protocol is not MqttProtocol.V5 or s.session_expiry_s == 0:
+        return False
+    try:
+        return session_exists(s, f"{s.client_id}-w0")
+    except (OSError, ConnectionError, ValueError) as exc:
+        log.warning("could not ask the broker for earlier workers' sessions (%s); going on", exc)
+        return False
 
 
 def _free_udp_port(host: str) -> int:
@@ -71,15 +125,17 @@ def _free_udp_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _run_worker(settings: Settings, index: int, supervisor_pid: int) -> None:
-    """A worker process: the service, until SIGTERM or its supervisor's end."""
+def _run_worker(settings: Settings, index: int, supervisor_pid: int, retire: bool) -> None:
+    """A worker process: the service, until SIGTERM or its supervisor's end (a retiring
+    one: until its session is empty)."""
     import asyncio
 
     from core.logformat import configure_logging
     from ingest.service import serve
 
     configure_logging(settings.log_level.value, settings.log_format, worker=index)
-    asyncio.run(serve(worker_settings(settings, index), worker=index, supervisor=supervisor_pid))
+    mine = worker_settings(settings, index, retire)
+    asyncio.run(serve(mine, worker=index, supervisor=supervisor_pid, retire=retire))
 
 
 @dataclass
@@ -88,6 +144,7 @@ class _Worker:
     process: BaseProcess
     started: float
     delay_s: float = 0.0  # before the next restart, if this one dies soon
+    retire: bool = False  # taking what an earlier run's worker left in its session
 
 
 class Supervisor:
@@ -104,20 +161,54 @@ class Supervisor:
         self.restarts = 0
         self._ctx = multiprocessing.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
-        self._due: dict[int, tuple[float, float]] = {}  # index -> (restart time, delay_s)
+        self._due: dict[int, tuple[float, float, bool]] = {}  # index -> (when, delay_s, retire)
+        self._retire_next: int | None = settings.workers  # next index to look for a session
+        self._probe_at = 0.0
         self._stopping = False
         self._termed: set[int] = set()  # pids sent SIGTERM
         self._failed = False
 
-    def _start(self, index: int, delay_s: float = 0.0) -> None:
+    def _start(self, index: int, delay_s: float = 0.0, retire: bool = False) -> None:
         proc = self._ctx.Process(
             target=_run_worker,
-            args=(self.settings, index, os.getpid()),
+            args=(self.settings, index, os.getpid(), retire),
             name=f"cityflux-worker-{index}",
         )
         proc.start()
-        self._workers[index] = _Worker(index, proc, time.monotonic(), delay_s)
-        log.info("worker %d started (pid %d)", index, proc.pid)
+        self._workers[index] = _Worker(index, proc, time.monotonic(), delay_s, retire)
+        log.info("worker %d started (pid %d)%s", index, proc.pid, " to retire" if retire else "")
+
+    def _retire_earlier(self, now: float) -> None:
+        """Hand over the sessions an earlier run with more workers left (indices from
+        ``workers`` up, one at a time, until one has none): the broker keeps dealing frames
+        to an offline member's persistent session, so they would wait there until it expires."""
+        index = self._retire_next
+        if index is None or now < self._probe_at or any(w.retire for w in self._workers.values()):
+            return
+        if any(r for _, _, r in self._due.values()):
+            return
+        cfg = self.settings.mqtt
+        if cfg.session_expiry_s == 0 or index >= 64:
+            self._retire_next = None
+            return
+        cid = f"{cfg.client_id}-w{index}"
+        try:
+            found = session_exists(cfg, cid)
+        except (OSError, ConnectionError, ValueError) as exc:
+            log.warning(
+                "could not ask the broker for session %s (%s); asking again in 10 s", cid, exc
+            )
+            self._probe_at = now + 10.0
+            return
+        if not found:
+            self._retire_next = None
+            return
+        log.warning(
+            "session %s of an earlier run with more workers is on the broker, still dealt "
+            "frames: retiring it",
+            cid,
+        )
+        self._start(index, retire=True)
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -148,6 +239,10 @@ class Supervisor:
             w.process.join()
             del self._workers[index]
             code = w.process.exitcode
+            if w.retire and code == 0 and not self._stopping:
+                log.info("worker %d: earlier session retired, its frames taken", index)
+                self._retire_next = index + 1
+                continue
             if self._stopping:
                 if code != 0:
                     self._failed = True
@@ -166,7 +261,7 @@ class Supervisor:
                 ran,
                 f" in {delay:.1f} s" if delay else "",
             )
-            self._due[index] = (now + delay, delay)
+            self._due[index] = (now + delay, delay, w.retire)
 
     def run(self) -> int:
         """Start the workers, keep them running, drain them on SIGTERM/SIGINT; the exit code."""
@@ -196,11 +291,13 @@ class Supervisor:
                 if self._stopping:
                     self._due.clear()
                     self._drain()
-                for index, (due, delay) in list(self._due.items()):
+                for index, (due, delay, retire) in list(self._due.items()):
                     if now >= due:
                         del self._due[index]
                         self.restarts += 1
-                        self._start(index, delay)
+                        self._start(index, delay, retire)
+                if not self._stopping:
+                    self._retire_earlier(now)
             return 1 if self._failed else 0
         finally:
             for sig, handler in previous.items():

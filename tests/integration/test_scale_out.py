@@ -19,8 +19,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from bench.common import create_session
 from ingest.settings import ConfigError, load_settings
 from ingest.topics import uplink
+from ingest.workers import session_exists
 from tests.helpers import (
     env_frame,
     env_messages,
@@ -159,6 +161,42 @@ async def test_workers_share_one_coap_port(
     assert sorted(i for i, _ in stored) == ["0", "1"]
     assert all(int(n) > 0 for _, n in stored)
     assert sum(int(n) for _, n in stored) == 24
+
+
+async def test_fewer_workers_take_over_the_retired_workers_sessions(
+    pg_url: str, broker, topic_prefix: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The sessions two workers left (made here as they make them: persistent, subscribed
+    in the shared group); frames published meanwhile are dealt to both. `serve --workers 1`
+    resumes worker 0's session and retires worker 1's: it takes the frames it holds and
+    deletes it, so the broker deals nothing more to it."""
+    if not broker.v5:
+        pytest.skip("shared subscriptions need MQTT 5; the amqtt fallback speaks 3.1.1")
+    settings = settings_for(pg_url, broker, topic_prefix)
+    env, log = service_env(settings), tmp_path / "serve.log"
+    shared = f"$share/cityflux/{settings.mqtt.topics[0]}"
+    for i in range(2):
+        cid = f"{settings.mqtt.client_id}-w{i}"
+        await asyncio.to_thread(create_session, broker.port, cid, shared, 1)
+    first = env_messages(topic_prefix, devices=30, per_device=10)
+    assert await asyncio.to_thread(publish, broker, first) == 300  # queued in both sessions
+    proc = _serve_workers(env, log, 1)
+    try:
+        await wait_until(lambda: frames_stored(pg_url) == 300, 60, "the 300 queued frames")
+        await wait_until(lambda: "earlier session retired" in log.read_text(), 30, "retired")
+        later = env_messages(topic_prefix, devices=30, per_device=14)[300:]
+        assert await asyncio.to_thread(publish, broker, later) == 120
+        await wait_until(lambda: frames_stored(pg_url) == 420, 30, "120 frames, all to worker 0")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0
+    text = log.read_text()
+    cid = settings.mqtt.client_id
+    assert f"session {cid}-w1 of an earlier run with more workers is on the broker" in text
+    assert f"session {cid}-w2 of" not in text
+    assert not session_exists(settings.mqtt, f"{cid}-w1")  # deleted on the broker
+    assert query(pg_url, "SELECT count(*) FROM env_readings") == [(420 * 8,)]
 
 
 def frames_stored_nolock(conn: psycopg.Connection[tuple[object, ...]]) -> int:

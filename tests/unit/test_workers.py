@@ -26,10 +26,10 @@ def test_a_configured_group_and_any_free_port_are_kept() -> None:
     assert (w.mqtt.shared_group, w.http.port) == ("city-a", 0)
 
 
-def test_one_worker_runs_with_the_settings_as_given() -> None:
-    s = load_settings(None)
-    assert worker_settings(s, 0) is s
-    assert s.mqtt.shared_group is None
+def test_a_retiring_worker_runs_no_rules() -> None:
+    s = load_settings(None, alerts={"rules_file": "rules.yaml"})
+    assert worker_settings(s, 0).alerts.rules_file is not None
+    assert worker_settings(s, 1, retire=True).alerts.rules_file is None
 
 
 def test_a_worker_log_line_names_the_worker() -> None:
