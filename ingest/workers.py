@@ -20,7 +20,8 @@ supervisor's state is inherited). What they share, and how:
 The supervisor restarts a worker that dies (at once; with a growing delay when it keeps dying
 soon after its start), forwards SIGTERM and SIGINT (drain) and SIGHUP to every worker, and
 returns when all have stopped: 0 when each drained cleanly. A worker whose supervisor is gone
-drains and stops by itself.
+drains and stops by itself. Sessions that an earlier run with more workers left (indices
+from N up) are retired: the broker would keep dealing them frames while nobody reads them.
 """
 
 from __future__ import annotations
