@@ -132,6 +132,7 @@ class CoapListener(asyncio.DatagramProtocol):
         keys: DeviceKeyStore | None = None,
         kind_decoders: Callable[[str], list[str]] | None = None,
         psks: PskStore | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._cfg = cfg
         # with ``psks`` this listener serves coaps:// (dtls_port): DTLS authenticates the
@@ -139,6 +140,7 @@ class CoapListener(asyncio.DatagramProtocol):
         self._psks = psks
         self._mode = CoapMode.OPEN if psks is not None else cfg.mode
         self._dtls: DtlsEndpoint | None = None
+        self._reuse_port = reuse_port  # several workers on one port (ingest/workers.py)
         self._pipeline = pipeline
         self._metrics = metrics
         self._decoders = decoders
@@ -177,11 +179,15 @@ class CoapListener(asyncio.DatagramProtocol):
             self._dtls = DtlsEndpoint(self._cfg, self._psks, self, self._metrics)
             dtls = self._dtls
             await loop.create_datagram_endpoint(
-                lambda: dtls, local_addr=(self._cfg.host, self._cfg.dtls_port)
+                lambda: dtls,
+                local_addr=(self._cfg.host, self._cfg.dtls_port),
+                reuse_port=self._reuse_port or None,
             )
         else:
             await loop.create_datagram_endpoint(
-                lambda: self, local_addr=(self._cfg.host, self._cfg.port)
+                lambda: self,
+                local_addr=(self._cfg.host, self._cfg.port),
+                reuse_port=self._reuse_port or None,
             )
         log.info(
             "CoAP listening on %s://%s:%d (%s), uplinks on /%s/<kind>/<device>/…",

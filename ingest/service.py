@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DB_CHECK_S = 2.0  # how often readiness asks the database
+RETIRE_IDLE_S = 2.0  # a retiring worker's session is empty after this long without a frame
 
 
 class _HttpServer(uvicorn.Server):
@@ -65,6 +67,8 @@ class Service:
     alerts: AlertStage | None = None
     frame_loss: FrameLoss | None = None
     http_port: int | None = None
+    worker: int = 0  # index among settings.workers processes (ingest/workers.py)
+    retire: bool = False  # take what this worker's MQTT session holds, delete it, stop
     started: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _draining: bool = False
@@ -178,7 +182,7 @@ class Service:
             frame_loss=self.frame_loss,
         )
         if s.mqtt.protocol is MqttProtocol.V5:
-            self.mqtt = Mqtt5Listener(s.mqtt, self.pipeline, self.metrics)
+            self.mqtt = Mqtt5Listener(s.mqtt, self.pipeline, self.metrics, retire=self.retire)
         else:  # MQTT 3.1.1 brokers (the embedded amqtt fallback): paho
             self.mqtt = MqttListener(s.mqtt, self.pipeline, self.metrics)
         profiles = resolver.profiles
@@ -194,7 +198,13 @@ class Service:
             )
             resolver.on_change.append(keys.forget)
             self.coap = CoapListener(
-                s.coap, self.pipeline, self.metrics, self.decoders, keys, kind_decoders
+                s.coap,
+                self.pipeline,
+                self.metrics,
+                self.decoders,
+                keys,
+                kind_decoders,
+                reuse_port=s.workers > 1,
             )
         if s.coap.dtls is not DtlsMode.OFF:
             check_dtls_available()  # refuse to start without python-mbedtls, saying so
@@ -211,6 +221,7 @@ class Service:
                 self.decoders,
                 kind_decoders=kind_decoders,
                 psks=psks,
+                reuse_port=s.workers > 1,
             )
         server = _HttpServer(
             uvicorn.Config(
@@ -220,6 +231,7 @@ class Service:
                     conninfo,
                     self._rules_api(),
                     s.http.metrics_access,
+                    api=self.worker == 0,  # the operator API on worker 0; metrics on each
                 ),
                 host=s.http.host,
                 port=s.http.port,
@@ -265,13 +277,19 @@ class Service:
                 await asyncio.sleep(0.01)
             self.http_port = server.servers[0].sockets[0].getsockname()[1]
             log.info(
-                "cityflux serving: /metrics on http://%s:%d, backend %s",
+                "cityflux serving: /metrics on http://%s:%d, backend %s%s",
                 s.http.host,
                 self.http_port,
                 self.backend,
+                f", worker {self.worker} of {s.workers}" if s.workers > 1 else "",
             )
             self.started.set()
+            retiring = None
+            if self.retire and isinstance(self.mqtt, Mqtt5Listener):
+                retiring = tg.create_task(self._retire_when_empty(self.mqtt), name="ingest.retire")
             await self._stop.wait()
+            if retiring is not None:
+                retiring.cancel()
             log.info("stopping: draining %d uncommitted frames", self.pipeline.inflight)
             self._draining = True
             self.mqtt.stop_reading()
@@ -304,6 +322,20 @@ class Service:
             self.pipeline.stats.rejected,
         )
 
+    async def _retire_when_empty(self, mqtt: Mqtt5Listener) -> None:
+        """A retiring worker: once unsubscribed, stop when no frame has come for
+        ``RETIRE_IDLE_S`` and every frame is committed and acknowledged; the session is then
+        deleted on the broker (nothing is left in it)."""
+        await mqtt.unsubscribed.wait()
+        assert self.pipeline is not None
+        pipe, seen = self.pipeline, -1
+        while pipe.stats.received != seen or pipe.inflight:
+            seen = pipe.stats.received
+            await asyncio.sleep(RETIRE_IDLE_S)
+        log.info("retired: %d frames taken from the session; deleting it", seen)
+        mqtt.end_session = True
+        self.stop()
+
     async def _watch_database(self, conninfo: str, stop: asyncio.Event) -> None:
         """Keep ``readiness()['database']`` true only while the database answers (idle
         writers would not notice an outage): one query every ``DB_CHECK_S``."""
@@ -333,11 +365,31 @@ async def _connect(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]
     return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
 
 
-async def serve(settings: Settings) -> None:
-    """Run the service until SIGTERM or SIGINT, then drain and exit."""
-    service = Service(settings)
+async def serve(
+    settings: Settings, worker: int = 0, supervisor: int | None = None, retire: bool = False
+) -> None:
+    """Run the service until SIGTERM or SIGINT, then drain and exit; a worker (index
+    ``worker``) also drains when its ``supervisor`` process is gone; a retiring one stops
+    when its session is empty."""
+    service = Service(settings, worker=worker, retire=retire)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
     loop.add_signal_handler(signal.SIGHUP, service.reload_rules)
-    await service.run()
+    if supervisor is None:
+        await service.run()
+        return
+    watch = asyncio.create_task(_watch_supervisor(service, supervisor), name="ingest.supervisor")
+    try:
+        await service.run()
+    finally:
+        watch.cancel()
+
+
+async def _watch_supervisor(service: Service, supervisor: int) -> None:
+    """Drain when the supervisor has died: a new one's workers take over the same sessions,
+    and two processes on one client id would throw each other off the broker."""
+    while os.getppid() == supervisor:  # noqa: ASYNC110 - no event says a parent died
+        await asyncio.sleep(1.0)
+    log.error("supervisor (pid %d) gone; draining and stopping", supervisor)
+    service.stop()

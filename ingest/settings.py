@@ -15,13 +15,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.config import AlertsConfig
 from core.config import Section
 from core.logformat import LogFormat
-from core.mqtt import MqttConfig
+from core.mqtt import MqttConfig, MqttProtocol
 from device_registry.config import RegistryConfig
 from device_registry.resolver import UnknownDevicePolicy
 from storage.config import DatabaseConfig
@@ -188,6 +188,34 @@ class Settings(BaseSettings):
         LogFormat.TEXT,
         description="text (for people) or json (one object per line, for Loki or Elastic)",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="worker processes in one MQTT 5 shared subscription (docs/design/0006)",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _scale_out(cls, workers: int, info: ValidationInfo) -> int:
+        """What several workers cannot do (docs/design/0006-scale-out.md), refused at start
+        (``workers`` is declared last, so the sections are validated already)."""
+        mqtt, alerts = info.data.get("mqtt"), info.data.get("alerts")
+        if workers == 1:
+            return workers
+        if isinstance(mqtt, MqttConfig) and mqtt.protocol is not MqttProtocol.V5:
+            raise ValueError(
+                f"{workers} workers need mqtt.protocol = 5: they split the stream through "
+                "an MQTT 5 shared subscription"
+            )
+        if isinstance(alerts, AlertsConfig) and alerts.rules_file is not None:
+            raise ValueError(
+                f"{workers} workers cannot run alerts.rules_file: the rules engine keeps each "
+                "device's state in one process and a shared subscription spreads a device's "
+                "frames over every worker; run the rules with workers = 1 "
+                "(docs/design/0006-scale-out.md)"
+            )
+        return workers
 
     @classmethod
     def settings_customise_sources(
