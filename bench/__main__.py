@@ -1,13 +1,19 @@
-"""``cityflux bench [--quick] [--json]`` (``python -m bench``): cityflux against the machine's
-limits and against peers, on the same broker and database in one run; medians of runs.
+"""``cityflux bench [--quick] [--json] [--plot]`` (``python -m bench``): cityflux against the
+machine's true limits and against peers, on the same broker and database in one run; each figure
+the median of several runs, each run paired with its own same-run limit.
 
-1. limits: a bare paho subscriber draining the broker (messages/s), and a raw binary COPY of
-   the same rows into the same table (rows/s);
-2. cityflux end to end (MQTT → decode → registry → COPY → commit → PUBACK), single-reading
-   messages (the ``value`` format) and multi-reading messages (8-reading NB-IoT frames),
-   QoS 0 and 1, each run's rows counted in the database (loss accounting);
-3. peers on the one-reading workload: a naive one-INSERT-per-message subscriber, and
-   esphome-mqtt-timescaledb-ingestor 0.3.0 from PyPI.
+1. limits: Mosquitto's C client (``mosquitto_sub``) draining the same preloaded session;
+   raw binary COPY over as many connections as the pipeline's writers; libcoap's C CoAP
+   server under the same client load (:mod:`bench.limits`);
+2. cityflux drain (MQTT → decode → registry → COPY → commit → PUBACK): single-reading and
+   8-reading messages, QoS 1 and 0; the clock is the pipeline's own (first frame taken → last
+   commit), ``acknowledged`` the PUBACKs the service wrote, rows counted in the database;
+3. live: a fleet of C publishers at its maximum while cityflux runs, and mq-bridge (Rust
+   core, PyPI) on the same typed-JSON fleet (:mod:`bench.live`);
+4. CoAP: cityflux's CoAP listener (answer after commit) against libcoap's server;
+5. baselines: a naive one-INSERT-per-message subscriber, and esphome-mqtt-timescaledb-ingestor
+   0.3.0 (design-capped at ~100 rows/s: a baseline, not a limit).
+Each run appends its figures to ``results/history.jsonl``; ``--plot`` draws them over commits.
 Without ``--quick`` it also measures each decoder and the batch writer alone.
 """
 
@@ -17,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -26,12 +33,24 @@ from pathlib import Path
 from typing import Any
 
 from decoders.registry import load_registry
+from storage.config import DatabaseConfig
 from storage.migrate import TimescaleMode, migrate
 
-from . import copy_rates, decode_rates, mqtt_rates, peers, workloads
+from . import (
+    coap_rates,
+    copy_rates,
+    decode_rates,
+    history,
+    limits,
+    live,
+    mqtt_rates,
+    peers,
+    workloads,
+)
 from .common import BenchBroker, bench_database, median_of
 
 RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _machine() -> str:
@@ -42,73 +61,68 @@ def _machine() -> str:
     )
 
 
-def _e2e(
-    port: int, url: str, msgs: list[tuple[str, bytes]], qos: int, readings: int, runs: int
+def _drain(
+    port: int, url: str, msgs: list[tuple[str, bytes]], qos: int, readings: int, tag: str
 ) -> dict[str, Any]:
-    """Median messages/s end to end, with each run's loss accounting."""
-    accounts: list[dict[str, int]] = []
-
-    def once() -> float:
-        got = mqtt_rates.e2e_rate(port, url, msgs, qos, f"q{qos}")
-        want = len(msgs) * readings
-        accounts.append(
-            {
-                "sent": len(msgs),
-                "acknowledged": len(msgs),  # the broker acknowledged every preloaded frame
-                "stored_readings": got.rows_in_db,
-                "lost_readings": max(0, want - got.rows_in_db),
-                "lost_frames": -(-max(0, want - got.rows_in_db) // readings),
-            }
-        )
-        return got.rate
-
-    rate, rates = median_of(runs, once)
+    """One cityflux drain with its accounting."""
+    got = mqtt_rates.e2e_rate(port, url, msgs, qos, tag)
+    want = len(msgs) * readings
     return {
-        "msgs_per_s": rate,
-        "readings_per_s": rate * readings,
-        "runs": rates,
-        "accounting": accounts,
-        "lost": sum(a["lost_frames"] for a in accounts),
+        "msgs_per_s": got.rate,
+        "readings_per_s": got.rate * readings,
+        "sent": len(msgs),
+        "acknowledged": got.acknowledged if qos else None,  # QoS 0 has no acknowledgements
+        "stored_readings": got.rows_in_db,
+        "lost_readings": max(0, want - got.rows_in_db),
+        "lost_frames": -(-max(0, want - got.rows_in_db) // readings),
     }
+
+
+def _med(values: list[float]) -> float:
+    return float(statistics.median(values))
 
 
 def run(quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Every figure; a dict with the issue's keys first, details below."""
     runs = 1 if quick else 3
-    n_single = 30_000 if quick else 150_000
-    n_multi = 15_000 if quick else 60_000
+    n_single = 20_000 if quick else 200_000
+    n_multi = 10_000 if quick else 60_000
     n_naive = 3_000 if quick else 10_000
+    live_pubs, live_each = (2, 5_000) if quick else (4, 50_000)
+    n_coap = 5_000 if quick else 60_000
     peer_window_s = 8.0 if quick else 30.0
+    writers = DatabaseConfig.model_fields["writers"].default
     single = workloads.single_reading(n_single)
     multi = workloads.multi_reading(n_multi)
     k = workloads.MULTI_READINGS
-    detail: dict[str, Any] = {}
+    d: dict[str, Any] = {"runs": {}}
+    per_run: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cityflux-bench-") as tmp_s:
         tmp = Path(tmp_s)
         url, drop = bench_database(tmp)
         broker = BenchBroker(tmp / "broker")
         try:
             migrate(url, load_registry().tables(), TimescaleMode.OFF)
-            log("limits: bare paho subscriber, raw binary COPY")
-            for qos in (1, 0):
-                detail[f"bare_qos{qos}"] = median_of(
-                    runs, partial(mqtt_rates.bare_rate, broker.port, single, qos, "b")
-                )
-            # the multi-reading workload's rows, committed 40,000 a transaction as the
-            # pipeline's 5,000-frame batches are
-            rows = [copy_rates.make_batches(n_multi * k, 40_000, r) for r in range(runs)]
-            it = iter(rows)
-            detail["raw_copy"] = median_of(runs, lambda: copy_rates.raw_copy_rate(url, next(it)))
-            log("cityflux end to end")
-            for qos in (1, 0):
-                detail[f"single_qos{qos}"] = _e2e(broker.port, url, single, qos, 1, runs)
-                log(f"  single-reading QoS {qos} done")
-                detail[f"multi_qos{qos}"] = _e2e(broker.port, url, multi, qos, k, runs)
-                log(f"  multi-reading QoS {qos} done")
-            detail["listener_qos1"] = median_of(
-                runs, partial(mqtt_rates.listener_rate, broker.port, single, 1, "l")
+            copy_rows = [copy_rates.make_batches(n_multi * k, 40_000, r) for r in range(runs)]
+            for r in range(runs):
+                log(f"run {r + 1}/{runs}: C client, cityflux drain, raw COPY ({writers} conns)")
+                one: dict[str, Any] = {}
+                for qos in (1, 0):
+                    one[f"c_client_qos{qos}"] = limits.c_client_rate(
+                        broker.port, single, qos, f"{r}"
+                    )
+                    one[f"single_qos{qos}"] = _drain(broker.port, url, single, qos, 1, f"s{r}")
+                    one[f"multi_qos{qos}"] = _drain(broker.port, url, multi, qos, k, f"m{r}")
+                one["raw_copy"] = limits.raw_copy_rate(url, copy_rows[r], writers)
+                per_run.append(one)
+            log(f"live: {live_pubs} C publishers × {live_each:,}, cityflux and mq-bridge")
+            d["live"] = live.run(broker.port, url, live_pubs, live_each, runs)
+            log("CoAP: cityflux listener vs libcoap's C server, same client load")
+            d["coap"] = _coap(url, n_coap, runs)
+            d["listener_qos1"] = median_of(
+                runs, lambda: mqtt_rates.listener_rate(broker.port, single, 1, "l")
             )
-            log("peers: naive subscriber, esphome-mqtt-timescaledb-ingestor")
+            log("baselines: naive subscriber, esphome-mqtt-timescaledb-ingestor (design-capped)")
             naive = workloads.single_reading(n_naive)
             naive_stored: list[int] = []
 
@@ -117,51 +131,99 @@ def run(quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, A
                 naive_stored.append(stored)
                 return rate
 
-            detail["naive"] = median_of(runs, naive_once)
-            detail["naive_stored_per_run"] = naive_stored
+            d["naive"] = median_of(runs, naive_once)
+            d["naive_stored_per_run"] = naive_stored
             try:
                 peer_msgs = workloads.esphome(int(200 * peer_window_s) + 2000)
-                detail["peer"] = peers.esphome_rate(broker.port, url, peer_msgs, peer_window_s)
+                d["esphome"] = peers.esphome_rate(broker.port, url, peer_msgs, peer_window_s)
             except Exception as exc:
-                detail["peer"] = {"msgs_per_s": None, "error": f"{type(exc).__name__}: {exc}"}
+                d["esphome"] = {"msgs_per_s": None, "error": f"{type(exc).__name__}: {exc}"}
             if not quick:
                 log("decoders and the batch writer alone")
-                detail["decoders"] = {
+                d["decoders"] = {
                     name: median_of(runs, partial(decode_rates.rate, name, batches))[0]
                     for name, batches in decode_rates.workloads(False).items()
                 }
-                detail["writer_vs_raw"] = {
-                    "writer": median_of(runs, lambda: copy_rates.writer_rate(url, rows[0]))[0],
-                    "raw": median_of(runs, lambda: copy_rates.raw_copy_rate(url, rows[0]))[0],
+                d["writer_vs_raw"] = {
+                    "writer": median_of(runs, lambda: copy_rates.writer_rate(url, copy_rows[0]))[0],
+                    "raw_1_conn": limits.raw_copy_rate(url, copy_rows[0], 1),
                 }
         finally:
             broker.stop()
             drop()
-    return _summary(detail, quick, runs)
+    d["runs"] = per_run
+    return _summary(d, quick, runs, writers)
 
 
-def _summary(d: dict[str, Any], quick: bool, runs: int) -> dict[str, Any]:
-    bare, raw = d["bare_qos1"][0], d["raw_copy"][0]
-    e2e, readings = d["single_qos1"]["msgs_per_s"], d["multi_qos1"]["readings_per_s"]
-    peer = d["peer"].get("msgs_per_s")
-    naive = d["naive"][0]
-    lost = sum(d[f"{w}_qos{q}"]["lost"] for w in ("single", "multi") for q in (0, 1))
+def _coap(url: str, n: int, runs: int) -> dict[str, Any]:
+    """cityflux's CoAP listener and libcoap's server, alternated, same client load."""
+    ours, theirs = [], []
+    for r in range(runs):
+        try:
+            theirs.append(limits.libcoap_rate(n, window=1000))
+        except limits.MissingToolError as exc:
+            theirs.append({"per_s": None, "error": str(exc)})
+        ours.append(coap_rates.cityflux_rate(url, n, r, window=1000))
+    limit = [t["per_s"] for t in theirs if t.get("per_s")]
+    med_ours = _med([o["per_s"] for o in ours])
+    med_limit = _med(limit) if limit else None
     return {
-        "e2e_msgs_per_s": e2e,
-        "bare_subscriber_msgs_per_s": bare,
-        "e2e_readings_per_s": readings,
-        "raw_copy_rows_per_s": raw,
-        "peer_msgs_per_s": peer,
-        "naive_msgs_per_s": naive,
-        "lost": lost,
-        "e2e_vs_bare": e2e / bare,
-        "readings_vs_raw_copy": readings / raw,
-        "e2e_vs_peer": e2e / peer if peer else None,
-        "e2e_vs_naive": e2e / naive,
-        "e2e_msgs_per_s_qos0": d["single_qos0"]["msgs_per_s"],
-        "e2e_readings_per_s_qos0": d["multi_qos0"]["readings_per_s"],
-        "bare_subscriber_msgs_per_s_qos0": d["bare_qos0"][0],
+        "cityflux_req_per_s": med_ours,
+        "libcoap_req_per_s": med_limit,
+        "ratio": med_ours / med_limit if med_limit else None,
+        "lost": sum(o["lost"] for o in ours),
+        "runs": {"cityflux": ours, "libcoap": theirs},
+    }
+
+
+def _summary(d: dict[str, Any], quick: bool, runs: int, writers: int) -> dict[str, Any]:
+    pr = d["runs"]
+
+    def med(key: str, field: str | None = None) -> float:
+        return _med([r[key] if field is None else r[key][field] for r in pr])
+
+    def ratio(
+        num: Callable[[dict[str, Any]], float], den: Callable[[dict[str, Any]], float]
+    ) -> float:
+        return _med([num(r) / den(r) for r in pr])  # each run against its own limit
+
+    drains = [r[f"{w}_qos{q}"] for r in pr for w in ("single", "multi") for q in (0, 1)]
+    lost = sum(x["lost_frames"] for x in drains) + d["live"]["lost"] + d["coap"]["lost"]
+    acked = [r["single_qos1"]["acknowledged"] + r["multi_qos1"]["acknowledged"] for r in pr]
+    sent = [r["single_qos1"]["sent"] + r["multi_qos1"]["sent"] for r in pr]
+    lv, co = d["live"], d["coap"]
+    esphome = d["esphome"].get("msgs_per_s")
+    return {
+        "e2e_msgs_per_s": med("single_qos1", "msgs_per_s"),
+        "c_client_msgs_per_s": med("c_client_qos1"),
+        "drain_vs_c_client": ratio(
+            lambda r: r["single_qos1"]["msgs_per_s"], lambda r: r["c_client_qos1"]
+        ),
+        "e2e_msgs_per_s_qos0": med("single_qos0", "msgs_per_s"),
+        "c_client_msgs_per_s_qos0": med("c_client_qos0"),
+        "drain_vs_c_client_qos0": ratio(
+            lambda r: r["single_qos0"]["msgs_per_s"], lambda r: r["c_client_qos0"]
+        ),
+        "e2e_readings_per_s": med("multi_qos1", "readings_per_s"),
+        "raw_copy_rows_per_s": med("raw_copy"),
+        "raw_copy_connections": writers,
+        "multi_vs_raw_copy": ratio(
+            lambda r: r["multi_qos1"]["readings_per_s"], lambda r: r["raw_copy"]
+        ),
+        "live_events_per_s": lv["cityflux_events_per_s"],
+        "mq_bridge_events_per_s": lv["mq_bridge_events_per_s"],
+        "live_vs_mq_bridge": lv["cityflux_vs_mq_bridge"],
+        "fleet_alone_events_per_s": lv["fleet_alone_events_per_s"],
+        "live_vs_fleet_alone": lv["cityflux_vs_fleet_alone"],
+        "coap_req_per_s": co["cityflux_req_per_s"],
+        "libcoap_req_per_s": co["libcoap_req_per_s"],
+        "coap_vs_libcoap": co["ratio"],
         "listener_msgs_per_s": d["listener_qos1"][0],
+        "naive_msgs_per_s": d["naive"][0],
+        "esphome_msgs_per_s": esphome,
+        "acknowledged": sum(acked),
+        "sent_qos1": sum(sent),
+        "lost": lost,
         "machine": _machine(),
         "command": "cityflux bench" + (" --quick" if quick else ""),
         "runs_per_figure": runs,
@@ -170,49 +232,48 @@ def _summary(d: dict[str, Any], quick: bool, runs: int) -> dict[str, Any]:
     }
 
 
+def _x(v: float | None, fmt: str = ".2f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
 def render(res: dict[str, Any]) -> str:
     """The figures and ratios as a short text report."""
     d = res["detail"]
-    peer = res["peer_msgs_per_s"]
     lines = [
         f"machine: {res['machine']}",
-        f"command: {res['command']}   runs per figure: {res['runs_per_figure']} (median)",
-        "limits",
-        f"  bare paho subscriber        QoS 1 {res['bare_subscriber_msgs_per_s']:>11,.0f} msg/s"
-        f"   QoS 0 {res['bare_subscriber_msgs_per_s_qos0']:>11,.0f} msg/s",
-        f"  raw binary COPY                   {res['raw_copy_rows_per_s']:>11,.0f} rows/s",
-        "cityflux end to end (MQTT → commit → PUBACK)",
+        f"command: {res['command']}   runs: {res['runs_per_figure']} (medians; ratios per run)",
+        "drain (preloaded session)                     rate          limit (same run)    ratio",
+        f"  single-reading QoS 1  {res['e2e_msgs_per_s']:>12,.0f} msg/s  C client "
+        f"{res['c_client_msgs_per_s']:>9,.0f}   {res['drain_vs_c_client']:.2f}",
+        f"  single-reading QoS 0  {res['e2e_msgs_per_s_qos0']:>12,.0f} msg/s  C client "
+        f"{res['c_client_msgs_per_s_qos0']:>9,.0f}   {res['drain_vs_c_client_qos0']:.2f}",
+        f"  multi-reading QoS 1   {res['e2e_readings_per_s']:>12,.0f} rows/s raw COPY×"
+        f"{res['raw_copy_connections']} {res['raw_copy_rows_per_s']:>9,.0f}   "
+        f"{res['multi_vs_raw_copy']:.2f}",
+        f"  acknowledged (PUBACKs the service wrote, QoS 1): {res['acknowledged']:,} of "
+        f"{res['sent_qos1']:,}",
+        f"live ({d['live']['publishers']} C publishers at their maximum, typed tag-read JSON)",
+        f"  cityflux {res['live_events_per_s']:>10,.0f} events/s   mq-bridge "
+        f"{_x(res['mq_bridge_events_per_s'], ',.0f')}   ratio {_x(res['live_vs_mq_bridge'])}   "
+        f"fleet alone {res['fleet_alone_events_per_s']:,.0f} (cityflux "
+        f"{res['live_vs_fleet_alone']:.2f} of it)",
+        "CoAP (confirmable, 1,000 outstanding, 32 sockets)",
+        f"  cityflux {res['coap_req_per_s']:>10,.0f} req/s   libcoap coap-server "
+        f"{_x(res['libcoap_req_per_s'], ',.0f')}   ratio {_x(res['coap_vs_libcoap'])}",
+        f"listener alone (no database), QoS 1: {res['listener_msgs_per_s']:,.0f} msg/s",
+        "baselines (not limits)",
+        f"  naive one-INSERT-per-message subscriber {res['naive_msgs_per_s']:,.0f} msg/s",
+        f"  esphome-mqtt-timescaledb-ingestor 0.3.0 (design-capped) "
+        f"{_x(res['esphome_msgs_per_s'], ',.1f')} msg/s",
+        f"lost (acknowledged or answered, not stored): {res['lost']}",
     ]
-    for q in (1, 0):
-        s, m = d[f"single_qos{q}"], d[f"multi_qos{q}"]
-        lines.append(
-            f"  QoS {q}: single-reading {s['msgs_per_s']:>9,.0f} msg/s "
-            f"({s['msgs_per_s'] / d[f'bare_qos{q}'][0]:.2f} × bare)   multi-reading "
-            f"{m['readings_per_s']:>9,.0f} readings/s "
-            f"({m['readings_per_s'] / res['raw_copy_rows_per_s']:.2f} × raw COPY)   "
-            f"lost {s['lost'] + m['lost']}"
-        )
-    lines += [
-        f"  listener alone, QoS 1: {res['listener_msgs_per_s']:,.0f} msg/s",
-        "peers (one-reading messages)",
-        f"  naive one-INSERT-per-message {res['naive_msgs_per_s']:>9,.0f} msg/s  "
-        f"(cityflux {res['e2e_vs_naive']:.1f} ×)",
-    ]
-    if peer:
-        lines.append(
-            f"  esphome-mqtt-timescaledb-ingestor 0.3.0 {peer:,.1f} msg/s  "
-            f"(cityflux {res['e2e_vs_peer']:,.0f} ×)"
-        )
-    else:
-        lines.append(f"  esphome-mqtt-timescaledb-ingestor: not measured ({d['peer']['error']})")
-    lines.append(f"lost (acknowledged, not stored): {res['lost']}")
     if "decoders" in d:
         lines.append("decoders alone (frames/s, batches of 10,000)")
         lines += [f"  {name:<13} {r:>12,.0f}" for name, r in d["decoders"].items()]
         w = d["writer_vs_raw"]
         lines.append(
-            f"batch writer {w['writer']:,.0f} rows/s vs raw COPY {w['raw']:,.0f} "
-            f"({w['writer'] / w['raw']:.2f})"
+            f"batch writer {w['writer']:,.0f} rows/s vs raw COPY on one connection "
+            f"{w['raw_1_conn']:,.0f} ({w['writer'] / w['raw_1_conn']:.2f})"
         )
     return "\n".join(lines)
 
@@ -220,10 +281,20 @@ def render(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(prog="python -m bench")
-    ap.add_argument("--quick", action="store_true", help="one run of smaller sizes (< 1 min)")
+    ap.add_argument("--quick", action="store_true", help="one run of smaller sizes (~1 min)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where results are written")
+    ap.add_argument(
+        "--plot",
+        nargs="?",
+        const=RESULTS / "history.png",
+        type=Path,
+        help="draw results/history.jsonl over commits as a PNG (no measuring)",
+    )
     args = ap.parse_args(argv)
+    if args.plot is not None:
+        print(history.plot(args.results / "history.jsonl", args.plot))
+        return
     t0 = time.monotonic()
 
     def say(msg: str) -> None:
@@ -236,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.results / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     text = render(res)
     (args.results / f"{name}.txt").write_text(text + "\n")
+    history.append(args.results / "history.jsonl", res, REPO)
     print(json.dumps(res) if args.json else text)
 
 

@@ -84,7 +84,7 @@ async def _max_rate(port: int, url: str, rules: Path, n: int) -> float:
     create_session(port, cid, TOPIC, 1)
     t0 = time.time() - 86400  # yesterday: no overlap with the live phase's frame times
     preload(port, [frame(i, t0 + i / 1000) for i in range(n)])
-    elapsed, _ = await drain_preloaded(_settings(port, url, rules, cid), n)
+    elapsed, *_ = await drain_preloaded(_settings(port, url, rules, cid), n)
     return n / elapsed
 
 

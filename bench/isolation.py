@@ -103,7 +103,7 @@ async def _drain(port: int, url: str, cid: str, n: int, raising: bool) -> float:
         http={"port": 0},
         log_level="ERROR",
     )
-    elapsed, _ = await drain_preloaded(settings, n, decoders=_decoders(raising))
+    elapsed, *_ = await drain_preloaded(settings, n, decoders=_decoders(raising))
     return elapsed
 
 

@@ -1,4 +1,4 @@
-"""MQTT receive rates: bare paho subscriber vs cityflux's listener vs cityflux end to end.
+"""MQTT receive rates: cityflux's listener alone, and cityflux end to end.
 
 Method: a persistent session is created, N frames are preloaded into the broker while the
 subscriber is away, then the subscriber connects and drains them; the rate is N / time from
@@ -8,8 +8,6 @@ first frame to last (end to end: to the last commit). The publisher is never the
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -23,33 +21,9 @@ from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pausable
 from ingest.settings import load_settings
 
-from .common import create_session, drain_preloaded, preload
+from .common import Drain, create_session, drain_preloaded, preload
 
 TOPIC = "bench/up/#"
-
-
-def bare_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: str) -> float:
-    """Messages/s of a bare paho subscriber (in its own process)."""
-    cid = f"bare-{tag}-{time.time_ns()}"
-    create_session(port, cid, TOPIC, qos)
-    preload(port, list(msgs))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.bare_subscriber",
-            str(port),
-            cid,
-            TOPIC,
-            str(qos),
-            str(len(msgs)),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    return len(msgs) / float(out.stdout.strip())
 
 
 class _CountingPipeline:
@@ -116,14 +90,15 @@ def listener_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: s
 
 
 class E2E(NamedTuple):
-    """One end-to-end run: frames/s, frames the pipeline stored, and rows in the database."""
+    """One end-to-end run: frames/s, frames stored, rows in the database, PUBACKs written."""
 
     rate: float
     frames_stored: int
     rows_in_db: int
+    acknowledged: int
 
 
-async def _e2e_rate(port: int, pg_url: str, cid: str, n: int, qos: int) -> tuple[float, int]:
+async def _e2e_rate(port: int, pg_url: str, cid: str, n: int, qos: int) -> Drain:
     settings = load_settings(
         None,
         mqtt={"host": "127.0.0.1", "port": port, "client_id": cid, "topics": [TOPIC], "qos": qos},
@@ -131,8 +106,7 @@ async def _e2e_rate(port: int, pg_url: str, cid: str, n: int, qos: int) -> tuple
         http={"port": 0},
         log_level="WARNING",
     )
-    elapsed, stored = await drain_preloaded(settings, n)
-    return n / elapsed, stored
+    return await drain_preloaded(settings, n)
 
 
 def e2e_rate(port: int, pg_url: str, msgs: Sequence[tuple[str, bytes]], qos: int, tag: str) -> E2E:
@@ -144,7 +118,7 @@ def e2e_rate(port: int, pg_url: str, msgs: Sequence[tuple[str, bytes]], qos: int
     cid = f"e2e-{tag}-{time.time_ns()}"
     create_session(port, cid, TOPIC, qos)
     preload(port, list(msgs))
-    rate, stored = asyncio.run(_e2e_rate(port, pg_url, cid, len(msgs), qos))
+    got = asyncio.run(_e2e_rate(port, pg_url, cid, len(msgs), qos))
     with psycopg.connect(pg_url) as conn:
         row = conn.execute("SELECT count(*) FROM env_readings").fetchone()
-    return E2E(rate, stored, int(row[0]) if row else 0)
+    return E2E(len(msgs) / got.elapsed_s, got.stored, int(row[0]) if row else 0, got.acknowledged)

@@ -21,10 +21,12 @@ pytestmark = [
 
 KEYS = (
     "e2e_msgs_per_s",
-    "bare_subscriber_msgs_per_s",
+    "c_client_msgs_per_s",
     "e2e_readings_per_s",
     "raw_copy_rows_per_s",
-    "peer_msgs_per_s",
+    "live_events_per_s",
+    "fleet_alone_events_per_s",
+    "coap_req_per_s",
     "naive_msgs_per_s",
     "lost",
 )
@@ -43,14 +45,61 @@ def test_quick_bench_prints_every_figure_and_loses_nothing(pg_server: str, tmp_p
     assert set(KEYS) <= set(res)
     assert res["lost"] == 0
     d = res["detail"]
-    # every e2e run stored exactly what it was sent: 30,000 one-reading and 15,000 × 8 readings
+    # every drain stored exactly what it was sent: 20,000 one-reading and 10,000 × 8 readings
+    (run,) = d["runs"]
     for q in (0, 1):
-        assert [a["stored_readings"] for a in d[f"single_qos{q}"]["accounting"]] == [30_000]
-        assert [a["stored_readings"] for a in d[f"multi_qos{q}"]["accounting"]] == [120_000]
+        assert run[f"single_qos{q}"]["stored_readings"] == 20_000
+        assert run[f"multi_qos{q}"]["stored_readings"] == 80_000
+    # acknowledged is what the service wrote as PUBACKs, not what was preloaded
+    assert res["acknowledged"] == res["sent_qos1"] == 30_000
+    assert run["raw_copy"] > 0
+    assert res["raw_copy_connections"] == 2  # as many as the pipeline's writers
+    live = d["live"]["runs"]
+    assert [r["stored"] for r in live["cityflux"]] == [10_000]
+    assert [r["acknowledged"] for r in live["cityflux"]] == [10_000]
     assert d["naive_stored_per_run"] == [3_000]
-    for key in (*KEYS[:4], "naive_msgs_per_s"):
+    for key in KEYS[:-1]:
         assert res[key] > 0, key
-    if res["peer_msgs_per_s"] is None:  # the peer comes from PyPI: say why it is missing
-        pytest.fail(f"peer not measured: {d['peer']['error']}")
-    assert d["peer"]["backlog_left"] > 0, "the peer ran out of work: its rate is understated"
+    # the limits and the peers come from Debian and PyPI: say why one is missing
+    for name, key, err in (
+        ("mq-bridge", "mq_bridge_events_per_s", live["mq_bridge"][0].get("error")),
+        ("libcoap", "libcoap_req_per_s", d["coap"]["runs"]["libcoap"][0].get("error")),
+        ("esphome peer", "esphome_msgs_per_s", d["esphome"].get("error")),
+    ):
+        if res[key] is None:
+            pytest.fail(f"{name} not measured: {err}")
+    assert live["mq_bridge"][0]["stored"] == 10_000
+    assert d["esphome"]["backlog_left"] > 0, "the peer ran out of work: its rate is understated"
     assert json.loads((tmp_path / "quick.json").read_text())["lost"] == 0
+    # the run is in the history, and the history draws
+    (entry,) = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert entry["figures"]["lost"] == 0
+    assert entry["commit"]
+    png = tmp_path / "history.png"
+    subprocess.run(
+        [sys.executable, "-m", "bench", "--results", str(tmp_path), "--plot", str(png)],
+        check=True,
+        timeout=120,
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scaleout_bench_drains_every_frame(pg_server: str, tmp_path: Path) -> None:
+    """``python -m bench.scaleout`` (the lead runs it at full size, N = 1, 2, 4): a tiny
+    backlog, two workers, one run; every frame acknowledged and stored, none dead-lettered."""
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.scaleout", "--frames", "500", "--workers", "2"),
+            *("--runs", "1", "--results", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CITYFLUX_BENCH_PG_URL": pg_server},
+        check=True,
+    )
+    res = json.loads((tmp_path / "scaleout.json").read_text())
+    [one] = res["workers"]["2"]["runs"]
+    assert (one["acknowledged"], one["stored_readings"], one["dead_letters"]) == (500, 4000, 0)
+    assert (one["lost_frames"], one["exit_code"]) == (0, 0)
+    assert res["workers"]["2"]["efficiency"] is None  # no N = 1 run to compare with
