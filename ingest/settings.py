@@ -217,6 +217,14 @@ class Settings(BaseSettings):
                 "frames over every worker; run the rules with workers = 1 "
                 "(docs/design/0006-scale-out.md)"
             )
+        lwm2m = info.data.get("lwm2m")
+        if isinstance(lwm2m, Lwm2mConfig) and lwm2m.mode is Lwm2mMode.SERVER:
+            raise ValueError(
+                f"{workers} workers cannot run lwm2m.mode = server: registrations live in one "
+                "process, and SO_REUSEPORT may hand a device's next datagram (an Update from a "
+                "new port, the answer to a Write) to another worker; run LwM2M with workers = 1 "
+                "(docs/design/0012-lwm2m-server.md)"
+            )
         return workers
 
     @model_validator(mode="after")

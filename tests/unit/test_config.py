@@ -54,6 +54,8 @@ def test_lwm2m_server_without_coap_is_refused_at_start(tmp_path: Path) -> None:
     )
     ok = load_settings(cfg, coap={"mode": "open"})
     assert ok.lwm2m.observe == {"thermo": ["/3303/0/5700"]}
+    with pytest.raises(ConfigError, match=r"2 workers cannot run lwm2m\.mode = server"):
+        load_settings(cfg, coap={"mode": "open"}, workers=2)
 
 
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
