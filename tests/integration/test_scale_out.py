@@ -142,7 +142,7 @@ async def test_workers_share_one_coap_port(
     proc = _serve_workers(env, log, 2)
     try:
         await wait_until(lambda: log.read_text().count("cityflux serving") == 2, 60, "2 workers")
-        ports = set(re.findall(r"CoAP listening on udp://127.0.0.1:(\d+)", log.read_text()))
+        ports = set(re.findall(r"CoAP listening on coap://127.0.0.1:(\d+)", log.read_text()))
         assert len(ports) == 1
         port = int(ports.pop())
         codes = []
