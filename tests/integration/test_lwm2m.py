@@ -143,17 +143,29 @@ async def test_a_real_client_registers_is_observed_takes_a_queued_write_and_dere
             )
             assert status == 201, cmd
             assert cmd["state"] == "queued"
+            status, execute = await asyncio.to_thread(
+                api_call,
+                svc.http_port,
+                "/api/v1/devices/thermo-1/commands",
+                {"operation": "execute", "path": "/3311/0/5850"},
+                token=token,
+            )
+            assert status == 201, execute
             await dev.send("binding UQ")
             await dev.expect("binding")
             await dev.send("update")
             await dev.expect("updated")
             written = await dev.expect("written")
             assert written == {"event": "written", "path": "/3311/0/5851", "value": "40"}
+            assert await dev.expect("executed") == {"event": "executed", "path": "/3311/0/5850"}
 
-            def state() -> str:
-                return str(query(pg_url, "SELECT state FROM lwm2m_commands")[0][0])
+            def states() -> list[tuple[str, str | None]]:
+                return query(pg_url, "SELECT state, result_code FROM lwm2m_commands ORDER BY id")
 
-            await wait_until(lambda: state() != "sent", 30, "the command's result")
+            await wait_until(
+                lambda: all(s != "sent" for s, _ in states()), 30, "the commands' results"
+            )
+            assert states() == [("done", "2.04"), ("done", "2.04")]
             _, got = await asyncio.to_thread(
                 api_call,
                 svc.http_port,
@@ -194,7 +206,7 @@ async def test_a_real_client_registers_is_observed_takes_a_queued_write_and_dere
     audit = query(
         pg_url, "SELECT actor, action, target FROM audit_log WHERE action = 'device.command'"
     )
-    assert audit == [("ops", "device.command", "thermo-1")]
+    assert audit == [("ops", "device.command", "thermo-1")] * 2
 
 
 async def _register(
