@@ -123,6 +123,37 @@ def test_a_counter_that_restarts_is_a_reboot_not_a_loss() -> None:
     assert gaps(observe(det, [(1, 4)])) == []
 
 
+def test_a_lone_stale_frame_is_neither_a_reboot_nor_a_loss() -> None:
+    """A stale copy far behind (a broker's resend, a frame held back for long) followed by
+    the stream going on: no restart, nothing missing (it once restarted the counter at the
+    stale number and counted the 100 frames between it and the highest as lost)."""
+    det = GapDetector()
+    observe(det, [(1, n) for n in range(900, 1001)])
+    found = observe(det, [(1, 900)])  # alone in its batch: waits for the next frame
+    assert found.restarts == 0
+    assert gaps(found) == []
+    found = observe(det, [(1, 1001)])
+    assert found.restarts == 0
+    assert gaps(found) == []
+    assert found.received.tolist() == [1]
+    found = observe(det, [(1, 950), (1, 1002), (1, 1004)])  # the same within one batch
+    assert found.restarts == 0
+    assert gaps(found) == [(1, 1003, 1003, 1)]
+
+
+def test_a_reboot_last_in_its_batch_is_confirmed_by_the_next_batch() -> None:
+    det = GapDetector()
+    observe(det, [(1, 40_000), (1, 40_001)])
+    found = observe(det, [(1, 0)])
+    assert found.restarts == 0
+    assert found.received.tolist() == []
+    found = observe(det, [(1, 1), (1, 3)])
+    assert found.restarts == 1
+    assert gaps(found) == [(1, 2, 2, 1)]
+    assert found.received.tolist() == [3]  # 0 counted once, with the frame that confirmed it
+    assert gaps(observe(det, [(1, 4)])) == []
+
+
 def test_a_jump_back_within_the_window_is_late_not_a_reboot() -> None:
     det = GapDetector()
     observe(det, [(1, 1000)])
