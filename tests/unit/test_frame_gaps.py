@@ -269,3 +269,34 @@ def test_hj212_resends_of_a_slot_are_duplicates() -> None:
     found = GapDetector().observe("hj212-2051", 0, np.ones(4, np.int32), minute.numbers)
     assert gaps(found) == []
     assert found.received.tolist() == [2]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.floats(0, 1)), min_size=90, max_size=200),
+    st.integers(0, U16 - 1),
+    st.integers(1, 5),
+)
+def test_stale_copies_far_behind_change_nothing(
+    steps: list[tuple[int, float]], start: int, cut: int
+) -> None:
+    """In-order frames with drops, and now and then a stale copy of a frame more than the
+    window behind: missing net of recovered is the frames dropped, and nothing restarts."""
+    sent, n = [], start
+    for k, (skip, _) in enumerate(steps):
+        if k:
+            n += 1 + skip
+        sent.append(n)
+    stream = []
+    for k, (s, (_, roll)) in enumerate(zip(sent, steps, strict=True)):
+        stream.append(s % U16)
+        if k > 80 and roll < 0.1:
+            stream.append(sent[int(roll * 10 * (k - 70))] % U16)  # 70+ frames behind
+    det = GapDetector()
+    net = restarts = 0
+    for lo in range(0, len(stream), cut):
+        found = observe(det, [(3, s) for s in stream[lo : lo + cut]])
+        net += found.total_missing - int(found.recovered_by_device.sum())
+        restarts += found.restarts
+    assert net == sum(skip for skip, _ in steps[1:])
+    assert restarts == 0
