@@ -255,7 +255,12 @@ def status(
             with Live(view(prev, None, url), console=console, auto_refresh=False) as live:
                 while True:
                     time.sleep(interval_s)
-                    cur = read(client)
+                    try:
+                        cur = read(client)
+                    except httpx.HTTPError as exc:  # a restart or a blip: keep watching
+                        note = Text(f"cannot read {url}: {exc}; retrying", style="red")
+                        live.update(Group(view(prev, None, url), note), refresh=True)
+                        continue
                     live.update(view(cur, prev, url), refresh=True)
                     prev = cur
         except KeyboardInterrupt:
