@@ -199,3 +199,4 @@ def test_watch_keeps_watching_through_a_failed_read(recorder: int) -> None:
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert sum(p == "/metrics" for p, _ in _Recorder.seen) >= 6  # read on after the 500s
+    assert "uncommitted frames" in stdout
