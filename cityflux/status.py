@@ -73,8 +73,29 @@ def read(client: httpx.Client) -> Reading:
         if answer.status_code == 200:
             setattr(reading, attr, answer.json())
         else:
-            reading.problems.append(f"{path}: HTTP {answer.status_code}")
+            reading.problems.append(_problem(path, answer.status_code, client))
     return reading
+
+
+def _problem(path: str, code: int, client: httpx.Client) -> str:
+    """Why an /api/v1 summary is missing, and what to do about it."""
+    why = f"{path}: HTTP {code}"
+    if code == 401:
+        had = "Authorization" in client.headers
+        return why + (
+            ": the token was refused (revoked or mistyped?)"
+            if had
+            else ": the operator API needs a token of scope read — pass --token "
+            "(or CITYFLUX_TOKEN); make one with `cityflux tokens create --name NAME "
+            "--scope read`"
+        )
+    if code == 403:
+        return why + ": the token lacks scope read"
+    if code == 404 and path.startswith("/api/v1/alerts"):
+        return why + ": the alerts engine is off (alerts.rules_file is not set)"
+    if code == 503:
+        return why + ": the service has no database connection for its API just now"
+    return why
 
 
 def _rate(
@@ -234,7 +255,12 @@ def status(
             with Live(view(prev, None, url), console=console, auto_refresh=False) as live:
                 while True:
                     time.sleep(interval_s)
-                    cur = read(client)
+                    try:
+                        cur = read(client)
+                    except httpx.HTTPError as exc:  # a restart or a blip: keep watching
+                        note = Text(f"cannot read {url}: {exc}; retrying", style="red")
+                        live.update(Group(view(prev, None, url), note), refresh=True)
+                        continue
                     live.update(view(cur, prev, url), refresh=True)
                     prev = cur
         except KeyboardInterrupt:

@@ -11,12 +11,15 @@ device, in arrival order (docs/design/0011-frame-loss.md):
 - one within the window that had not arrived: a **late** frame that fills a gap — it is
   **recovered**: the device's missing count goes down by one (never below what was counted);
 - a jump backwards of more than the window from the frame before it, or forwards by more
-  than ``max_gap`` (4096): the counter **restarted** (a reboot, or a clock set anew): the
+  than ``max_gap`` (4096), *followed by a frame 1..window after it* (RFC 3550 A.1's
+  probation; a jump that is a device's last frame of a batch waits for its next batch): the
+  counter **restarted** (a reboot, or a clock set anew): the
   device starts afresh from that number, nothing is counted missing for the jump (frames
   lost just before or just after a reboot cannot be told from the restart itself, and a
   u16 counter restarting at 0 from 40,000 is a jump of +25,536, not that many losses);
-- one further back than the window without such a jump: too late to tell a duplicate from a
-  recovered frame — ignored (it stays counted missing).
+- one further back than the window without such a jump, or a jump nothing confirms (a lone
+  stale frame: a broker's resend, a frame held back for long): too late to tell a duplicate
+  from a recovered frame — ignored (it stays counted missing).
 
 A counter's difference to the frame before it is taken modulo its size into
 [-size/2, size/2). Slot streams
@@ -84,6 +87,8 @@ class GapDetector:
         self._high = np.zeros(1024, dtype=np.int64)
         self._seen = np.zeros(1024, dtype=np.uint64)
         self._dirty: set[int] = set()
+        self._cand: dict[int, int] = {}
+        """A device's jump waiting for its next frame to confirm it (see ``_probation``)."""
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -144,6 +149,57 @@ class GapDetector:
             )
         return out
 
+    def _probation(self, k: I64, x: I64, modulus: int) -> tuple[I64, I64]:
+        """Frames (sorted by key, arrival order kept) without the jumps nothing confirms.
+
+        A jump (back past the window, or forward past ``max_gap``) is taken as a restart only
+        when the device's next frame follows it by 1..window, as RFC 3550 A.1 waits for a
+        second packet in sequence: a lone stray frame (a stale copy the broker sent again, a
+        frame held back for long) is dropped instead of restarting the counter and counting
+        everything between it and the highest missing. A jump that is a device's last frame
+        of the batch waits for its next batch (``_cand``), where it goes first."""
+        w = self.window
+        if self._cand:
+            extra = [
+                (key, self._cand.pop(key)) for key in np.unique(k).tolist() if key in self._cand
+            ]
+            if extra:
+                k = np.concatenate([np.array([a for a, _ in extra], dtype=np.int64), k])
+                x = np.concatenate([np.array([b for _, b in extra], dtype=np.int64), x])
+                again = np.argsort(k, kind="stable")  # the waiting jump first per device
+                k, x = k[again], x[again]
+        keep = np.ones(k.shape[0], dtype=np.bool_)
+        while True:
+            idx = np.flatnonzero(keep)
+            kk, xx = k[idx], x[idx]
+            if not kk.shape[0]:
+                break
+            first = np.concatenate([[True], kk[1:] != kk[:-1]])
+            prev = np.empty(kk.shape[0], dtype=np.int64)
+            prev[1:] = xx[:-1]
+            slots = [self._slot.get(int(key)) for key in kk[first].tolist()]
+            known = np.array([s is not None for s in slots], dtype=np.bool_)
+            high = np.array([0 if s is None else int(self._high[s]) for s in slots], np.int64)
+            base = high % modulus if modulus else high
+            prev[first] = np.where(known, base, xx[first])
+            d = xx - prev
+            if modulus:
+                d = (d + modulus // 2) % modulus - modulus // 2
+            jump = (d < -w) | (d > self.max_gap)
+            same_next = np.zeros(kk.shape[0], dtype=np.bool_)
+            same_next[:-1] = ~first[1:]
+            dn = np.zeros(kk.shape[0], dtype=np.int64)
+            dn[:-1] = d[1:]
+            bad = jump & ~(same_next & (dn >= 1) & (dn <= w))
+            if not bad.any():
+                break
+            for key, num in zip(
+                kk[bad & ~same_next].tolist(), xx[bad & ~same_next].tolist(), strict=True
+            ):
+                self._cand.setdefault(key, num)
+            keep[idx[bad]] = False
+        return k[keep], x[keep]
+
     def observe(self, stream: str, modulus: int, device_ids: I32, numbers: I64) -> Gaps:
         """Take one batch's frames of one stream (arrival order; ``device_ids`` internal,
         every one ≥ 0) and return the gaps they reveal."""
@@ -158,6 +214,10 @@ class GapDetector:
         k, x = keys[order], numbers[order].astype(np.int64)
         if modulus:
             x = x % modulus
+        k, x = self._probation(k, x, modulus)
+        n = int(k.shape[0])
+        if n == 0:
+            return out
         at_start = np.concatenate([[True], k[1:] != k[:-1]])
         starts = np.flatnonzero(at_start)
         group = np.cumsum(at_start) - 1

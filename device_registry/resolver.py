@@ -35,11 +35,11 @@ _HORIZON = """
 SELECT LEAST(clock_timestamp(), (
            SELECT min(xact_start) FROM pg_stat_activity
            WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
-             AND state NOT IN ('idle')
+             AND state NOT IN ('idle') AND datname = current_database()
        )),
        EXISTS (SELECT 1 FROM pg_stat_activity
                WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
-                 AND state IS NULL)
+                 AND state IS NULL AND datname = current_database())
 """
 PARSE_CHUNK = 8 << 20  # bytes of COPY text parsed at a time (bounds the parse's temporaries)
 

@@ -163,6 +163,13 @@ class Service:
             resolver, self.metrics, GapDetector(max_gap=s.registry.frame_loss_max_gap)
         )
         await self.frame_loss.load(await writers[0].connection())
+        if s.mqtt.shared_group:
+            log.warning(
+                "frame loss: with mqtt.shared_group the broker splits each device's frames "
+                "between the workers, and each worker's detector counts the frames the others "
+                "received as missing; do not trust frame loss figures or frame_loss alerts "
+                "(docs/design/0011-frame-loss.md)"
+            )
         if s.alerts.rules_file is not None:
             from alerts.stage import AlertStage
 

@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from ingest.settings import Settings
@@ -190,3 +191,24 @@ async def test_frame_loss_alert_opens_for_the_device_losing_frames(
         "WHERE rule = 'frames-lost'",
     )
     assert got == [(str(lossy), "raised", 0.4, "4")]
+
+
+async def test_a_shared_subscription_warns_that_frame_loss_is_per_worker(
+    pg_url: str, broker: Any, topic_prefix: str, caplog: Any
+) -> None:
+    """With mqtt.shared_group each worker sees part of every device's numbers: the service
+    says at start that its frame-loss figures cannot be trusted (docs/design/0011)."""
+    if not broker.v5:
+        pytest.skip("shared subscriptions need MQTT 5; this broker is the amqtt fallback")
+    settings = settings_for(
+        pg_url, broker, topic_prefix, mqtt={"shared_group": "ingest", "protocol": "5"}
+    )
+    with caplog.at_level("WARNING", logger="ingest.service"):
+        async with running(settings):
+            pass
+    assert any("mqtt.shared_group" in r.getMessage() for r in caplog.records), caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ingest.service"):
+        async with running(settings_for(pg_url, broker, topic_prefix)):
+            pass
+    assert not any("mqtt.shared_group" in r.getMessage() for r in caplog.records)

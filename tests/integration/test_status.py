@@ -124,8 +124,16 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
     seen: ClassVar[list[tuple[str, str | None]]] = []
 
+    fail_metrics: ClassVar[range] = range(0)  # /metrics reads answered 500 (by number)
+
     def do_GET(self) -> None:
         self.seen.append((self.path, self.headers.get("Authorization")))
+        if self.path == "/metrics" and sum(p == "/metrics" for p, _ in self.seen) - 1 in (
+            self.fail_metrics
+        ):
+            self.send_response(500)
+            self.end_headers()
+            return
         body = {
             "/metrics": b"cityflux_queue_depth_frames 0\n",
             "/readyz": b'{"status": "ready", "checks": {"mqtt": true}}',
@@ -141,6 +149,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def recorder() -> Iterator[int]:
     _Recorder.seen = []
+    _Recorder.fail_metrics = range(0)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1]
@@ -171,4 +180,23 @@ def test_watch_refreshes_until_ctrl_c(recorder: int) -> None:
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert sum(p == "/metrics" for p, _ in _Recorder.seen) >= 4
+    assert "uncommitted frames" in stdout
+
+
+def test_watch_keeps_watching_through_a_failed_read(recorder: int) -> None:
+    """The service restarting under an operator's --watch: a failed read is shown and the
+    next one tried (it used to end the watch with exit 1)."""
+    _Recorder.fail_metrics = range(2, 4)
+    proc = subprocess.Popen(
+        [*CLI, "--url", f"http://127.0.0.1:{recorder}", "--watch", "--interval", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin", "TERM": "dumb"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while sum(p == "/metrics" for p, _ in _Recorder.seen) < 6 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert sum(p == "/metrics" for p, _ in _Recorder.seen) >= 6  # read on after the 500s
     assert "uncommitted frames" in stdout
