@@ -110,8 +110,8 @@ def registry_router(guard: Guard) -> APIRouter:
         return row
 
     @router.patch("/devices/{device}", summary="Enable or disable a device (audited)")
-    def patch_device(
-        db: Conn, device: str, change: StatusChange, who: Principal = operator
+    def patch_device(  # the token first: nothing touches the database before it is checked
+        who: Principal = operator, *, db: Conn, device: str, change: StatusChange
     ) -> dict[str, Any]:
         row = store.set_status(db, device, change.status.value, who)
         if row is None:

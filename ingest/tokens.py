@@ -94,6 +94,12 @@ def list_tokens(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         return [_plain(r) for r in cur.fetchall()]
 
 
+def well_formed(token: str) -> bool:
+    """Whether ``token`` has a token's shape (``cfx_<prefix>_<secret>``); anything else is
+    refused without a database look-up."""
+    return _TOKEN.match(token) is not None
+
+
 def authenticate(conn: psycopg.Connection[Any], token: str) -> Principal | None:
     """The principal a presented token stands for; None for an unknown, malformed or revoked
     token (the same answer for each, and the hash compared in constant time)."""
