@@ -6,9 +6,10 @@ Mosquitto and HTTP."""
 from __future__ import annotations
 
 import asyncio
-import getpass
 import hashlib
 import json
+import os
+import pwd
 import subprocess
 import sys
 import urllib.error
@@ -81,10 +82,14 @@ def _request(
         return exc.code, dict(exc.headers), json.loads(exc.read())
 
 
+# the command line is audited as the account of its uid, whatever $USER and $LOGNAME say
+ME = pwd.getpwuid(os.getuid()).pw_name
+_NOT_ME = {"USER": f"not-{ME}", "LOGNAME": f"not-{ME}"}
+
+
 def _cli(pg_url: str, *args: str) -> Any:
-    return CliRunner().invoke(
-        app, list(args), env={"CITYFLUX_DATABASE__URL": pg_url, "CITYFLUX_LOG_LEVEL": "WARNING"}
-    )
+    env = {"CITYFLUX_DATABASE__URL": pg_url, "CITYFLUX_LOG_LEVEL": "WARNING", **_NOT_ME}
+    return CliRunner().invoke(app, list(args), env=env)
 
 
 def _settings(pg_url: str, broker: Any, prefix: str, tmp_path: Path, **http: Any) -> Any:
@@ -175,9 +180,7 @@ def test_tokens_are_printed_once_stored_hashed_and_revoked_from_the_command_line
     assert token.startswith("cfx_")
     assert len(token) == 4 + 8 + 1 + 43
     stored = query(pg_url, "SELECT name, prefix, hash, scope, created_by FROM api_tokens")
-    assert stored == [
-        ("grafana", token[4:12], hashlib.sha256(token.encode()).digest(), "read", getpass.getuser())
-    ]
+    assert stored == [("grafana", token[4:12], hashlib.sha256(token.encode()).digest(), "read", ME)]
     listed = _cli(pg_url, "tokens", "list", "--json")
     assert token[13:] not in listed.stdout
     assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["grafana"]
@@ -192,9 +195,9 @@ def test_tokens_are_printed_once_stored_hashed_and_revoked_from_the_command_line
     assert query(
         pg_url, "SELECT actor, actor_kind, action, target, before, after FROM audit_log ORDER BY id"
     ) == [
-        (getpass.getuser(), "cli", "token.create", "grafana", None, {"scope": "read"}),
+        (ME, "cli", "token.create", "grafana", None, {"scope": "read"}),
         (
-            getpass.getuser(),
+            ME,
             "cli",
             "token.revoke",
             "grafana",
@@ -245,13 +248,13 @@ async def test_every_state_change_through_the_api_or_the_cli_is_in_the_audit_log
             _request, port, "GET", f"/api/v1/audit?limit=2&before={first['next_before']}", admin
         )
     assert status == 200
-    me = getpass.getuser()
+
     rules = str(tmp_path / "rules.yaml")
     assert [
         (e["actor"], e["actor_kind"], e["action"], e["target"]) for e in reversed(page["entries"])
     ] == [
-        (me, "cli", "profiles.import", str(profiles)),
-        (me, "cli", "devices.import", str(devices)),
+        (ME, "cli", "profiles.import", str(profiles)),
+        (ME, "cli", "devices.import", str(devices)),
         ("tests", "cli", "token.create", "root-ops"),
         ("root-ops", "token", "device.disable", "ST02"),
         ("root-ops", "token", "token.create", "pager"),
