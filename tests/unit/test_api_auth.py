@@ -73,5 +73,10 @@ def test_a_well_formed_token_is_looked_up_before_the_route_opens_its_connection(
 ) -> None:
     http, opened = client
     token = "cfx_AAAAAAAA_" + "A" * 43
-    http.request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
+    resp = http.request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
     assert opened == ["postgresql://guard"]  # the guard's look-up failed: the route never ran
+    # a database that cannot be reached is a problem body too, and says to try again
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert resp.headers["retry-after"] == "5"
+    assert resp.json()["detail"] == "the database is unavailable; try again"
