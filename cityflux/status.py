@@ -73,8 +73,21 @@ def read(client: httpx.Client) -> Reading:
         if answer.status_code == 200:
             setattr(reading, attr, answer.json())
         else:
-            reading.problems.append(f"{path}: HTTP {answer.status_code}")
+            reading.problems.append(f"{path}: {_refusal(answer)}")
     return reading
+
+
+def _refusal(answer: httpx.Response) -> str:
+    """Why an /api/v1 read was refused: the status, the problem body's detail, and for a 401
+    what to give."""
+    try:
+        detail = answer.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    text = f"HTTP {answer.status_code}" + (f" ({detail})" if detail else "")
+    if answer.status_code == 401:
+        text += "; give a read token: --token or CITYFLUX_TOKEN"
+    return text
 
 
 def _rate(

@@ -172,3 +172,27 @@ def test_watch_refreshes_until_ctrl_c(recorder: int) -> None:
     assert proc.returncode == 0, stderr
     assert sum(p == "/metrics" for p, _ in _Recorder.seen) >= 4
     assert "uncommitted frames" in stdout
+
+
+def test_status_without_a_token_says_which_to_give() -> None:
+    """The operator API refuses a missing token (401): the note says how to give one, and
+    quotes the service's reason."""
+    import httpx
+
+    from cityflux.status import read
+
+    problem = {"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": "no"}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/metrics":
+            return httpx.Response(200, text="")
+        if request.url.path == "/readyz":
+            return httpx.Response(200, json={"checks": {}})
+        return httpx.Response(401, json=problem)
+
+    with httpx.Client(base_url="http://cityflux", transport=httpx.MockTransport(answer)) as c:
+        reading = read(c)
+    assert reading.problems == [
+        "/api/v1/status: HTTP 401 (no); give a read token: --token or CITYFLUX_TOKEN",
+        "/api/v1/alerts/summary: HTTP 401 (no); give a read token: --token or CITYFLUX_TOKEN",
+    ]
