@@ -339,3 +339,44 @@ async def test_schemathesis_finds_no_server_error_and_no_route_that_ignores_its_
         )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "/api/v1/alerts/{alert_id}/ack" in run.stdout or "passed" in run.stdout.lower()
+
+
+def test_two_creates_of_one_token_name_at_once_give_one_token_and_a_clean_refusal(
+    pg_url: str,
+) -> None:
+    """The second of two concurrent creates is a TokenError (409 / exit 1), not a
+    UniqueViolation (a 500): the first holds the name, uncommitted, while the second runs."""
+    import threading
+
+    import psycopg
+
+    from core.access import ActorKind, Principal, Scope
+    from ingest import tokens
+
+    assert _cli(pg_url, "db", "migrate").exit_code == 0
+    who = Principal("tests", ActorKind.CLI)
+    got: list[BaseException | str] = []
+
+    def second() -> None:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            try:
+                got.append(tokens.create(conn, "race", Scope.READ, who)[0])
+            except BaseException as exc:  # what it raised is the test
+                got.append(exc)
+
+    with psycopg.connect(pg_url) as first:  # holds the name in a transaction not committed
+        first.execute(
+            "INSERT INTO api_tokens (name, prefix, hash, scope, created_by) "
+            "VALUES ('race', 'AAAAAAAA', %s, 'admin', 'tests')",
+            (bytes(32),),
+        )
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(1.0)
+        assert thread.is_alive()  # waiting on the name's index entry
+        first.commit()
+    thread.join(10)
+    assert len(got) == 1
+    assert isinstance(got[0], tokens.TokenError), repr(got[0])
+    assert "a token named 'race' exists" in str(got[0])
+    assert query(pg_url, "SELECT name, scope FROM api_tokens") == [("race", "admin")]
