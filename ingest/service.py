@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import psycopg
 import uvicorn
 
@@ -25,6 +27,7 @@ from ingest.coap import CoapListener
 from ingest.coap_dtls import PskStore, check_dtls_available
 from ingest.coap_oscore import DeviceKeyStore
 from ingest.http import AlertsApi, create_app
+from ingest.lwm2m import Lwm2mMode, Lwm2mServer
 from ingest.mqtt import MqttListener
 from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pipeline
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DB_CHECK_S = 2.0  # how often readiness asks the database
+RETIRE_IDLE_S = 2.0  # a retiring worker's session is empty after this long without a frame
 
 
 class _HttpServer(uvicorn.Server):
@@ -61,10 +65,13 @@ class Service:
     pipeline: Pipeline | None = None
     mqtt: MqttListener | Mqtt5Listener | None = None
     coap: CoapListener | None = None
+    lwm2m: Lwm2mServer | None = None
     coaps: CoapListener | None = None  # coap.dtls = "psk": the DTLS listener
     alerts: AlertStage | None = None
     frame_loss: FrameLoss | None = None
     http_port: int | None = None
+    worker: int = 0  # index among settings.workers processes (ingest/workers.py)
+    retire: bool = False  # take what this worker's MQTT session holds, delete it, stop
     started: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _draining: bool = False
@@ -173,12 +180,15 @@ class Service:
             flush_interval_ms=s.pipeline.flush_interval_ms,
             max_inflight_frames=s.pipeline.max_inflight_frames,
             alerts=self.alerts,
-            flush_by_transport={"coap": s.coap.flush_interval_ms},
+            flush_by_transport={
+                "coap": s.coap.flush_interval_ms,
+                "lwm2m": s.coap.flush_interval_ms,
+            },
             max_frame_bytes=s.pipeline.max_frame_bytes,
             frame_loss=self.frame_loss,
         )
         if s.mqtt.protocol is MqttProtocol.V5:
-            self.mqtt = Mqtt5Listener(s.mqtt, self.pipeline, self.metrics)
+            self.mqtt = Mqtt5Listener(s.mqtt, self.pipeline, self.metrics, retire=self.retire)
         else:  # MQTT 3.1.1 brokers (the embedded amqtt fallback): paho
             self.mqtt = MqttListener(s.mqtt, self.pipeline, self.metrics)
         profiles = resolver.profiles
@@ -193,8 +203,32 @@ class Service:
                 lookups_per_s=s.coap.oscore_lookups_per_s,
             )
             resolver.on_change.append(keys.forget)
+            if s.lwm2m.mode is Lwm2mMode.SERVER:
+
+                def resolve(endpoint: str) -> int:
+                    ids = resolver.index.resolve(np.array([endpoint.encode()], dtype=np.bytes_))
+                    return int(ids[0])
+
+                self.lwm2m = Lwm2mServer(
+                    s.lwm2m,
+                    self.pipeline,
+                    self.metrics,
+                    self.decoders,
+                    conninfo,
+                    resolve,
+                    secured=s.coap.mode is CoapMode.OSCORE,
+                )
+                if self.alerts is not None:  # a lifetime is an offline limit
+                    self.lwm2m.on_registration.append(self.alerts.engine.attributes.forget_changed)
             self.coap = CoapListener(
-                s.coap, self.pipeline, self.metrics, self.decoders, keys, kind_decoders
+                s.coap,
+                self.pipeline,
+                self.metrics,
+                self.decoders,
+                keys,
+                kind_decoders,
+                reuse_port=s.workers > 1,
+                lwm2m=self.lwm2m,
             )
         if s.coap.dtls is not DtlsMode.OFF:
             check_dtls_available()  # refuse to start without python-mbedtls, saying so
@@ -211,6 +245,7 @@ class Service:
                 self.decoders,
                 kind_decoders=kind_decoders,
                 psks=psks,
+                reuse_port=s.workers > 1,
             )
         server = _HttpServer(
             uvicorn.Config(
@@ -220,6 +255,7 @@ class Service:
                     conninfo,
                     self._rules_api(),
                     s.http.metrics_access,
+                    api=self.worker == 0,  # the operator API on worker 0; metrics on each
                 ),
                 host=s.http.host,
                 port=s.http.port,
@@ -239,6 +275,9 @@ class Service:
             if self.coaps is not None:
                 coaps_task = tg.create_task(self.coaps.run(), name="ingest.coaps")
                 await self.coaps.bound.wait()
+            lwm2m_stop = asyncio.Event()
+            if self.lwm2m is not None:
+                tg.create_task(self.lwm2m.run(lwm2m_stop), name="ingest.lwm2m")
             registry_stop = asyncio.Event()
             registry_task = tg.create_task(
                 run_upkeep(
@@ -265,13 +304,19 @@ class Service:
                 await asyncio.sleep(0.01)
             self.http_port = server.servers[0].sockets[0].getsockname()[1]
             log.info(
-                "cityflux serving: /metrics on http://%s:%d, backend %s",
+                "cityflux serving: /metrics on http://%s:%d, backend %s%s",
                 s.http.host,
                 self.http_port,
                 self.backend,
+                f", worker {self.worker} of {s.workers}" if s.workers > 1 else "",
             )
             self.started.set()
+            retiring = None
+            if self.retire and isinstance(self.mqtt, Mqtt5Listener):
+                retiring = tg.create_task(self._retire_when_empty(self.mqtt), name="ingest.retire")
             await self._stop.wait()
+            if retiring is not None:
+                retiring.cancel()
             log.info("stopping: draining %d uncommitted frames", self.pipeline.inflight)
             self._draining = True
             self.mqtt.stop_reading()
@@ -283,6 +328,7 @@ class Service:
             await pipe_task
             await self.mqtt.stop()
             await mqtt_task
+            lwm2m_stop.set()
             if self.coap is not None and coap_task is not None:
                 await self.coap.stop()
                 await coap_task
@@ -303,6 +349,20 @@ class Service:
             self.pipeline.stats.stored_frames,
             self.pipeline.stats.rejected,
         )
+
+    async def _retire_when_empty(self, mqtt: Mqtt5Listener) -> None:
+        """A retiring worker: once unsubscribed, stop when no frame has come for
+        ``RETIRE_IDLE_S`` and every frame is committed and acknowledged; the session is then
+        deleted on the broker (nothing is left in it)."""
+        await mqtt.unsubscribed.wait()
+        assert self.pipeline is not None
+        pipe, seen = self.pipeline, -1
+        while pipe.stats.received != seen or pipe.inflight:
+            seen = pipe.stats.received
+            await asyncio.sleep(RETIRE_IDLE_S)
+        log.info("retired: %d frames taken from the session; deleting it", seen)
+        mqtt.end_session = True
+        self.stop()
 
     async def _watch_database(self, conninfo: str, stop: asyncio.Event) -> None:
         """Keep ``readiness()['database']`` true only while the database answers (idle
@@ -333,11 +393,31 @@ async def _connect(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]
     return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
 
 
-async def serve(settings: Settings) -> None:
-    """Run the service until SIGTERM or SIGINT, then drain and exit."""
-    service = Service(settings)
+async def serve(
+    settings: Settings, worker: int = 0, supervisor: int | None = None, retire: bool = False
+) -> None:
+    """Run the service until SIGTERM or SIGINT, then drain and exit; a worker (index
+    ``worker``) also drains when its ``supervisor`` process is gone; a retiring one stops
+    when its session is empty."""
+    service = Service(settings, worker=worker, retire=retire)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
     loop.add_signal_handler(signal.SIGHUP, service.reload_rules)
-    await service.run()
+    if supervisor is None:
+        await service.run()
+        return
+    watch = asyncio.create_task(_watch_supervisor(service, supervisor), name="ingest.supervisor")
+    try:
+        await service.run()
+    finally:
+        watch.cancel()
+
+
+async def _watch_supervisor(service: Service, supervisor: int) -> None:
+    """Drain when the supervisor has died: a new one's workers take over the same sessions,
+    and two processes on one client id would throw each other off the broker."""
+    while os.getppid() == supervisor:  # noqa: ASYNC110 - no event says a parent died
+        await asyncio.sleep(1.0)
+    log.error("supervisor (pid %d) gone; draining and stopping", supervisor)
+    service.stop()

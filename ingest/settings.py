@@ -15,15 +15,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.config import AlertsConfig
 from core.config import Section
 from core.logformat import LogFormat
-from core.mqtt import MqttConfig
+from core.mqtt import MqttConfig, MqttProtocol
 from device_registry.config import RegistryConfig
 from device_registry.resolver import UnknownDevicePolicy
+from ingest.lwm2m import Lwm2mConfig, Lwm2mMode
 from storage.config import DatabaseConfig
 
 ENV_PREFIX = "CITYFLUX_"
@@ -178,6 +179,7 @@ class Settings(BaseSettings):
 
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     coap: CoapConfig = Field(default_factory=CoapConfig)
+    lwm2m: Lwm2mConfig = Field(default_factory=Lwm2mConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
@@ -188,6 +190,48 @@ class Settings(BaseSettings):
         LogFormat.TEXT,
         description="text (for people) or json (one object per line, for Loki or Elastic)",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="worker processes in one MQTT 5 shared subscription (docs/design/0006)",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _scale_out(cls, workers: int, info: ValidationInfo) -> int:
+        """What several workers cannot do (docs/design/0006-scale-out.md), refused at start
+        (``workers`` is declared last, so the sections are validated already)."""
+        mqtt, alerts = info.data.get("mqtt"), info.data.get("alerts")
+        if workers == 1:
+            return workers
+        if isinstance(mqtt, MqttConfig) and mqtt.protocol is not MqttProtocol.V5:
+            raise ValueError(
+                f"{workers} workers need mqtt.protocol = 5: they split the stream through "
+                "an MQTT 5 shared subscription"
+            )
+        if isinstance(alerts, AlertsConfig) and alerts.rules_file is not None:
+            raise ValueError(
+                f"{workers} workers cannot run alerts.rules_file: the rules engine keeps each "
+                "device's state in one process and a shared subscription spreads a device's "
+                "frames over every worker; run the rules with workers = 1 "
+                "(docs/design/0006-scale-out.md)"
+            )
+        lwm2m = info.data.get("lwm2m")
+        if isinstance(lwm2m, Lwm2mConfig) and lwm2m.mode is Lwm2mMode.SERVER:
+            raise ValueError(
+                f"{workers} workers cannot run lwm2m.mode = server: registrations live in one "
+                "process, and SO_REUSEPORT may hand a device's next datagram (an Update from a "
+                "new port, the answer to a Write) to another worker; run LwM2M with workers = 1 "
+                "(docs/design/0012-lwm2m-server.md)"
+            )
+        return workers
+
+    @model_validator(mode="after")
+    def _lwm2m_needs_coap(self) -> Settings:
+        if self.lwm2m.mode is Lwm2mMode.SERVER and self.coap.mode is CoapMode.OFF:
+            raise ValueError("lwm2m.mode = server needs coap.mode = open or oscore")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -246,5 +290,5 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             else:
                 source = "defaults"
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{field}: {msg} (from {source})")
+            problems.append(f"{field + ': ' if field else ''}{msg} (from {source})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
