@@ -133,8 +133,8 @@ def registry_router(guard: Guard) -> APIRouter:
         status_code=201,
         summary="Queue an LwM2M Write or Execute (sent on the device's next Register/Update)",
     )
-    def queue_command(
-        db: Conn, device: str, command: NewCommand, who: Principal = operator
+    def queue_command(  # the token first: nothing touches the database before it is checked
+        who: Principal = operator, *, db: Conn, device: str, command: NewCommand
     ) -> dict[str, Any]:
         try:
             row = lwm2m.queue_command(
