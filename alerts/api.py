@@ -110,11 +110,12 @@ def alerts_router(
         return row
 
     @router.post("/alerts/{alert_id}/ack", summary="Acknowledge a raised alert as the token's name")
-    def acknowledge(
+    def acknowledge(  # the token first: nothing touches the database before it is checked
+        who: Principal = operator,
+        *,
         db: Conn,
         alert_id: AlertId,
         ack: Acknowledgement | None = None,
-        who: Principal = operator,
     ) -> dict[str, Any]:
         try:
             row = store.acknowledge(db, alert_id, who, ack.note if ack else None)

@@ -3,9 +3,9 @@ connection, tables and reports on the terminal."""
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
+import pwd
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -95,8 +95,10 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
 
 def cli_principal() -> Principal:
     """Who a state change made from the command line is audited as: the OS user."""
+    # the account of the process's uid, not getpass.getuser(): that reads $LOGNAME and $USER
+    # first, so `USER=alice cityflux ...` would be audited as alice
     try:
-        name = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # no passwd entry (a container's arbitrary uid)
         name = f"uid:{os.getuid()}"
     return Principal(name, ActorKind.CLI)

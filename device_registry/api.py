@@ -120,8 +120,8 @@ def registry_router(guard: Guard) -> APIRouter:
         return row
 
     @router.patch("/devices/{device}", summary="Enable or disable a device (audited)")
-    def patch_device(
-        db: Conn, device: str, change: StatusChange, who: Principal = operator
+    def patch_device(  # the token first: nothing touches the database before it is checked
+        who: Principal = operator, *, db: Conn, device: str, change: StatusChange
     ) -> dict[str, Any]:
         row = store.set_status(db, device, change.status.value, who)
         if row is None:
@@ -133,8 +133,8 @@ def registry_router(guard: Guard) -> APIRouter:
         status_code=201,
         summary="Queue an LwM2M Write or Execute (sent on the device's next Register/Update)",
     )
-    def queue_command(
-        db: Conn, device: str, command: NewCommand, who: Principal = operator
+    def queue_command(  # the token first: nothing touches the database before it is checked
+        who: Principal = operator, *, db: Conn, device: str, command: NewCommand
     ) -> dict[str, Any]:
         try:
             row = lwm2m.queue_command(

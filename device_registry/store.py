@@ -148,15 +148,18 @@ def set_status(
 ) -> dict[str, Any] | None:
     """Enable or disable a device, audited as ``who``; the running services pick it up from
     the change feed."""
+    by_id = ref.startswith("#") and ref[1:].isdigit()  # as get_device reads a reference
+    where = "id = %s" if by_id else "external_id = %s"
+    key: object = int(ref[1:]) if by_id else ref
     with conn.transaction():
         cur = conn.execute(
-            "SELECT status FROM devices WHERE external_id = %s FOR UPDATE", [ref]
+            f"SELECT id, external_id, status FROM devices WHERE {where} FOR UPDATE", [key]
         ).fetchone()
         if cur is None:
             return None
-        conn.execute("UPDATE devices SET status = %s WHERE external_id = %s", [status, ref])
+        conn.execute("UPDATE devices SET status = %s WHERE id = %s", [status, cur[0]])
         action = "device.enable" if status == "active" else "device.disable"
-        audit.record(conn, who, action, ref, {"status": cur[0]}, {"status": status})
+        audit.record(conn, who, action, str(cur[1]), {"status": cur[2]}, {"status": status})
     return get_device(conn, ref)
 
 

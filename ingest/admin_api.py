@@ -39,11 +39,11 @@ def admin_router(guard: Guard) -> APIRouter:
     admin = Depends(guard(Scope.ADMIN))
 
     @router.get("/tokens", summary="API tokens (never their secrets)")
-    def list_tokens(db: Conn, _who: Principal = admin) -> list[dict[str, Any]]:
+    def list_tokens(_who: Principal = admin, *, db: Conn) -> list[dict[str, Any]]:
         return tokens.list_tokens(db)
 
     @router.post("/tokens", status_code=201, summary="Create a token; it is shown only here")
-    def create_token(db: Conn, new: NewToken, who: Principal = admin) -> dict[str, Any]:
+    def create_token(who: Principal = admin, *, db: Conn, new: NewToken) -> dict[str, Any]:
         try:
             secret, row = tokens.create(db, new.name, new.scope, who)
         except tokens.TokenError as exc:
@@ -51,7 +51,7 @@ def admin_router(guard: Guard) -> APIRouter:
         return {**row, "token": secret}
 
     @router.delete("/tokens/{name}", summary="Revoke a token (effective at once)")
-    def revoke_token(db: Conn, name: str, who: Principal = admin) -> dict[str, Any]:
+    def revoke_token(who: Principal = admin, *, db: Conn, name: str) -> dict[str, Any]:
         try:
             return tokens.revoke(db, name, who)
         except tokens.TokenError as exc:
@@ -59,12 +59,13 @@ def admin_router(guard: Guard) -> APIRouter:
 
     @router.get("/audit", summary="State changes, newest first (keyset pages by id)")
     def audit_log(
+        _who: Principal = admin,
+        *,
         db: Conn,
         action: Text = None,
         actor: Text = None,
         before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-        _who: Principal = admin,
     ) -> dict[str, Any]:
         rows = audit.list_entries(db, action=action, actor=actor, before_id=before, limit=limit)
         return {"entries": rows, "next_before": rows[-1]["id"] if len(rows) == limit else None}

@@ -44,8 +44,10 @@ class TokenGuard:
                     "this route needs a bearer token (Authorization: Bearer <token>)",
                     headers={"WWW-Authenticate": _REALM},
                 )
-            with psycopg.connect(self._conninfo, autocommit=True) as conn:
-                who = tokens.authenticate(conn, credentials.credentials)
+            who = None
+            if tokens.well_formed(credentials.credentials):  # garbage costs no connection
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    who = tokens.authenticate(conn, credentials.credentials)
             if who is None or who.scope is None:
                 raise HTTPException(
                     401,

@@ -26,10 +26,11 @@ identities are remembered in a bounded LRU and registry look-ups are rate-limite
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -107,6 +108,8 @@ class PskStore:
         self._keys: OrderedDict[str, DevicePsk] = OrderedDict()
         self._unknown: OrderedDict[str, float] = OrderedDict()
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self.on_forget: list[Callable[[set[int] | None], None]] = []
+        """Called with the devices whose keys were dropped (None: all): their sessions end."""
 
     def cached(self, identity: str) -> DevicePsk | None:
         """The PSK of ``identity`` if it is in memory."""
@@ -159,14 +162,17 @@ class PskStore:
         return psk
 
     def forget(self, device_ids: npt.NDArray[np.int64] | None) -> None:
-        """The registry changed these devices (None: any may have): drop their keys."""
+        """The registry changed these devices (None: any may have): drop their keys, and
+        end the sessions their old keys opened (``on_forget``)."""
         self._unknown.clear()
-        if device_ids is None:
+        changed = None if device_ids is None else set(device_ids.tolist())
+        if changed is None:
             self._keys.clear()
-            return
-        changed = set(device_ids.tolist())
-        for ident in [i for i, p in self._keys.items() if p.device_id in changed]:
-            del self._keys[ident]
+        else:
+            for ident in [i for i, p in self._keys.items() if p.device_id in changed]:
+                del self._keys[ident]
+        for hook in self.on_forget:
+            hook(changed)
 
     async def close(self) -> None:
         """Close the registry connection."""
@@ -239,6 +245,7 @@ class DtlsEndpoint(asyncio.DatagramProtocol):
         self._sessions: OrderedDict[Remote, _Session] = OrderedDict()  # least recent first
         self._handshaking: OrderedDict[Remote, _Session] = OrderedDict()  # oldest first
         self._per_host: Counter[str] = Counter()
+        store.on_forget.append(self.end_sessions)
 
     # -- what CoapListener sees as its transport --------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -401,6 +408,22 @@ class DtlsEndpoint(asyncio.DatagramProtocol):
             self._drop(remote)
             return
         self._flush(session, remote)
+
+    def end_sessions(self, device_ids: set[int] | None) -> None:
+        """End the sessions of these devices (None: every device's), with a close_notify: a
+        session outlives neither a new key nor a disabled device (its device handshakes again,
+        with the registry's key of now)."""
+        for remote, session in list(self._sessions.items()):
+            if session.psk is None or (
+                device_ids is not None and session.psk.device_id not in device_ids
+            ):
+                continue
+            if session.established:
+                with contextlib.suppress(self._error):
+                    session.buffer.shutdown()
+                self._flush(session, remote)
+            self._failures.labels("registry_changed").inc()
+            self._drop(remote)
 
     def _established(self, remote: Remote, session: _Session) -> None:
         session.established = True

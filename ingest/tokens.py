@@ -55,15 +55,18 @@ def create(
         )
     token, prefix = mint()
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("SELECT 1 FROM api_tokens WHERE name = %s", (name,))
-        if cur.fetchone() is not None:
-            raise TokenError(f"a token named {name!r} exists (revoked names stay taken)")
+        # one statement, so two creates of one name cannot both pass a check (the loser got
+        # a UniqueViolation: a 500 from the API)
         cur.execute(
             "INSERT INTO api_tokens (name, prefix, hash, scope, created_by) "
-            "VALUES (%s, %s, %s, %s, %s) RETURNING name, prefix, scope, created_at, created_by",
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING "
+            "RETURNING name, prefix, scope, created_at, created_by",
             (name, prefix, _digest(token), scope.value, who.name),
         )
-        row = _plain(cur.fetchone() or {})
+        made = cur.fetchone()
+        if made is None:
+            raise TokenError(f"a token named {name!r} exists (revoked names stay taken)")
+        row = _plain(made)
         audit.record(conn, who, "token.create", name, None, {"scope": scope.value})
     return token, row
 
@@ -92,6 +95,12 @@ def list_tokens(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
             "revoked_by FROM api_tokens ORDER BY id"
         )
         return [_plain(r) for r in cur.fetchall()]
+
+
+def well_formed(token: str) -> bool:
+    """Whether ``token`` has a token's shape (``cfx_<prefix>_<secret>``); anything else is
+    refused without a database look-up."""
+    return _TOKEN.match(token) is not None
 
 
 def authenticate(conn: psycopg.Connection[Any], token: str) -> Principal | None:

@@ -6,9 +6,10 @@ Mosquitto and HTTP."""
 from __future__ import annotations
 
 import asyncio
-import getpass
 import hashlib
 import json
+import os
+import pwd
 import subprocess
 import sys
 import urllib.error
@@ -84,10 +85,14 @@ def _request(
         return exc.code, dict(exc.headers), json.loads(exc.read())
 
 
+# the command line is audited as the account of its uid, whatever $USER and $LOGNAME say
+ME = pwd.getpwuid(os.getuid()).pw_name
+_NOT_ME = {"USER": f"not-{ME}", "LOGNAME": f"not-{ME}"}
+
+
 def _cli(pg_url: str, *args: str) -> Any:
-    return CliRunner().invoke(
-        app, list(args), env={"CITYFLUX_DATABASE__URL": pg_url, "CITYFLUX_LOG_LEVEL": "WARNING"}
-    )
+    env = {"CITYFLUX_DATABASE__URL": pg_url, "CITYFLUX_LOG_LEVEL": "WARNING", **_NOT_ME}
+    return CliRunner().invoke(app, list(args), env=env)
 
 
 def _settings(pg_url: str, broker: Any, prefix: str, tmp_path: Path, **http: Any) -> Any:
@@ -178,9 +183,7 @@ def test_tokens_are_printed_once_stored_hashed_and_revoked_from_the_command_line
     assert token.startswith("cfx_")
     assert len(token) == 4 + 8 + 1 + 43
     stored = query(pg_url, "SELECT name, prefix, hash, scope, created_by FROM api_tokens")
-    assert stored == [
-        ("grafana", token[4:12], hashlib.sha256(token.encode()).digest(), "read", getpass.getuser())
-    ]
+    assert stored == [("grafana", token[4:12], hashlib.sha256(token.encode()).digest(), "read", ME)]
     listed = _cli(pg_url, "tokens", "list", "--json")
     assert token[13:] not in listed.stdout
     assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["grafana"]
@@ -195,9 +198,9 @@ def test_tokens_are_printed_once_stored_hashed_and_revoked_from_the_command_line
     assert query(
         pg_url, "SELECT actor, actor_kind, action, target, before, after FROM audit_log ORDER BY id"
     ) == [
-        (getpass.getuser(), "cli", "token.create", "grafana", None, {"scope": "read"}),
+        (ME, "cli", "token.create", "grafana", None, {"scope": "read"}),
         (
-            getpass.getuser(),
+            ME,
             "cli",
             "token.revoke",
             "grafana",
@@ -248,13 +251,13 @@ async def test_every_state_change_through_the_api_or_the_cli_is_in_the_audit_log
             _request, port, "GET", f"/api/v1/audit?limit=2&before={first['next_before']}", admin
         )
     assert status == 200
-    me = getpass.getuser()
+
     rules = str(tmp_path / "rules.yaml")
     assert [
         (e["actor"], e["actor_kind"], e["action"], e["target"]) for e in reversed(page["entries"])
     ] == [
-        (me, "cli", "profiles.import", str(profiles)),
-        (me, "cli", "devices.import", str(devices)),
+        (ME, "cli", "profiles.import", str(profiles)),
+        (ME, "cli", "devices.import", str(devices)),
         ("tests", "cli", "token.create", "root-ops"),
         ("root-ops", "token", "device.disable", "ST02"),
         ("root-ops", "token", "token.create", "pager"),
@@ -339,3 +342,44 @@ async def test_schemathesis_finds_no_server_error_and_no_route_that_ignores_its_
         )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "/api/v1/alerts/{alert_id}/ack" in run.stdout or "passed" in run.stdout.lower()
+
+
+def test_two_creates_of_one_token_name_at_once_give_one_token_and_a_clean_refusal(
+    pg_url: str,
+) -> None:
+    """The second of two concurrent creates is a TokenError (409 / exit 1), not a
+    UniqueViolation (a 500): the first holds the name, uncommitted, while the second runs."""
+    import threading
+
+    import psycopg
+
+    from core.access import ActorKind, Principal, Scope
+    from ingest import tokens
+
+    assert _cli(pg_url, "db", "migrate").exit_code == 0
+    who = Principal("tests", ActorKind.CLI)
+    got: list[BaseException | str] = []
+
+    def second() -> None:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            try:
+                got.append(tokens.create(conn, "race", Scope.READ, who)[0])
+            except BaseException as exc:  # what it raised is the test
+                got.append(exc)
+
+    with psycopg.connect(pg_url) as first:  # holds the name in a transaction not committed
+        first.execute(
+            "INSERT INTO api_tokens (name, prefix, hash, scope, created_by) "
+            "VALUES ('race', 'AAAAAAAA', %s, 'admin', 'tests')",
+            (bytes(32),),
+        )
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(1.0)
+        assert thread.is_alive()  # waiting on the name's index entry
+        first.commit()
+    thread.join(10)
+    assert len(got) == 1
+    assert isinstance(got[0], tokens.TokenError), repr(got[0])
+    assert "a token named 'race' exists" in str(got[0])
+    assert query(pg_url, "SELECT name, scope FROM api_tokens") == [("race", "admin")]

@@ -187,3 +187,94 @@ async def test_the_listener_refuses_to_start_without_its_library(
     with pytest.raises(DtlsUnavailableError, match=r'pip install "cityflux\[dtls\]"'):
         async with running(dtls_settings(pg_url, broker, topic_prefix)):
             pass
+
+
+class _Device:
+    """A DTLS-PSK client that keeps its session, as an NB-IoT module does between uplinks."""
+
+    def __init__(self, port: int, identity: str, key: bytes) -> None:
+        from mbedtls import tls
+
+        self._tls = tls
+        ctx = tls.ClientContext(
+            tls.DTLSConfiguration(
+                pre_shared_key=(identity, key),
+                validate_certificates=False,
+                lowest_supported_version=tls.DTLSVersion.DTLSv1_2,
+                highest_supported_version=tls.DTLSVersion.DTLSv1_2,
+            )
+        )
+        self.buf = ctx.wrap_buffers(None)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(5)
+        self.sock.connect(("127.0.0.1", port))
+        while self.buf._handshake_state is not tls.HandshakeStep.HANDSHAKE_OVER:
+            try:
+                self.buf.do_handshake()
+            except tls.WantReadError:
+                self._send()
+                self.buf.receive_from_network(self.sock.recv(4096))
+            except (tls.WantWriteError, tls.HelloVerifyRequest):
+                self._send()
+        self._send()
+
+    def _send(self) -> None:
+        out = self.buf.peek_outgoing(4096)
+        while out:
+            self.sock.send(out)
+            self.buf.consume_outgoing(len(out))
+            out = self.buf.peek_outgoing(4096)
+
+    def post(self, path: str, payload: bytes, mid: int) -> str | None:
+        """POST a confirmable uplink; the answer's code (None: no answer in the session)."""
+        from aiocoap import CON, POST, Message
+        from mbedtls.exceptions import TLSError
+
+        msg = Message(code=POST)
+        msg.mtype, msg.mid, msg.token = CON, mid, mid.to_bytes(2, "big")
+        msg.opt.uri_path = tuple(path.strip("/").split("/"))
+        msg.opt.content_format = 110
+        msg.payload = payload
+        self.buf.write(msg.encode())
+        self._send()
+        try:
+            while True:
+                self.buf.receive_from_network(self.sock.recv(4096))
+                try:
+                    plain = self.buf.read(4096)
+                except self._tls.WantReadError:
+                    continue
+                if not plain:
+                    return None
+                answer = Message.decode(plain)
+                if answer.code.is_response():
+                    return f"{int(answer.code) >> 5}.{int(answer.code) & 31:02d}"
+        except (TimeoutError, TLSError):  # a close_notify, or nothing: no session
+            return None
+
+
+async def test_a_session_ends_when_its_device_gets_a_new_key(
+    pg_url: str, broker, topic_prefix: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A session opened with a key the operator has since replaced (a leaked key) is ended:
+    the holder of the old key cannot go on posting in it."""
+    register(pg_url, tmp_path)
+    async with running(dtls_settings(pg_url, broker, topic_prefix)) as svc:
+        port = coaps_port(svc)
+        device = await asyncio.to_thread(_Device, port, "nb-a@city", KEY_A)
+        first = await asyncio.to_thread(device.post, "/up/env/nb-a", pack("nb-a", 0), 1)
+        assert first == "2.04"
+        new_key = b"nb-a-new-key-789"
+        query(
+            pg_url,
+            "UPDATE devices SET psk_key = %s WHERE external_id = 'nb-a'",
+            new_key,
+        )
+        endpoint = svc.coaps._dtls if svc.coaps else None
+        assert endpoint is not None
+        await wait_until(lambda: endpoint.sessions == 0, what="the old key's session ended")
+        again = await asyncio.to_thread(device.post, "/up/env/nb-a", pack("nb-a", 1), 2)
+        assert again is None
+        ok = await coap_client(port, "nb-a@city", new_key, "/up/env/nb-a", pack("nb-a", 2))
+        assert answer(ok) == "2.04", ok
+        assert counter(svc, svc.metrics.coap_dtls_failures, "registry_changed") == 1

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from typer.testing import CliRunner
 
 from cityflux.cli import app
@@ -390,6 +391,33 @@ def test_devices_list_refuses_offline_and_online_together(pg_url: str) -> None:
     result = _cli(pg_url, "devices", "list", "--offline", "--online")
     assert result.exit_code == 2
     assert "cityflux: --offline and --online exclude each other" in result.output
+
+
+def test_a_device_is_enabled_or_disabled_by_its_internal_id_as_get_finds_it(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """``PATCH /api/v1/devices/%23<id>`` acts on the device ``GET`` shows for ``%23<id>``
+    (it answered 404: the change looked the reference up as an external id)."""
+    from core.access import ActorKind, Principal
+    from device_registry import store
+
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(PROFILES)
+    assert _cli(pg_url, "profiles", "import", str(profiles)).exit_code == 0
+    devices = tmp_path / "devices.csv"
+    devices.write_text("external_id,profile\nST01,air-station\n")
+    assert _cli(pg_url, "devices", "import", "-q", str(devices)).exit_code == 0
+    (internal,) = query(pg_url, "SELECT id FROM devices WHERE external_id = 'ST01'")[0]
+    ops = Principal("ops", ActorKind.TOKEN)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        row = store.set_status(conn, f"#{internal}", "disabled", ops)
+        assert row is not None
+        assert (row["external_id"], row["status"]) == ("ST01", "disabled")
+        assert store.set_status(conn, f"#{internal + 1000}", "disabled", ops) is None
+    # audited under the external id, whichever reference the operator used
+    assert query(
+        pg_url, "SELECT target, before, after FROM audit_log WHERE action = 'device.disable'"
+    ) == [("ST01", {"status": "active"}, {"status": "disabled"})]
 
 
 def test_updated_at_moves_for_the_fields_the_registry_readme_names(
