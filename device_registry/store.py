@@ -28,6 +28,8 @@ DEVICE_FIELDS = (
     "lon",
     "road",
     "road_km",
+    "lot",
+    "space",
     "install",
     "provisioned",
     "created_at",
@@ -54,6 +56,8 @@ EXPORT_FIELDS = (
     "install",
     "cert_fingerprint",
     "oscore_kid",
+    "lot",
+    "space",
 )
 
 

@@ -26,6 +26,7 @@ from ingest.mqtt import MqttListener
 from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pipeline
 from ingest.settings import CoapMode, Settings
+from parking.occupancy import OccupancyStage
 from storage.ddl import Backend
 from storage.migrate import migrate
 from storage.writer import BatchWriter, RetryPolicy
@@ -159,6 +160,7 @@ class Service:
             flush_interval_ms=s.pipeline.flush_interval_ms,
             max_inflight_frames=s.pipeline.max_inflight_frames,
             alerts=self.alerts,
+            occupancy=OccupancyStage(s.parking),
             flush_by_transport={"coap": s.coap.flush_interval_ms},
             max_frame_bytes=s.pipeline.max_frame_bytes,
         )
@@ -189,6 +191,7 @@ class Service:
                     conninfo,
                     self._rules_api(),
                     s.http.metrics_access,
+                    s.parking.debounce_s,
                 ),
                 host=s.http.host,
                 port=s.http.port,
