@@ -11,8 +11,10 @@ A report of the confirmed state while a change is pending abandons the pending c
 a suppressed flip (a *flap*), counted per ``flap_window_us`` for the flapping-sensor alert. A
 confirmed change dates from its first pending report (when the car really arrived). The first
 report of a space sets its state at once (there is nothing to suppress yet). Reports no newer
-than the latest applied one (a redelivery, a frame out of order) change nothing, so applying a
-batch again is harmless.
+than the latest applied one (a redelivery, a batch committed after a later one) change
+nothing — but for an earlier report of the pending state, which counts for it and moves its
+start back (a change's two reports committed in the other order still confirm it) — so
+applying a batch again is harmless.
 
 Readers apply the time rule to the pending state as well (parking/store.py): a change pending
 for ``hold_us`` with no report against it is taken as the state on reading, without waiting
@@ -54,6 +56,13 @@ def step(state: SpaceState | None, t_us: int, occupied: bool, rule: Debounce) ->
     if state is None:
         return SpaceState(occupied=occupied, changed_at_us=t_us, last_frame_us=t_us)
     if t_us <= state.last_frame_us:
+        # out of order: an earlier report of the pending state (two batches committed in the
+        # other order) still counts for it and moves its start back; anything else is old news
+        since = state.pending_since_us
+        if state.pending is occupied and since is not None and t_us < since:
+            state.pending_since_us = t_us
+            state.pending_frames += 1
+            _confirm_if_held(state, state.last_frame_us, rule)
         return state
     state.last_frame_us = t_us
     if occupied == state.occupied:
@@ -65,12 +74,19 @@ def step(state: SpaceState | None, t_us: int, occupied: bool, rule: Debounce) ->
         state.pending, state.pending_since_us, state.pending_frames = occupied, t_us, 1
     else:
         state.pending_frames += 1
-    held = t_us - state.pending_since_us >= rule.hold_us and state.pending_frames > 1
+    _confirm_if_held(state, t_us, rule)
+    return state
+
+
+def _confirm_if_held(state: SpaceState, latest_us: int, rule: Debounce) -> None:
+    since, pending = state.pending_since_us, state.pending
+    if since is None or pending is None:
+        return
+    held = latest_us - since >= rule.hold_us and state.pending_frames > 1
     if state.pending_frames >= rule.frames or held:
-        state.occupied, state.changed_at_us = occupied, state.pending_since_us
+        state.occupied, state.changed_at_us = pending, since
         state.pending, state.pending_since_us, state.pending_frames = None, None, 0
         state.changes += 1
-    return state
 
 
 def _flap(state: SpaceState, t_us: int, rule: Debounce) -> None:

@@ -15,8 +15,11 @@ from typing import Any
 from typer.testing import CliRunner
 
 from cityflux.cli import app
+from cityflux.demo import SCENARIOS
 from decoders.parking import encode_frame
 from ingest.topics import uplink
+from simulators.scenario import Scenario, load_scenario
+from simulators.session import run_scenario
 from tests.helpers import api_call, issue_token, publish, query, running, settings_for, wait_until
 from tests.integration.test_coap import client, coap_port, post
 
@@ -193,3 +196,44 @@ async def test_space_reports_over_mqtt_and_coap_give_each_lot_its_free_spaces_no
     )
     assert rows[0][:2] == (hour, "P1")
     assert sum(r[4] for r in rows) == 3
+
+
+async def test_the_parking_scenario_leaves_each_lot_as_the_simulator_holds_it(
+    pg_url: str, broker: Any, topic_prefix: str
+) -> None:
+    scenario = load_scenario(SCENARIOS / "parking.yaml")
+    # 300 spaces, ten minutes of device time at 60× (10 s), slots of 5 minutes, the match
+    # two minutes in
+    data = scenario.model_dump()
+    data.update(duration_s=600, speed=60, prefix=topic_prefix)
+    data["groups"][0]["count"] = 300
+    data["groups"][0]["options"].update(match_at_s=120, slot_s=300, flap_rate=0.1)
+    scenario = Scenario.model_validate(data)
+    settings = settings_for(
+        pg_url,
+        broker,
+        topic_prefix,
+        pipeline={"flush_interval_ms": 50, "unknown_devices": "reject"},
+    )
+    async with running(settings) as svc:
+        report = await asyncio.to_thread(
+            run_scenario, scenario, settings, do_register=True, metrics_port=svc.http_port
+        )
+        token = issue_token(pg_url, "parking-read", "read")
+        _, lots = await asyncio.to_thread(
+            api_call, svc.http_port or 0, "/api/v1/parking/lots", token=token
+        )
+    assert report["lost"] == 0, report
+    assert report["stored"] == report["expected_stored"] > 0
+    assert report["rejected_unexpected"] == 0, report["rejected_reasons"]
+    simulated = report["parking_lots"]
+    assert [x["lot"] for x in simulated] == [f"parking-lot{k}" for k in range(1, 7)]
+    assert sum(x["capacity"] for x in simulated) == 300
+    # exactly what the simulator's lots hold, every change debounced, every flap ignored
+    assert [(x["lot"], x["capacity"], x["occupied"]) for x in lots] == [
+        (x["lot"], x["capacity"], x["occupied"]) for x in simulated
+    ]
+    stadium = [x for x in lots if x["lot"] in ("parking-lot5", "parking-lot6")]
+    assert all(x["occupied_pct"] >= 90 for x in stadium), stadium
+    flaps = query(pg_url, "SELECT sum(flaps) FROM parking_spaces")[0][0]
+    assert flaps > 0  # spurious flips were sent, and suppressed

@@ -59,24 +59,37 @@ def test_flaps_are_counted_per_window() -> None:
     assert (s.flaps, s.flaps_in_window, s.flap_window_us) == (10, 1, 4000 * S)
 
 
+def test_a_change_whose_two_reports_arrive_in_the_other_order_is_confirmed() -> None:
+    s = run([(0, False), (15, True), (10, True)])
+    assert (s.occupied, s.changed_at_us, s.changes, s.pending) == (True, 10 * S, 1, None)
+    # but an old report of the confirmed state changes nothing
+    s = run([(0, False), (10, True), (15, True), (12, False)])
+    assert (s.occupied, s.changes, s.flaps) == (True, 1, 0)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(0, 10_000), st.booleans()), max_size=40),
     st.integers(1, 5),
+    st.booleans(),
 )
 def test_the_state_changes_only_after_the_rule_held(
-    reports: list[tuple[int, bool]], frames: int
+    reports: list[tuple[int, bool]], frames: int, in_order: bool
 ) -> None:
     rule = Debounce(frames=frames, hold_us=120 * S, flap_window_us=3600 * S)
+    if in_order:
+        reports = sorted(dict(reports).items())  # one report per time, in time order
     state = None
-    applied: list[tuple[int, bool]] = []
+    seen: list[tuple[int, bool]] = []
     for t, occ in reports:
-        before = None if state is None else (state.occupied, state.changes)
+        before = None if state is None else state.changes
         state = step(state, t * S, occ, rule)
-        if before is None or t * S > (applied[-1][0] if applied else -1):
-            applied.append((t * S, occ))
-        if before is not None and state.changes != before[1]:
-            # a confirmed change: the reports since the change began all agree with it
-            since = [o for u, o in applied if u >= state.changed_at_us]
-            assert all(o == state.occupied for o in since)
-            assert len(since) >= frames or applied[-1][0] - state.changed_at_us >= rule.hold_us
+        seen.append((t * S, occ))
+        if before is not None and state.changes != before:
+            # a confirmed change: enough reports of the new state from its start on, or one
+            # that came after the holding time
+            agree = [u for u, o in seen if o == state.occupied and u >= state.changed_at_us]
+            latest = max(u for u, _ in seen)
+            assert len(agree) >= frames or latest - state.changed_at_us >= rule.hold_us
+            if in_order:  # and, reports in order, nothing against it since it began
+                assert all(o == state.occupied for u, o in seen if u >= state.changed_at_us)
