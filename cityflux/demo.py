@@ -75,7 +75,7 @@ def scenario_path(name: Path | None) -> Path:
     if name is None:
         return DEMO_SCENARIO
     shipped = SCENARIOS / f"{name}.yaml"
-    if not name.exists() and name.parent == Path() and shipped.exists():
+    if not name.is_file() and name.parent == Path() and shipped.exists():
         return shipped
     return name
 
