@@ -188,6 +188,30 @@ PARKING_LOT_OCCUPANCY = TableSpec(
     hourly=HourlyRollup(group_by=("lot",), values=("occupied",)),
 )
 
+# Not stored: what the occupancy stage (parking/) hands the alert rules for each batch, one
+# row per space the batch reported on (declared so that rules can name it and its columns).
+PARKING_SPACE_STATUS = TableSpec(
+    name="parking_space_status",
+    description="Each reported space after the batch: debounced state, flaps, its lot's fill.",
+    columns=(
+        Column("time", T.TIMESTAMPTZ, description="the space's latest report in the batch"),
+        Column("device_id", T.INT4, description="internal device id of the space's sensor"),
+        Column("lot", T.TEXT, description="the space's lot (devices.lot)"),
+        Column("occupied", T.BOOL, description="the space's debounced state"),
+        Column("unchanged_s", T.FLOAT8, description="seconds since the state last changed"),
+        Column("flaps", T.INT4, description="suppressed flips in the current flap window"),
+        Column(
+            "lot_changes",
+            T.INT4,
+            description="other spaces of the lot whose state changed since this one's did",
+        ),
+        Column("lot_occupied", T.INT4, description="the lot's occupied spaces"),
+        Column("lot_capacity", T.INT4, description="the lot's capacity"),
+        Column("occupied_pct", T.FLOAT8, description="the lot's occupied share, %"),
+    ),
+    natural_key=("device_id", "time"),
+)
+
 ALL_TABLES = (
     ENV_READINGS,
     HJ212_READINGS,

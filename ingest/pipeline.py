@@ -152,8 +152,9 @@ class AlertHook(Protocol):
 class OccupancyHook(Protocol):
     """Parking-space occupancy as the pipeline sees it (parking.occupancy.OccupancyStage)."""
 
-    async def within(self, conn: Any, writes: Sequence[TableWrite]) -> int:
-        """Apply the batch's space reports inside its transaction (before the rules)."""
+    async def within(self, conn: Any, writes: Sequence[TableWrite]) -> list[TableWrite]:
+        """Apply the batch's space reports inside its transaction (before the rules); rows
+        the rules read besides the batch's (not stored by the writer)."""
         ...
 
 
@@ -476,9 +477,10 @@ class Pipeline:
             return None
 
         async def then(conn: Any) -> None:
+            derived: list[TableWrite] = []
             if occupancy is not None and writes:
                 try:
-                    await occupancy.within(conn, writes)
+                    derived = await occupancy.within(conn, writes)
                 except psycopg.Error as exc:
                     if is_transient(exc):
                         raise  # the writer reconnects and retries the transaction
@@ -488,7 +490,7 @@ class Pipeline:
             if hook is None:
                 return
             try:
-                await hook.within(conn, writes, note)
+                await hook.within(conn, [*writes, *derived], note)
             except psycopg.Error as exc:
                 if is_transient(exc):
                     raise  # the writer reconnects and retries the transaction

@@ -23,6 +23,7 @@ from simulators.session import run_scenario
 from tests.helpers import api_call, issue_token, publish, query, running, settings_for, wait_until
 from tests.integration.test_coap import client, coap_port, post
 
+EXAMPLE_RULES = Path(__file__).parents[2] / "alerts" / "examples" / "parking.yaml"
 LOTS = "lot,name,capacity,district\nP1,Station square,4,Centre\n"
 DEVICES = (
     "external_id,lot,space\n"
@@ -237,3 +238,56 @@ async def test_the_parking_scenario_leaves_each_lot_as_the_simulator_holds_it(
     assert all(x["occupied_pct"] >= 90 for x in stadium), stadium
     flaps = query(pg_url, "SELECT sum(flaps) FROM parking_spaces")[0][0]
     assert flaps > 0  # spurious flips were sent, and suppressed
+
+
+async def test_a_full_lot_and_a_flapping_sensor_raise_their_alerts_through_the_service(
+    pg_url: str, broker: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    (tmp_path / "lots.csv").write_text("lot,capacity\nP9,2\n")
+    (tmp_path / "devices.csv").write_text(
+        "external_id,lot,space\n861000000000901,P9,1\n861000000000902,P9,2\n861000000000903,P8,1\n"
+    )
+    assert _cli(pg_url, "parking", "import-lots", str(tmp_path / "lots.csv")).exit_code == 0
+    assert _cli(pg_url, "devices", "import", str(tmp_path / "devices.csv")).exit_code == 0
+    settings = settings_for(
+        pg_url,
+        broker,
+        topic_prefix,
+        alerts={"rules_file": str(EXAMPLE_RULES), "mqtt_topic_prefix": ""},
+    )
+    t0 = int(time.time()) - 3600
+    p, a, b, c = topic_prefix, 861000000000901, 861000000000902, 861000000000903
+    rounds = [
+        [_frame(p, a, t0, 1, False), _frame(p, b, t0, 1, False), _frame(p, c, t0, 1, False)],
+        # both spaces of P9 taken (two reports each): full from t0 + 75
+        [_frame(p, a, t0 + 60, 2, True), _frame(p, a, t0 + 65, 3, True),
+         _frame(p, b, t0 + 70, 2, True), _frame(p, b, t0 + 75, 3, True)],
+        # C flips back and forth: six single reports of a car, each taken back
+        [_frame(p, c, t0 + 100 + 10 * i, 2 + i, i % 2 == 0) for i in range(12)],
+        # heartbeats five minutes on: P9 is still full
+        [_frame(p, a, t0 + 400, 4, True), _frame(p, c, t0 + 400, 14, False)],
+    ]  # fmt: skip
+    async with running(settings) as svc:
+        assert svc.pipeline is not None
+        pipe = svc.pipeline
+        sent = 0
+        for msgs in rounds:
+            assert await asyncio.to_thread(publish, broker, msgs) == len(msgs)
+            sent += len(msgs)
+            await wait_until(lambda n=sent: pipe.stats.received == n, what=f"{sent} frames")
+            await pipe.wait_idle()
+    got = query(
+        pg_url,
+        "SELECT rule, subject, state, extract(epoch FROM raised_at)::bigint - %s, raised_value "
+        "FROM alerts ORDER BY rule, subject",
+        t0,
+    )
+    assert got == [
+        ("parking-lot-full", "P9", "raised", 400, 100.0),
+        ("parking-sensor-flapping", "861000000000903", "raised", 210, 6.0),
+    ]
+    assert query(
+        pg_url,
+        "SELECT s.flaps FROM parking_spaces s JOIN devices d ON d.id = s.device_id "
+        "WHERE d.external_id = '861000000000903'",
+    ) == [(6,)]
