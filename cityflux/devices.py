@@ -69,9 +69,9 @@ def devices_export(
         bool,
         typer.Option(
             "--with-secrets",
-            help="also the credential hashes and OSCORE keys (credential_hash, oscore_secret, "
-            "oscore_salt), in a file only its owner can read: a registry that can be imported "
-            "into an empty one",
+            help="also the credential hashes, OSCORE and DTLS keys (credential_hash, "
+            "oscore_secret, oscore_salt, psk_key), in a file only its owner can read: a "
+            "registry that can be imported into an empty one",
         ),
     ] = False,
 ) -> None:
@@ -168,9 +168,21 @@ def devices_show(
 def devices_credentials(
     password_file: Annotated[Path, typer.Option("--password-file", help="Mosquitto passwd")],
     acl_file: Annotated[Path, typer.Option("--acl-file", help="Mosquitto ACL file")],
+    certificates_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--certificates-file",
+            help="also a CSV of the devices' certificate fingerprints (external_id, status, "
+            "cert_fingerprint), to check against what the CA issued",
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Write Mosquitto's password and ACL files from the registry (reload it with SIGHUP)."""
+    """Write Mosquitto's password and ACL files from the registry (reload it with SIGHUP).
+
+    Devices with certificates connect to a listener with ``use_identity_as_username``: the
+    ACL confines them by their certificate's common name, and denies every topic to those
+    that are disabled."""
     from device_registry.credentials import export_mosquitto
 
     settings = settings_of(config)
@@ -184,6 +196,18 @@ def devices_credentials(
     )
     with registry_conn(config) as conn:
         done = export_mosquitto(
-            conn, password_file, acl_file, prefix, service, settings.registry.credential_iterations
+            conn,
+            password_file,
+            acl_file,
+            prefix,
+            service,
+            settings.registry.credential_iterations,
+            certificates_file,
         )
     typer.echo(f"{done.devices} device credentials -> {password_file}; ACL -> {acl_file}")
+    if done.denied_certificates:
+        typer.echo(
+            f"{done.denied_certificates} disabled devices holding a certificate: denied in the ACL"
+        )
+    if certificates_file is not None:
+        typer.echo(f"{done.certificate_devices} certificate fingerprints -> {certificates_file}")

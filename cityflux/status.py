@@ -1,5 +1,6 @@
 """``cityflux status [--watch]``: the running service's state on a terminal, for an operator
-without Grafana — read from its ``/metrics``, ``/readyz`` and ``/api/v1``.
+without Grafana — read from its ``/metrics``, ``/readyz`` and ``/api/v1``: rates, queue,
+dead letters, frame loss per profile, alerts, devices.
 
 Rates are the difference of two reads of ``/metrics`` divided by the time between them (a
 single look reads twice, ``--interval`` apart). ``/api/v1`` answers need the database; when
@@ -137,6 +138,8 @@ def view(cur: Reading, prev: Reading | None, url: str) -> Group:
         dead.add_row("none", "", "0")
     parts.append(dead)
 
+    parts.append(_frame_loss(cur, prev, dt))
+
     alerts = _table("Open alerts", "severity", "raised", "acknowledged")
     if cur.alerts is not None:
         counts: dict[tuple[str, str], int] = defaultdict(int)
@@ -166,6 +169,32 @@ def view(cur: Reading, prev: Reading | None, url: str) -> Group:
     return Group(*parts)
 
 
+def _frame_loss(cur: Reading, prev: Reading | None, dt: float) -> Table:
+    """Per profile: numbered frames received, missing (net of late arrivals) and the share
+    lost since the service started, and frames found missing per second."""
+    names = ("numbered", "missing", "recovered")
+    now = {n: cur.by(f"cityflux_device_frames_{n}_total", "profile") for n in names}
+    missing_rate = _rate(
+        now["missing"],
+        prev.by("cityflux_device_frames_missing_total", "profile") if prev else None,
+        dt,
+    )
+    table = _table("Frame loss (numbered frames)", "profile", "received", "lost", "lost %", "per s")
+    for (profile,), received in sorted(now["numbered"].items()):
+        lost = now["missing"].get((profile,), 0.0) - now["recovered"].get((profile,), 0.0)
+        share = 100 * lost / (received + lost) if received + lost > 0 else None
+        table.add_row(
+            profile or "(none)",
+            _num(received),
+            _num(lost),
+            _num(share, 2),
+            _num(missing_rate.get((profile,)), 1),
+        )
+    if not now["numbered"]:
+        table.add_row("none counted yet", "", "", "", "")
+    return table
+
+
 def _client(url: str, token: str | None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=url, headers=headers, timeout=10.0)
@@ -186,7 +215,7 @@ def status(
         float, typer.Option("--interval", min=0.2, help="seconds between reads (rates)")
     ] = 2.0,
 ) -> None:
-    """The running service's rates, queue, dead letters, alerts and devices."""
+    """The running service's rates, queue, dead letters, frame loss, alerts and devices."""
     if url is None:
         http = settings_of(config).http
         host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host  # noqa: S104

@@ -161,6 +161,34 @@ class Reject:
 
 
 @dataclass(slots=True)
+class FrameNumbers:
+    """The numbers a device gives its frames, one entry per frame, for loss detection
+    (docs/design/0011-frame-loss.md): a counter (``modulus`` 65536 for a u16 that wraps)
+    or a slot in a regular stream (``modulus`` 0: HJ 212's minute or hour of data).
+    A ``stream`` is one numbering per device (``compact``, ``jt808``, ``hj212-2051``…)."""
+
+    stream: str
+    modulus: int
+    devices: BytesArray
+    """External device id of each frame, as in ``TableRows.devices``."""
+    frame_index: Int32Array
+    numbers: Int64Array
+
+    def __len__(self) -> int:
+        return int(self.frame_index.shape[0])
+
+    def take(self, keep: BoolArray) -> FrameNumbers:
+        """The entries selected by a boolean mask."""
+        return FrameNumbers(
+            self.stream,
+            self.modulus,
+            self.devices[keep],
+            self.frame_index[keep],
+            self.numbers[keep],
+        )
+
+
+@dataclass(slots=True)
 class Decoded:
     """What a decoder made of a batch: rows per table, and the frames it rejected."""
 
@@ -170,6 +198,8 @@ class Decoded:
     """Frames decoded without reject (a frame may yield zero rows, e.g. a heartbeat)."""
     replies: list[tuple[int, bytes]] = field(default_factory=list)
     """(frame index, payload) the protocol says to send back to the device after commit."""
+    numbers: list[FrameNumbers] = field(default_factory=list)
+    """Frame numbers per stream, for formats that number their frames (loss detection)."""
 
     def without(self, frames: Collection[int]) -> Decoded:
         """The same, less every row, reject and reply of these frames (decoded along with
@@ -181,6 +211,7 @@ class Decoded:
             rejects=[r for r in self.rejects if r.index not in frames],
             frames_ok=self.frames_ok - sum(1 for f in frames if f not in rejected),
             replies=[(i, p) for i, p in self.replies if i not in frames],
+            numbers=[n.take(~np.isin(n.frame_index, drop)) for n in self.numbers],
         )
 
 
@@ -189,8 +220,16 @@ def merge_decoded(parts: Sequence[tuple[Sequence[int], Decoded]]) -> Decoded:
     rows, rejects and replies point at the whole batch's frames again."""
     out = Decoded()
     tables: dict[str, list[TableRows]] = {}
+    numbers: dict[str, list[FrameNumbers]] = {}
     for frames, dec in parts:
         where = np.asarray(frames, dtype=np.int32)
+        for num in dec.numbers:
+            if len(num):
+                numbers.setdefault(num.stream, []).append(
+                    FrameNumbers(
+                        num.stream, num.modulus, num.devices, where[num.frame_index], num.numbers
+                    )
+                )
         out.frames_ok += dec.frames_ok
         out.rejects += [Reject(int(where[r.index]), r.reason) for r in dec.rejects]
         out.replies += [(int(where[i]), p) for i, p in dec.replies]
@@ -200,6 +239,16 @@ def merge_decoded(parts: Sequence[tuple[Sequence[int], Decoded]]) -> Decoded:
                     rows.table, rows.columns, rows.devices, where[rows.frame_index], rows.nulls
                 )
                 tables.setdefault(name, []).append(mapped)
+    for stream, nums in numbers.items():
+        out.numbers.append(
+            FrameNumbers(
+                stream,
+                nums[0].modulus,
+                np.concatenate([n.devices for n in nums]),
+                np.concatenate([n.frame_index for n in nums]),
+                np.concatenate([n.numbers for n in nums]),
+            )
+        )
     for name, chunks in tables.items():
         first = chunks[0]
         nullable = {k for c in chunks for k in c.nulls}

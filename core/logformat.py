@@ -35,7 +35,12 @@ def frame_fields(
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record, on one line (newlines in messages are escaped)."""
+    """One JSON object per record, on one line (newlines in messages are escaped); with
+    ``worker``, the worker process's index as a field."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as a JSON object."""
@@ -45,6 +50,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            line["worker"] = self.worker
         for key in FRAME_FIELDS:
             value = record.__dict__.get(key)
             if value is not None:
@@ -58,12 +65,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-def configure_logging(level: str, fmt: LogFormat) -> None:
-    """Send every logger's records to stderr in ``fmt`` at ``level``; as
-    ``logging.basicConfig``, nothing changes when the root logger already has a handler
-    (the first set-up of a command wins)."""
+def configure_logging(level: str, fmt: LogFormat, worker: int | None = None) -> None:
+    """Send every logger's records to stderr in ``fmt`` at ``level`` (a worker process's
+    lines name it: ``[worker 1]``, or ``"worker": 1``); as ``logging.basicConfig``, nothing
+    changes when the root logger already has a handler (the first set-up of a command wins)."""
     handler = logging.StreamHandler(sys.stderr)
-    formatter = JsonFormatter() if fmt is LogFormat.JSON else logging.Formatter(TEXT_FORMAT)
+    text = (
+        TEXT_FORMAT
+        if worker is None
+        else TEXT_FORMAT.replace(" %(name)s", f" [worker {worker}] %(name)s")
+    )
+    formatter = JsonFormatter(worker) if fmt is LogFormat.JSON else logging.Formatter(text)
     handler.setFormatter(formatter)
     logging.basicConfig(level=level, handlers=[handler])
     if fmt is LogFormat.JSON:  # Python's warnings too, not as bare lines between the objects

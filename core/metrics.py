@@ -164,6 +164,25 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.frames_missing = Counter(
+            "cityflux_device_frames_missing",
+            "Frames missing from devices' frame numbers (compact seq, JT/T 808 serial, HJ 212 "
+            "minute/hour slots), by the device's profile, counted when the gap is seen",
+            ["profile"],
+            registry=r,
+        )
+        self.frames_recovered = Counter(
+            "cityflux_device_frames_recovered",
+            "Frames counted missing that arrived late after all (missing - recovered = lost)",
+            ["profile"],
+            registry=r,
+        )
+        self.frames_numbered = Counter(
+            "cityflux_device_frames_numbered",
+            "Numbered frames received and stored (duplicates not counted), by profile",
+            ["profile"],
+            registry=r,
+        )
         self.devices_provisioned = Counter(
             "cityflux_devices_provisioned", "Devices auto-provisioned on first frame", registry=r
         )
@@ -257,6 +276,12 @@ class Metrics:
         self.coap_oscore_failures = Counter(
             "cityflux_coap_oscore_failures",
             "OSCORE requests refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.coap_dtls_failures = Counter(
+            "cityflux_coap_dtls_failures",
+            "DTLS handshakes and requests refused, by reason",
             ["reason"],
             registry=r,
         )

@@ -64,7 +64,8 @@ class MqttConfig(Section):
     shared_group: str | None = Field(
         None,
         pattern=r"^[^/#+$]+$",
-        description="MQTT 5 shared-subscription group: workers in one group split the stream",
+        description="MQTT 5 shared-subscription group: workers in one group split the stream "
+        "(unset with workers > 1: cityflux)",
     )
     session_expiry_s: int = Field(
         86_400,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from core.frames import FrameBatch, Reject
+from core.frames import FrameBatch, FrameNumbers, Reject
 from decoders.crc import crc16_ccitt_false, crc16_ccitt_false_bytes
 from decoders.limits import out_of_range
 
@@ -104,3 +104,18 @@ def validate(batch: FrameBatch, dtype: np.dtype[np.void], magic: int, version: i
         rejects.append(Reject(int(good[j]), reason))
     rejects.sort(key=lambda r: r.index)
     return Valid(rec[ok], devices[ok], good[ok].astype(np.int32), rejects)
+
+
+SEQ_STREAM = "compact"
+"""Every compact frame type shares the header's ``seq`` counter (a device sends one type)."""
+
+
+def sequence(valid: Valid) -> FrameNumbers:
+    """The valid frames' ``seq`` (u16, wraps at 65535) for loss detection."""
+    return FrameNumbers(
+        SEQ_STREAM,
+        1 << 16,
+        valid.devices,
+        valid.frames,
+        valid.records["seq"].astype(np.int64),
+    )

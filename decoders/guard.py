@@ -168,4 +168,5 @@ def screen(decoded: Decoded, specs: Mapping[str, TableSpec]) -> Decoded:
         rejects=sorted([*decoded.rejects, *new_rejects], key=lambda r: r.index),
         frames_ok=decoded.frames_ok - len(new_rejects),
         replies=[(i, p) for i, p in decoded.replies if i not in reasons],
+        numbers=[n.take(~np.isin(n.frame_index, drop)) for n in decoded.numbers],
     )

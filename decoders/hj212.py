@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from core.frames import Decoded, FrameBatch, Reject, TableRows
+from core.frames import Decoded, FrameBatch, FrameNumbers, Reject, TableRows
 from decoders import textscan
 from decoders.base import Decoder, TableSpec
 from decoders.cst import cst_to_utc_us
@@ -241,6 +241,7 @@ class HJ212Decoder:
         out.rejects = rejects
         out.frames_ok = len(batch) - len(rejects)
         out.rows.update(rows)
+        out.numbers = _slots(acc, {r.index for r in rejects})
         return out
 
     @staticmethod
@@ -339,6 +340,30 @@ class HJ212Decoder:
 
 _NAME_MAX = 24  # longest factor code, field name or flag taken (2017 codes are 6 characters)
 _VALUE_WIDTH = 24  # longer values are parsed one by one
+
+
+SLOT_US = {2051: 60_000_000, 2061: 3_600_000_000}
+"""Regular data streams (minute data, CN 2051; hour data, CN 2061) and their slot length: a
+station sends one frame per slot with DataTime at the slot's start, so a missing slot is a
+lost frame."""
+
+
+def _slots(acc: _Columns, rejected: set[int]) -> list[FrameNumbers]:
+    """Each minute/hour data frame's slot (DataTime // slot length), one stream per CN."""
+    out = []
+    vocab = _latin1(list(acc.words))
+    for cn, slot_us in SLOT_US.items():
+        picked = [d for d in acc.data if d[3] == cn and d[5] not in rejected]
+        out.append(
+            FrameNumbers(
+                f"hj212-{cn}",
+                0,
+                vocab[np.fromiter((d[2] for d in picked), dtype=np.int64, count=len(picked))],
+                np.fromiter((d[5] for d in picked), dtype=np.int32, count=len(picked)),
+                np.fromiter((d[1] // slot_us for d in picked), dtype=np.int64, count=len(picked)),
+            )
+        )
+    return out
 
 
 def _latin1(words: list[str]) -> npt.NDArray[np.bytes_]:

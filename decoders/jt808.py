@@ -27,7 +27,7 @@ import struct
 
 import numpy as np
 
-from core.frames import Decoded, FrameBatch, Reject, TableRows
+from core.frames import Decoded, FrameBatch, FrameNumbers, Reject, TableRows
 from decoders.base import Decoder, TableSpec
 from decoders.cst import cst_to_utc_us
 from decoders.limits import LimitError, check_int
@@ -178,6 +178,7 @@ class JT808Decoder:
             sums = np.bitwise_xor.reduceat(flat, starts)  # XOR incl. the checksum byte: 0 if ok
         rows: list[tuple[object, ...]] = []
         replies: list[tuple[int, bytes]] = []
+        serials: list[tuple[int, str, int]] = []  # (frame, device, message serial number)
         for j, i in enumerate(index):
             raw = raws[j]
             if sums[j] != 0:
@@ -188,7 +189,7 @@ class JT808Decoder:
                 continue
             mark = len(rows)
             try:
-                reply = self._message(raw[:-1], i, batch.device_hints[i], rows)
+                reply = self._message(raw[:-1], i, batch.device_hints[i], rows, serials)
                 if reply:
                     replies.append((i, reply))
             except JT808Error as exc:
@@ -206,10 +207,17 @@ class JT808Decoder:
             rejects=rejects,
             frames_ok=len(batch) - len(rejects),
             replies=replies,
+            numbers=[_serials(serials)],
         )
 
     @staticmethod
-    def _message(raw: bytes, i: int, hint: str, rows: list[tuple[object, ...]]) -> bytes:
+    def _message(
+        raw: bytes,
+        i: int,
+        hint: str,
+        rows: list[tuple[object, ...]],
+        serials: list[tuple[int, str, int]],
+    ) -> bytes:
         """Read one message into ``rows``; return the reply frame it calls for (or b"")."""
         msg_id, props = struct.unpack_from(">HH", raw, 0)
         length, split, v2019 = props & 0x3FF, bool(props & 0x2000), bool(props & 0x4000)
@@ -248,6 +256,9 @@ class JT808Decoder:
                 raise JT808Error(f"0x0704 has {len(body) - p} bytes after its {count} items")
         elif msg_id not in KNOWN_IDS:
             raise JT808Error(f"unsupported message id 0x{msg_id:04X}")
+        # the message header's serial number: "counted up from 0 in sending order, cyclically"
+        # (JT/T 808-2013 and -2019, message header table): one counter per terminal
+        serials.append((i, device, serial))
 
         def reply(reply_id: int, body: bytes) -> bytes:
             return frame(
@@ -264,6 +275,17 @@ class JT808Decoder:
         if msg_id in _ACKED:
             return reply(GENERAL_REPLY, struct.pack(">HHB", serial, msg_id, 0))
         return b""
+
+
+def _serials(serials: list[tuple[int, str, int]]) -> FrameNumbers:
+    """The message serial numbers (u16, wrap) of the batch's valid messages."""
+    return FrameNumbers(
+        "jt808",
+        1 << 16,
+        np.array([d.encode() for _, d, _ in serials] or [b""], dtype=np.bytes_)[: len(serials)],
+        np.fromiter((i for i, _, _ in serials), dtype=np.int32, count=len(serials)),
+        np.fromiter((n for _, _, n in serials), dtype=np.int64, count=len(serials)),
+    )
 
 
 def _location(body: bytes, device: str, i: int) -> tuple[object, ...]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from core.frames import Decoded, FrameBatch, TableRows
 from decoders.base import Decoder, TableSpec
-from decoders.compact import HEADER, seal, validate
+from decoders.compact import HEADER, seal, sequence, validate
 from decoders.tables import ENV_READINGS
 
 MAGIC = 0xCE
@@ -119,7 +119,10 @@ class NbiotEnvDecoder:
             frame_index=np.repeat(frames, m)[flat],
         )
         return Decoded(
-            rows={ENV_READINGS.name: rows}, rejects=checked.rejects, frames_ok=len(frames)
+            rows={ENV_READINGS.name: rows},
+            rejects=checked.rejects,
+            frames_ok=len(frames),
+            numbers=[sequence(checked)],
         )
 
 

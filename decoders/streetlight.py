@@ -14,7 +14,7 @@ import numpy as np
 
 from core.frames import Decoded, FrameBatch, TableRows
 from decoders.base import Decoder, TableSpec
-from decoders.compact import HEADER, seal, validate
+from decoders.compact import HEADER, seal, sequence, validate
 from decoders.tables import STREETLIGHT_STATUS
 
 MAGIC = 0xCF
@@ -119,6 +119,7 @@ class StreetlightDecoder:
             rows={STREETLIGHT_STATUS.name: rows},
             rejects=checked.rejects,
             frames_ok=len(checked.frames),
+            numbers=[sequence(checked)],
         )
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.access import Guard, Principal, Scope
 from device_registry import store
@@ -32,6 +32,29 @@ class StatusChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: DeviceState
+
+
+class FramesWindow(BaseModel):
+    """A device's numbered frames over a window (frame loss, docs/design/0011-frame-loss.md)."""
+
+    received: int = Field(description="numbered frames received (duplicates not counted)")
+    missing: int = Field(description="frame numbers never received (late arrivals taken off)")
+    loss_ratio: float | None = Field(
+        description="missing / (received + missing); null when the device sent no numbered "
+        "frame (formats without frame numbers)"
+    )
+
+
+class DeviceDetail(BaseModel):
+    """One device: its registry fields, online status, and its frame loss over 24 h."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    external_id: str
+    frames_24h: FramesWindow = Field(
+        description="the last 24 hourly counts (this hour and the 23 before it)"
+    )
 
 
 def _connect(request: Request) -> Iterator[psycopg.Connection[Any]]:
@@ -78,6 +101,7 @@ def registry_router(guard: Guard) -> APIRouter:
         "/devices/{device}",
         summary="One device (external id, or #<internal id>)",
         dependencies=read,
+        response_model=DeviceDetail,
     )
     def device(db: Conn, device: str) -> dict[str, Any]:
         row = store.get_device(db, device)

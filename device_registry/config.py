@@ -27,3 +27,12 @@ class RegistryConfig(Section):
         ge=0,
         description="refresh the online/offline gauges this often (scans the registry; 0 = never)",
     )
+    frame_loss_flush_s: float = Field(
+        1.0, gt=0, description="write frame-loss gaps, hourly counts and detector state this often"
+    )
+    frame_loss_max_gap: int = Field(
+        4_096,
+        ge=1,
+        description="a device's frame number jumping forward by more than this is a restart "
+        "(reboot, clock set anew), not frames lost",
+    )

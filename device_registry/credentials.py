@@ -9,6 +9,15 @@ the same bytes. Exports stream from the database (10M devices never sit in memor
 The ACL restricts every device to its own topics with Mosquitto ``pattern`` lines (``%u`` is
 the MQTT user name, which is the device's external id): a device publishes only under
 ``<prefix>/up/+/<its id>/#`` and reads only ``<prefix>/down/+/<its id>/#``.
+
+Devices with certificates (``cert_fingerprint``) connect to a listener with
+``use_identity_as_username true``: the certificate's common name is the user name, and
+Mosquitto skips the password file for them, so leaving a disabled device out of it does not
+stop it. The ACL therefore denies every topic to each disabled device that holds a
+certificate (a ``user`` block's ``deny`` is checked before the patterns); a deleted device's
+certificate must be revoked with the listener's ``crlfile``. Mosquitto never compares
+fingerprints: the certificates file lists the registry's, for checking against what the CA
+issued.
 """
 
 from __future__ import annotations
@@ -86,6 +95,8 @@ class MosquittoExport:
     devices: int
     password_file: Path
     acl_file: Path
+    certificate_devices: int = 0
+    denied_certificates: int = 0
 
 
 def acl_text(prefix: str, service_user: str | None) -> str:
@@ -116,10 +127,12 @@ def export_mosquitto(
     prefix: str = "cityflux",
     service: tuple[str, str] | None = None,
     iterations: int = ITERATIONS,
+    certificates_file: Path | None = None,
 ) -> MosquittoExport:
     """Write a Mosquitto password file (active devices with a credential, plus the service's
-    own user) and the ACL file. Files are written next to their target and renamed into place,
-    so a broker reloading mid-export never reads half a file."""
+    own user), the ACL file (denying disabled certificate devices everything) and, if asked,
+    a CSV of the devices' certificate fingerprints. Files are written next to their target and
+    renamed into place, so a broker reloading mid-export never reads half a file."""
     count = 0
     tmp = password_file.with_name(password_file.name + ".tmp")
     with tmp.open("wb") as out, conn.cursor() as cur:
@@ -134,7 +147,42 @@ def export_mosquitto(
                 count += bytes(block).count(b"\n")
     tmp.chmod(0o600)
     tmp.replace(password_file)
+    denied = 0
     acl_tmp = acl_file.with_name(acl_file.name + ".tmp")
-    acl_tmp.write_text(acl_text(prefix, service[0] if service else None))
+    with acl_tmp.open("w") as out:
+        out.write(acl_text(prefix, service[0] if service else None))
+        for (ext,) in conn.execute(
+            "SELECT external_id FROM devices WHERE status <> 'active' "
+            "AND cert_fingerprint IS NOT NULL ORDER BY id"
+        ):
+            if not denied:
+                out.write(
+                    "\n# disabled devices holding a certificate (use_identity_as_username skips "
+                    "the password file)\n"
+                )
+            out.write(f"user {ext}\ntopic deny #\n")
+            denied += 1
     acl_tmp.replace(acl_file)
-    return MosquittoExport(count, password_file, acl_file)
+    certificates = 0
+    if certificates_file is not None:
+        certificates = _write_certificates(conn, certificates_file)
+    return MosquittoExport(count, password_file, acl_file, certificates, denied)
+
+
+def _write_certificates(conn: psycopg.Connection[tuple[object, ...]], path: Path) -> int:
+    """``external_id,status,cert_fingerprint`` of every device holding a certificate."""
+    tmp = path.with_name(path.name + ".tmp")
+    lines = 0
+    with (
+        tmp.open("wb") as out,
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY (SELECT external_id, status, cert_fingerprint FROM devices "
+            "WHERE cert_fingerprint IS NOT NULL ORDER BY id) TO STDOUT (FORMAT csv, HEADER)"
+        ) as copy,
+    ):
+        for block in copy:
+            out.write(block)
+            lines += bytes(block).count(b"\n")
+    tmp.replace(path)
+    return max(0, lines - 1)  # the header

@@ -32,7 +32,7 @@ ID_MAX = 64
 # Fields a simple line must leave empty: each needs Python (JSON, PBKDF2, format checks).
 PYTHON_ONLY = (
     *("install", "secret", "credential_hash", "cert_fingerprint"),
-    *("oscore_kid", "oscore_secret", "oscore_salt"),
+    *("oscore_kid", "oscore_secret", "oscore_salt", "psk_identity", "psk_key"),
 )
 
 

@@ -29,6 +29,8 @@ FIELDS = (
     "oscore_kid",
     "oscore_secret",
     "oscore_salt",
+    "psk_identity",
+    "psk_key",
     "lot",  # parking: the lot a space sensor is in (parking_lots.lot)
     "space",  # parking: the space's label within its lot
 )

@@ -63,7 +63,8 @@ def validate(
     ``FIELDS`` order, or ``_InvalidFieldError`` naming the field. A secret is hashed with a
     random salt and ``iterations``; the plain secret is handed on too (see ``STAGED``)."""
     ext, profile, kind, status, tenant, district, lat, lon, road, road_km = v[:10]
-    install, secret, hashed, cert, kid, oscore_secret, salt, lot, space = v[10:]
+    install, secret, hashed, cert, kid, oscore_secret, salt, psk_identity, psk_key = v[10:19]
+    lot, space = v[19:]
     if not ext:
         raise _InvalidFieldError("external_id", "missing")
     if id_problem(ext) is not None:
@@ -125,6 +126,13 @@ def validate(
     oscore_secret = _hex_field("oscore_secret", oscore_secret, 16, 64)
     salt = _hex_field("oscore_salt", salt, 0, 32)
     # a kid without its secret is checked against the registry (upsert.check_oscore)
+    if psk_identity and (
+        len(psk_identity.encode()) > 128 or not psk_identity.isprintable() or "," in psk_identity
+    ):
+        raise _InvalidFieldError(
+            "psk_identity", "must be 1-128 bytes of printable characters, no comma"
+        )
+    psk_key = _hex_field("psk_key", psk_key, 16, 32)
     return [
         ext,
         profile,
@@ -142,6 +150,8 @@ def validate(
         kid,
         oscore_secret,
         salt,
+        psk_identity,
+        psk_key,
         lot,
         space,
         secret,

@@ -56,6 +56,7 @@ EXPORT_FIELDS = (
     "install",
     "cert_fingerprint",
     "oscore_kid",
+    "psk_identity",
     "lot",
     "space",
 )
@@ -120,7 +121,30 @@ def get_device(conn: psycopg.Connection[Any], ref: str) -> dict[str, Any] | None
         else:
             cur.execute(f"{_SELECT} WHERE d.external_id = %s", [ref])
         row = cur.fetchone()
-        return _jsonable(row) if row else None
+    if row is None:
+        return None
+    out = _jsonable(row)
+    out["frames_24h"] = frames_24h(conn, int(row["id"]))
+    return out
+
+
+def frames_24h(conn: psycopg.Connection[Any], device_id: int) -> dict[str, Any]:
+    """A device's numbered frames over the last 24 hourly counts (this hour and the 23
+    before it): received, missing (net of late frames) and the loss ratio
+    missing / (received + missing), None when it sent no numbered frame."""
+    got = conn.execute(
+        "SELECT COALESCE(sum(received), 0), GREATEST(COALESCE(sum(missing), 0), 0) "
+        "FROM device_frame_counts WHERE device_id = %s "
+        "AND hour >= date_trunc('hour', now()) - interval '23 hours'",
+        [device_id],
+    ).fetchone()
+    received, missing = (int(got[0]), int(got[1])) if got else (0, 0)
+    total = received + missing
+    return {
+        "received": received,
+        "missing": missing,
+        "loss_ratio": missing / total if total else None,
+    }
 
 
 def set_status(
@@ -168,7 +192,8 @@ def list_profiles(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         return [_jsonable(r) for r in cur.fetchall()]
 
 
-SECRET_FIELDS = ("credential_hash", "oscore_secret", "oscore_salt")
+_BYTEA_FIELDS = ("oscore_kid", "oscore_secret", "oscore_salt", "psk_key")
+SECRET_FIELDS = ("credential_hash", "oscore_secret", "oscore_salt", "psk_key")
 
 
 def export_csv(conn: psycopg.Connection[Any], out: IO[bytes], secrets: bool = False) -> None:
@@ -177,7 +202,7 @@ def export_csv(conn: psycopg.Connection[Any], out: IO[bytes], secrets: bool = Fa
     attacked offline, a key used at once. Without them a re-import keeps the stored ones, and
     only a device already holding its kid can be imported."""
     fields = (*EXPORT_FIELDS, *SECRET_FIELDS) if secrets else EXPORT_FIELDS
-    cols = ", ".join(f"encode({c}, 'hex') AS {c}" if c.startswith("oscore_") else c for c in fields)
+    cols = ", ".join(f"encode({c}, 'hex') AS {c}" if c in _BYTEA_FIELDS else c for c in fields)
     with (
         conn.cursor() as cur,
         cur.copy(

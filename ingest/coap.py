@@ -52,6 +52,7 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 from core.frames import Outcome
 from core.metrics import Metrics
 from decoders.registry import DecoderRegistry
+from ingest.coap_dtls import DtlsEndpoint, PskStore
 from ingest.coap_oscore import DeviceContext, DeviceKeyStore, LookupsExhaustedError
 from ingest.pipeline import Pipeline
 from ingest.settings import CoapConfig, CoapMode
@@ -130,8 +131,16 @@ class CoapListener(asyncio.DatagramProtocol):
         decoders: DecoderRegistry,
         keys: DeviceKeyStore | None = None,
         kind_decoders: Callable[[str], list[str]] | None = None,
+        psks: PskStore | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._cfg = cfg
+        # with ``psks`` this listener serves coaps:// (dtls_port): DTLS authenticates the
+        # device, the CoAP inside is plain (coap_dtls.py); else coap:// in ``cfg.mode``
+        self._psks = psks
+        self._mode = CoapMode.OPEN if psks is not None else cfg.mode
+        self._dtls: DtlsEndpoint | None = None
+        self._reuse_port = reuse_port  # several workers on one port (ingest/workers.py)
         self._pipeline = pipeline
         self._metrics = metrics
         self._decoders = decoders
@@ -166,26 +175,42 @@ class CoapListener(asyncio.DatagramProtocol):
     async def run(self) -> None:
         """Listen until ``stop``; a sweeper sends late ACKs and retransmissions."""
         loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(
-            lambda: self, local_addr=(self._cfg.host, self._cfg.port)
-        )
+        if self._psks is not None:
+            self._dtls = DtlsEndpoint(self._cfg, self._psks, self, self._metrics)
+            dtls = self._dtls
+            await loop.create_datagram_endpoint(
+                lambda: dtls,
+                local_addr=(self._cfg.host, self._cfg.dtls_port),
+                reuse_port=self._reuse_port or None,
+            )
+        else:
+            await loop.create_datagram_endpoint(
+                lambda: self,
+                local_addr=(self._cfg.host, self._cfg.port),
+                reuse_port=self._reuse_port or None,
+            )
         log.info(
-            "CoAP listening on udp://%s:%d (%s), uplinks on /%s/<kind>/<device>/…",
+            "CoAP listening on %s://%s:%d (%s), uplinks on /%s/<kind>/<device>/…",
+            "coaps" if self._dtls else "coap",
             self._cfg.host,
             self.port,
-            self._cfg.mode.value,
+            "dtls-psk" if self._dtls else self._cfg.mode.value,
             self._cfg.path_prefix,
         )
-        if self._cfg.mode is CoapMode.OPEN:
+        if self._mode is CoapMode.OPEN and self._dtls is None:
             log.warning("CoAP uplinks are not authenticated (coap.mode = open)")
         while not self._stopping.is_set():
             self._sweep(time.monotonic())
+            if self._dtls is not None:
+                self._dtls.sweep(time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 0.05)
         if self._transport is not None:
             self._transport.close()
         if self._keys is not None:
             await self._keys.close()
+        if self._psks is not None:
+            await self._psks.close()
 
     def stop_reading(self) -> None:
         """Draining: answer new requests 5.03 until stopped."""
@@ -223,7 +248,7 @@ class CoapListener(asyncio.DatagramProtocol):
         if known is not None:
             self._duplicate(known)
             return
-        plain = _parse_plain(data) if self._cfg.mode is not CoapMode.OSCORE else None
+        plain = _parse_plain(data) if self._mode is not CoapMode.OSCORE else None
         if plain is not None:  # the usual uplink, parsed without building a Message
             code, token, path, cf, payload = plain
             ex = _Exchange(remote, mid, token, mtype == CON, time.monotonic())
@@ -250,7 +275,7 @@ class CoapListener(asyncio.DatagramProtocol):
             self._protecting.add(task)
             task.add_done_callback(self._protecting.discard)
             return
-        if self._cfg.mode is CoapMode.OSCORE and not _is_discovery(msg):
+        if self._mode is CoapMode.OSCORE and not _is_discovery(msg):
             self._metrics.coap_oscore_failures.labels("missing").inc()
             self._answer(ex, Code.UNAUTHORIZED, b"OSCORE required")
             return
@@ -356,6 +381,12 @@ class CoapListener(asyncio.DatagramProtocol):
         if code not in (int(Code.POST), int(Code.PUT)):
             self._answer(ex, Code.METHOD_NOT_ALLOWED, b"POST or PUT an uplink")
             return False
+        if self._dtls is not None:  # the DTLS session's PSK says which device this is
+            who = self._dtls.device_of(ex.remote)
+            if who != path[2]:
+                self._metrics.coap_dtls_failures.labels("wrong_device").inc()
+                self._answer(ex, Code.FORBIDDEN, f"authenticated as {who}".encode())
+                return False
         return True
 
     def _uplink(self, ex: _Exchange, path: Sequence[str], cf: int | None, payload: bytes) -> None:

@@ -40,10 +40,12 @@ def create_app(
     conninfo: str | None = None,
     alerts: AlertsApi | None = None,
     metrics_access: MetricsAccess = MetricsAccess.OPEN,
+    api: bool = True,
     parking_hold_s: float = 120.0,
 ) -> FastAPI:
     """The operator API; ``ready`` reports each dependency's state for /readyz; with a
-    database, the token-guarded routes under /api/v1 (the alerts routes with an engine)."""
+    database and ``api``, the token-guarded routes under /api/v1 (the alerts routes with an
+    engine); without ``api`` (workers other than 0) /metrics, /healthz and /readyz only."""
     app = FastAPI(
         title="cityflux", description="Smart-city device ingest: operator API", version="0.1.0"
     )
@@ -52,6 +54,7 @@ def create_app(
     if conninfo:
         guard = TokenGuard(conninfo)
         app.state.registry_conninfo = conninfo
+    if guard is not None and api:
         app.include_router(registry_router(guard))
         if alerts is not None:
             app.include_router(alerts_router(guard, alerts.rules, alerts.on_ack))

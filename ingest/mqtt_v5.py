@@ -43,9 +43,16 @@ _TOPIC_CACHE = 200_000  # parsed uplink topics remembered (a topic per device an
 class Mqtt5Listener(MqttSource, asyncio.Protocol):
     """Subscribes to uplink topics and feeds the pipeline; an ``AckSink`` for its frames."""
 
-    def __init__(self, cfg: MqttConfig, pipeline: Pipeline, metrics: Metrics) -> None:
+    def __init__(
+        self, cfg: MqttConfig, pipeline: Pipeline, metrics: Metrics, retire: bool = False
+    ) -> None:
         super().__init__()
         self._cfg = cfg
+        # retire (ingest/workers.py): resume the session, UNSUBSCRIBE instead of SUBSCRIBE,
+        # take what it holds; ``end_session`` then makes ``stop`` delete it on the broker
+        self._retire = retire
+        self.unsubscribed = asyncio.Event()
+        self.end_session = False
         self._pipeline = pipeline
         self._metrics = metrics
         self._transport: asyncio.Transport | None = None
@@ -175,6 +182,18 @@ class Mqtt5Listener(MqttSource, asyncio.Protocol):
                     self._transport.close()
                 return
             subs = [f"$share/{cfg.shared_group}/{t}" if cfg.shared_group else t for t in cfg.topics]
+            if self._retire:
+                self._write(mqtt5.UnsubscribePacket(self._packet_id(), subs).write())
+                log.info(
+                    "MQTT connected to %s:%d as %s to retire its session (present: %s): "
+                    "unsubscribed from %s, taking what it holds",
+                    cfg.host,
+                    cfg.port,
+                    cfg.client_id,
+                    pkt.session_present,
+                    ", ".join(subs),
+                )
+                return
             qos = mqtt5.QoS.AT_LEAST_ONCE if self._qos1 else mqtt5.QoS.AT_MOST_ONCE
             self._write(
                 mqtt5.SubscribePacket(
@@ -194,6 +213,10 @@ class Mqtt5Listener(MqttSource, asyncio.Protocol):
                 log.error("MQTT broker refused the subscription: %s", ", ".join(refused))
             self._metrics.mqtt_connected.set(1)
             self._connected.set()
+        elif type(pkt) is mqtt5.UnsubAckPacket:
+            self._metrics.mqtt_connected.set(1)
+            self._connected.set()
+            self.unsubscribed.set()
         elif type(pkt) is mqtt5.DisconnectPacket:
             log.warning("MQTT broker disconnects us: %s", pkt.reason_code.name)
 
@@ -307,7 +330,9 @@ class Mqtt5Listener(MqttSource, asyncio.Protocol):
         self._stopping.set()
         transport = self._transport
         if transport is not None:
-            transport.write(mqtt5.DisconnectPacket().write())
+            # a retired session, emptied: Session Expiry 0 deletes it [MQTT-3.14.2.2.2]
+            expiry = 0 if self.end_session else None
+            transport.write(mqtt5.DisconnectPacket(session_expiry_interval=expiry).write())
             for _ in range(100):  # let the PUBACKs and the DISCONNECT reach the socket
                 if transport.get_write_buffer_size() == 0:
                     break

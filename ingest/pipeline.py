@@ -41,6 +41,7 @@ from core.metrics import Metrics, reason_label
 from decoders.base import Decoder
 from decoders.guard import screen
 from decoders.registry import DecoderRegistry, UnknownDecoderError
+from device_registry.frameloss import FrameLoss
 from device_registry.ids import id_problem, shown
 from device_registry.lastseen import LastSeen
 from device_registry.resolver import DeviceResolver, Resolution
@@ -191,8 +192,10 @@ class Pipeline:
         occupancy: OccupancyHook | None = None,
         flush_by_transport: dict[str, int] | None = None,
         max_frame_bytes: int = 65_536,
+        frame_loss: FrameLoss | None = None,
     ) -> None:
         self._decoders = decoders
+        self._frame_loss = frame_loss
         self._specs = {s.name: s for s in decoders.tables()}
         self._frame_logs = LogBudget()  # per-frame isolation lines (each frame is a dead letter)
         self._alerts = alerts
@@ -553,6 +556,7 @@ class Pipeline:
                 )
             self._account(batch, decoded, dead, writes, time.perf_counter() - started)
             accounted = True
+            self._note_numbers(batch, decoded, dead, writes)  # after: a failure here is logged
             for on_committed in self.on_committed:
                 on_committed(batch, decoded)
         except Exception:  # the frames are stored (and acknowledged); keep going
@@ -590,6 +594,22 @@ class Pipeline:
             if named.any():
                 ids = self._resolver.index.resolve(hints[named])
                 self.last_seen.note(ids, received[rest[named]])
+
+    def _note_numbers(
+        self, batch: FrameBatch, decoded: Decoded, dead: DeadLetters, writes: list[TableWrite]
+    ) -> None:
+        """The committed batch's frame numbers to the loss detector (stored frames only,
+        with the device ids their rows resolved to)."""
+        if self._frame_loss is None or not decoded.numbers:
+            return
+        n = len(batch)
+        devices = np.full(n, -1, dtype=np.int32)
+        for tw in writes:
+            if len(tw.rows):
+                devices[tw.rows.frame_index] = tw.rows.columns["device_id"]
+        stored = np.ones(n, dtype=np.bool_)
+        stored[list(dead.frames)] = False
+        self._frame_loss.observe(decoded, devices, stored)
 
     async def _resolve(
         self, batch: FrameBatch, decoded: Decoded, dead: DeadLetters, writer: BatchWriter

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,15 +18,18 @@ import uvicorn
 from core.metrics import Metrics
 from core.mqtt import MqttProtocol
 from decoders.registry import DecoderRegistry, load_registry
+from device_registry.frameloss import FrameLoss
+from device_registry.gaps import GapDetector
 from device_registry.resolver import DeviceResolver
 from device_registry.upkeep import run_upkeep
 from ingest.coap import CoapListener
+from ingest.coap_dtls import PskStore, check_dtls_available
 from ingest.coap_oscore import DeviceKeyStore
 from ingest.http import AlertsApi, create_app
 from ingest.mqtt import MqttListener
 from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pipeline
-from ingest.settings import CoapMode, Settings
+from ingest.settings import CoapMode, DtlsMode, Settings
 from parking.occupancy import OccupancyStage
 from storage.ddl import Backend
 from storage.migrate import migrate
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DB_CHECK_S = 2.0  # how often readiness asks the database
+RETIRE_IDLE_S = 2.0  # a retiring worker's session is empty after this long without a frame
 
 
 class _HttpServer(uvicorn.Server):
@@ -59,8 +64,12 @@ class Service:
     pipeline: Pipeline | None = None
     mqtt: MqttListener | Mqtt5Listener | None = None
     coap: CoapListener | None = None
+    coaps: CoapListener | None = None  # coap.dtls = "psk": the DTLS listener
     alerts: AlertStage | None = None
+    frame_loss: FrameLoss | None = None
     http_port: int | None = None
+    worker: int = 0  # index among settings.workers processes (ingest/workers.py)
+    retire: bool = False  # take what this worker's MQTT session holds, delete it, stop
     started: asyncio.Event = field(default_factory=asyncio.Event)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _draining: bool = False
@@ -105,6 +114,11 @@ class Service:
                 if self.settings.coap.mode is CoapMode.OFF
                 else {"coap": self.coap is not None and self.coap.bound.is_set()}
             ),
+            **(
+                {}
+                if self.settings.coap.dtls is DtlsMode.OFF
+                else {"coaps": self.coaps is not None and self.coaps.bound.is_set()}
+            ),
             "database": self.backend is not None
             and self._db_ok
             and all(w.reachable for w in self._writers),
@@ -143,6 +157,10 @@ class Service:
         self.metrics.registry_watermark.set_function(
             lambda: resolver.watermark.timestamp() if resolver.watermark else 0.0
         )
+        self.frame_loss = FrameLoss(
+            resolver, self.metrics, GapDetector(max_gap=s.registry.frame_loss_max_gap)
+        )
+        await self.frame_loss.load(await writers[0].connection())
         if s.alerts.rules_file is not None:
             from alerts.stage import AlertStage
 
@@ -163,11 +181,17 @@ class Service:
             occupancy=OccupancyStage(s.parking),
             flush_by_transport={"coap": s.coap.flush_interval_ms},
             max_frame_bytes=s.pipeline.max_frame_bytes,
+            frame_loss=self.frame_loss,
         )
         if s.mqtt.protocol is MqttProtocol.V5:
-            self.mqtt = Mqtt5Listener(s.mqtt, self.pipeline, self.metrics)
+            self.mqtt = Mqtt5Listener(s.mqtt, self.pipeline, self.metrics, retire=self.retire)
         else:  # MQTT 3.1.1 brokers (the embedded amqtt fallback): paho
             self.mqtt = MqttListener(s.mqtt, self.pipeline, self.metrics)
+        profiles = resolver.profiles
+
+        def kind_decoders(kind: str) -> list[str]:
+            return [dec for (k, dec) in profiles if k == kind]
+
         if s.coap.mode is not CoapMode.OFF:
             keys = DeviceKeyStore(
                 conninfo,
@@ -175,13 +199,31 @@ class Service:
                 lookups_per_s=s.coap.oscore_lookups_per_s,
             )
             resolver.on_change.append(keys.forget)
-            profiles = resolver.profiles
-
-            def kind_decoders(kind: str) -> list[str]:
-                return [dec for (k, dec) in profiles if k == kind]
-
             self.coap = CoapListener(
-                s.coap, self.pipeline, self.metrics, self.decoders, keys, kind_decoders
+                s.coap,
+                self.pipeline,
+                self.metrics,
+                self.decoders,
+                keys,
+                kind_decoders,
+                reuse_port=s.workers > 1,
+            )
+        if s.coap.dtls is not DtlsMode.OFF:
+            check_dtls_available()  # refuse to start without python-mbedtls, saying so
+            psks = PskStore(
+                conninfo,
+                max_unknown=s.coap.dtls_unknown_identities,
+                lookups_per_s=s.coap.dtls_lookups_per_s,
+            )
+            resolver.on_change.append(psks.forget)
+            self.coaps = CoapListener(
+                s.coap,
+                self.pipeline,
+                self.metrics,
+                self.decoders,
+                kind_decoders=kind_decoders,
+                psks=psks,
+                reuse_port=s.workers > 1,
             )
         server = _HttpServer(
             uvicorn.Config(
@@ -191,7 +233,8 @@ class Service:
                     conninfo,
                     self._rules_api(),
                     s.http.metrics_access,
-                    s.parking.debounce_s,
+                    parking_hold_s=s.parking.debounce_s,
+                    api=self.worker == 0,  # the operator API on worker 0; metrics on each
                 ),
                 host=s.http.host,
                 port=s.http.port,
@@ -207,6 +250,10 @@ class Service:
             if self.coap is not None:
                 coap_task = tg.create_task(self.coap.run(), name="ingest.coap")
                 await self.coap.bound.wait()
+            coaps_task = None
+            if self.coaps is not None:
+                coaps_task = tg.create_task(self.coaps.run(), name="ingest.coaps")
+                await self.coaps.bound.wait()
             registry_stop = asyncio.Event()
             registry_task = tg.create_task(
                 run_upkeep(
@@ -220,6 +267,11 @@ class Service:
                 name="device_registry.upkeep",
             )
             tg.create_task(self._watch_database(conninfo, registry_stop), name="ingest.db-watch")
+            loss_stop = asyncio.Event()
+            loss_task = tg.create_task(
+                self.frame_loss.run(conninfo, s.registry.frame_loss_flush_s, loss_stop),
+                name="device_registry.frame-loss",
+            )
             alerts_stop = asyncio.Event()
             if self.alerts is not None:
                 tg.create_task(self.alerts.run(alerts_stop), name="alerts")
@@ -228,18 +280,26 @@ class Service:
                 await asyncio.sleep(0.01)
             self.http_port = server.servers[0].sockets[0].getsockname()[1]
             log.info(
-                "cityflux serving: /metrics on http://%s:%d, backend %s",
+                "cityflux serving: /metrics on http://%s:%d, backend %s%s",
                 s.http.host,
                 self.http_port,
                 self.backend,
+                f", worker {self.worker} of {s.workers}" if s.workers > 1 else "",
             )
             self.started.set()
+            retiring = None
+            if self.retire and isinstance(self.mqtt, Mqtt5Listener):
+                retiring = tg.create_task(self._retire_when_empty(self.mqtt), name="ingest.retire")
             await self._stop.wait()
+            if retiring is not None:
+                retiring.cancel()
             log.info("stopping: draining %d uncommitted frames", self.pipeline.inflight)
             self._draining = True
             self.mqtt.stop_reading()
             if self.coap is not None:
                 self.coap.stop_reading()
+            if self.coaps is not None:
+                self.coaps.stop_reading()
             await self.pipeline.close()
             await pipe_task
             await self.mqtt.stop()
@@ -247,8 +307,13 @@ class Service:
             if self.coap is not None and coap_task is not None:
                 await self.coap.stop()
                 await coap_task
+            if self.coaps is not None and coaps_task is not None:
+                await self.coaps.stop()
+                await coaps_task
             registry_stop.set()
             await registry_task
+            loss_stop.set()
+            await loss_task
             if self.alerts is not None:
                 await self.alerts.checkpoint()
             alerts_stop.set()
@@ -259,6 +324,20 @@ class Service:
             self.pipeline.stats.stored_frames,
             self.pipeline.stats.rejected,
         )
+
+    async def _retire_when_empty(self, mqtt: Mqtt5Listener) -> None:
+        """A retiring worker: once unsubscribed, stop when no frame has come for
+        ``RETIRE_IDLE_S`` and every frame is committed and acknowledged; the session is then
+        deleted on the broker (nothing is left in it)."""
+        await mqtt.unsubscribed.wait()
+        assert self.pipeline is not None
+        pipe, seen = self.pipeline, -1
+        while pipe.stats.received != seen or pipe.inflight:
+            seen = pipe.stats.received
+            await asyncio.sleep(RETIRE_IDLE_S)
+        log.info("retired: %d frames taken from the session; deleting it", seen)
+        mqtt.end_session = True
+        self.stop()
 
     async def _watch_database(self, conninfo: str, stop: asyncio.Event) -> None:
         """Keep ``readiness()['database']`` true only while the database answers (idle
@@ -289,11 +368,31 @@ async def _connect(conninfo: str) -> psycopg.AsyncConnection[tuple[object, ...]]
     return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
 
 
-async def serve(settings: Settings) -> None:
-    """Run the service until SIGTERM or SIGINT, then drain and exit."""
-    service = Service(settings)
+async def serve(
+    settings: Settings, worker: int = 0, supervisor: int | None = None, retire: bool = False
+) -> None:
+    """Run the service until SIGTERM or SIGINT, then drain and exit; a worker (index
+    ``worker``) also drains when its ``supervisor`` process is gone; a retiring one stops
+    when its session is empty."""
+    service = Service(settings, worker=worker, retire=retire)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
     loop.add_signal_handler(signal.SIGHUP, service.reload_rules)
-    await service.run()
+    if supervisor is None:
+        await service.run()
+        return
+    watch = asyncio.create_task(_watch_supervisor(service, supervisor), name="ingest.supervisor")
+    try:
+        await service.run()
+    finally:
+        watch.cancel()
+
+
+async def _watch_supervisor(service: Service, supervisor: int) -> None:
+    """Drain when the supervisor has died: a new one's workers take over the same sessions,
+    and two processes on one client id would throw each other off the broker."""
+    while os.getppid() == supervisor:  # noqa: ASYNC110 - no event says a parent died
+        await asyncio.sleep(1.0)
+    log.error("supervisor (pid %d) gone; draining and stopping", supervisor)
+    service.stop()

@@ -15,13 +15,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.config import AlertsConfig
 from core.config import Section
 from core.logformat import LogFormat
-from core.mqtt import MqttConfig
+from core.mqtt import MqttConfig, MqttProtocol
 from device_registry.config import RegistryConfig
 from device_registry.resolver import UnknownDevicePolicy
 from parking.config import ParkingConfig
@@ -41,6 +41,13 @@ class CoapMode(StrEnum):
     OFF = "off"
     OPEN = "open"  # no authentication (a trusted network, or tests)
     OSCORE = "oscore"  # every request OSCORE-protected with its device's registry key
+
+
+class DtlsMode(StrEnum):
+    """Whether CoAP also listens for DTLS (coaps://) on ``dtls_port``."""
+
+    OFF = "off"
+    PSK = "psk"  # DTLS 1.2, each device's PSK identity and key from the registry
 
 
 class CoapConfig(Section):
@@ -86,6 +93,32 @@ class CoapConfig(Section):
     )
     oscore_lookups_per_s: float = Field(
         200.0, gt=0, description="registry look-ups of new OSCORE key ids per second (5.03)"
+    )
+    dtls: DtlsMode = Field(
+        DtlsMode.OFF,
+        description="off, or psk: DTLS-PSK (coaps://) on dtls_port too; needs cityflux[dtls]",
+    )
+    dtls_port: int = Field(5684, ge=0, le=65535, description="DTLS UDP port (0 = any free port)")
+    dtls_max_sessions: int = Field(
+        2_000, ge=1, description="DTLS sessions held at once (~45 KiB each; beyond: least recent)"
+    )
+    dtls_max_handshakes: int = Field(
+        200, ge=1, description="DTLS handshakes in progress at once (beyond: the oldest dropped)"
+    )
+    dtls_max_handshakes_per_host: int = Field(
+        16, ge=1, description="DTLS handshakes in progress per IP address (beyond: ignored)"
+    )
+    dtls_handshake_timeout_s: float = Field(
+        30.0, gt=0, description="a DTLS handshake not finished by then is dropped"
+    )
+    dtls_session_idle_s: float = Field(
+        600.0, gt=0, description="a DTLS session unused this long is dropped (device redoes it)"
+    )
+    dtls_unknown_identities: int = Field(
+        10_000, ge=1, description="unknown PSK identities remembered (10 s each, LRU)"
+    )
+    dtls_lookups_per_s: float = Field(
+        200.0, gt=0, description="registry look-ups of new PSK identities per second"
     )
 
 
@@ -157,6 +190,34 @@ class Settings(BaseSettings):
         LogFormat.TEXT,
         description="text (for people) or json (one object per line, for Loki or Elastic)",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="worker processes in one MQTT 5 shared subscription (docs/design/0006)",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _scale_out(cls, workers: int, info: ValidationInfo) -> int:
+        """What several workers cannot do (docs/design/0006-scale-out.md), refused at start
+        (``workers`` is declared last, so the sections are validated already)."""
+        mqtt, alerts = info.data.get("mqtt"), info.data.get("alerts")
+        if workers == 1:
+            return workers
+        if isinstance(mqtt, MqttConfig) and mqtt.protocol is not MqttProtocol.V5:
+            raise ValueError(
+                f"{workers} workers need mqtt.protocol = 5: they split the stream through "
+                "an MQTT 5 shared subscription"
+            )
+        if isinstance(alerts, AlertsConfig) and alerts.rules_file is not None:
+            raise ValueError(
+                f"{workers} workers cannot run alerts.rules_file: the rules engine keeps each "
+                "device's state in one process and a shared subscription spreads a device's "
+                "frames over every worker; run the rules with workers = 1 "
+                "(docs/design/0006-scale-out.md)"
+            )
+        return workers
 
     @classmethod
     def settings_customise_sources(

@@ -359,6 +359,7 @@ def _report(
         "duplicates_stored": dups,
         "malformed_sent": ledger.total(ledger.sent, MALFORMED),
         "late_sent": ledger.late,
+        "dropped": ledger.dropped,
         "offline_devices": ledger.offline_devices,
         "coap_deferred_503": ledger.deferred,
         "frames_per_s": round(total_stored / elapsed_s, 1),
@@ -405,6 +406,7 @@ def render(report: dict[str, Any]) -> str:
         )
     lines.append(
         f"{'faults injected':<26}{'':>12}   {r['offline_devices']:,} devices offline, "
+        f"{r.get('dropped', 0):,} frames dropped (never sent), "
         f"{r['coap_deferred_503']:,} CoAP 5.03 (sent again after Max-Age)"
     )
     if r.get("stopped_early"):

@@ -7,6 +7,7 @@ the service's workers), QoS 1; each message is written with its topic and receiv
 from __future__ import annotations
 
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from ingest.settings import Settings
 from simulators.recording import RecordWriter
+
+SUBSCRIBE_TIMEOUT_S = 30.0
 
 
 def record_mqtt(
@@ -29,7 +32,9 @@ def record_mqtt(
     should_stop: Callable[[], bool] = lambda: False,
     on_start: Callable[[str], None] = lambda _: None,
 ) -> int:
-    """Record until ``duration_s``, ``count`` frames or ``should_stop``; frames recorded."""
+    """Record until ``duration_s``, ``count`` frames or ``should_stop``; frames recorded.
+    ``on_start`` is called once the broker acknowledged the subscription (nothing published
+    after it is missed); ``ConnectionError`` if it does not within ``SUBSCRIBE_TIMEOUT_S``."""
     m = settings.mqtt
     topic = topic_filter or m.topics[0]
     got: queue.SimpleQueue[tuple[int, str, bytes]] = queue.SimpleQueue()
@@ -43,10 +48,16 @@ def record_mqtt(
         protocol=MQTTProtocolVersion.MQTTv5,
     )
     m.secure_paho(client)  # user name, password, TLS
+    subscribed = threading.Event()
     client.on_message = on_message
     client.on_connect = lambda c, *_: c.subscribe(topic, 1)
-    client.connect(m.host, m.port)
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.connect(m.host, m.port)  # TLS: the handshake happens here (ssl.SSLError if refused)
     client.loop_start()
+    if not subscribed.wait(SUBSCRIBE_TIMEOUT_S):
+        client.disconnect()
+        client.loop_stop()
+        raise ConnectionError(f"mqtt://{m.host}:{m.port} did not acknowledge {topic}")
     on_start(topic)
     start = time.monotonic()
     with RecordWriter(out, {"recorded_from": f"mqtt://{m.host}:{m.port}/{topic}"}) as rec:

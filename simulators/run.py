@@ -67,9 +67,12 @@ class Ledger:
     answers: Counter[str] = field(default_factory=Counter)  # CoAP final answers by code
     deferred: int = 0  # CoAP 5.03 answers (sent again after Max-Age)
     late: int = 0
+    dropped: int = 0
     offline_devices: int = 0
     malformed_digests: Counter[str] = field(default_factory=Counter)  # MD5 hex -> copies
     _keys: list[tuple[int, I64, I64, I64]] = field(default_factory=list)  # group, dev, t, var
+    _drops: list[tuple[int, I64, I64, I64]] = field(default_factory=list)  # group, dev, seq, var
+    _arrive: list[tuple[int, I64, I64, I64]] = field(default_factory=list)  # well-formed sent
     first_time_us: int | None = None
     last_time_us: int | None = None
     wall_s: float = 0.0
@@ -89,6 +92,35 @@ class Ledger:
         lo, hi = int(times_us.min()), int(times_us.max())
         self.first_time_us = lo if self.first_time_us is None else min(self.first_time_us, lo)
         self.last_time_us = hi if self.last_time_us is None else max(self.last_time_us, hi)
+
+    def note_numbers(
+        self, group: int, fr: Frames, dropped: npt.NDArray[np.bool_], arrive: npt.NDArray[np.bool_]
+    ) -> None:
+        """Remember the counters of frames dropped and of well-formed frames sent."""
+        var = fr.variants if fr.variants is not None else np.zeros(len(fr), dtype=np.int64)
+        if dropped.any():
+            self._drops.append((group, fr.devices[dropped], fr.seqs[dropped], var[dropped]))
+        self._arrive.append((group, fr.devices[arrive], fr.seqs[arrive], var[arrive]))
+
+    def drops_between(self) -> dict[tuple[int, int, int], int]:
+        """Frames dropped per (group, device, variant) between the first and the last
+        well-formed frame of that device and variant that was sent: the frames a loss detector
+        can see missing (nothing tells it of drops before a device's first frame or after its
+        last)."""
+        if not self._drops:
+            return {}
+        span: dict[tuple[int, int, int], tuple[int, int]] = {}
+        for g, dev, seq, var in self._arrive:
+            for d, s, v in zip(dev.tolist(), seq.tolist(), var.tolist(), strict=True):
+                lo, hi = span.get((g, d, v), (s, s))
+                span[(g, d, v)] = (min(lo, s), max(hi, s))
+        out: Counter[tuple[int, int, int]] = Counter()
+        for g, dev, seq, var in self._drops:
+            for d, s, v in zip(dev.tolist(), seq.tolist(), var.tolist(), strict=True):
+                lo, hi = span.get((g, d, v), (s, s))
+                if lo < s < hi:
+                    out[(g, d, v)] += 1
+        return dict(out)
 
     def keys(self) -> tuple[I64, I64, I64, I64]:
         """Every well-formed frame's (group, device, time µs, variant); distinct by
@@ -244,10 +276,18 @@ class FleetRun:
             keep = ~self._silent(gi, fr)
             var = fr.variants if fr.variants is not None else np.zeros(len(fr), dtype=np.int64)
             keys = (fr.devices, fr.seqs, var)
+            if f.drop:  # never sent; the device's counter has moved on all the same
+                drop = keep & (uniform(seed, stream_id(f"fault.drop:{gi}"), *keys) < f.drop)
+                keep &= ~drop
+                self.ledger.dropped += int(drop.sum())
+            else:
+                drop = np.zeros(len(fr), dtype=np.bool_)
             bad = keep & (uniform(seed, stream_id(f"fault.malformed:{gi}"), *keys) < f.malformed)
             late = keep & ~bad & (uniform(seed, stream_id(f"fault.late:{gi}"), *keys) < f.late)
             dup = keep & ~bad & (uniform(seed, stream_id(f"fault.dup:{gi}"), *keys) < f.duplicates)
             self.ledger.note_valid(gi, fr, keep & ~bad)
+            if f.drop:  # what drops_between needs (only kept when frames are dropped)
+                self.ledger.note_numbers(gi, fr, drop, keep & ~bad)
             ids = self.ids[gi]
             due_late = self.start_us + b_us + round(f.late_s * 1e6)
             flags = zip(keep.tolist(), bad.tolist(), late.tolist(), dup.tolist(), strict=True)

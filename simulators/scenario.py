@@ -50,6 +50,12 @@ class Faults(BaseModel):
         0.0, ge=0, le=1, description="fraction of frames held back and sent `late_s` later"
     )
     late_s: float = Field(60.0, gt=0, description="how late a late frame is sent, seconds")
+    drop: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="fraction of frames never sent (the device still counts them: frame loss)",
+    )
     offline: float = Field(0.0, ge=0, le=1, description="fraction of devices that go silent")
     offline_after_s: float = Field(
         10.0, ge=0, description="device time after the start when they fall silent, seconds"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -156,10 +157,14 @@ def run_scenario(
             time.sleep(max(0.0, sent_until + 11 - time.monotonic()))
         after = dropped_messages(*broker_args)
         report["broker_dropped"] = None if after is None else max(0, after - dropped_before)
+    dropped: Counter[str] = Counter()
+    for (g, d, _variant), n in ledger.drops_between().items():
+        dropped[run.ids[g][d]] += n
     return {
         "scenario": scenario.name,
         "seed": scenario.seed,
         **run.describe(),
+        "dropped_by_device": dict(dropped),
         "registered": registered,
         "recorded": record.count if record else None,
         **report,

@@ -105,9 +105,15 @@ def migrate(conninfo: str, tables: Sequence[TableSpec], mode: TimescaleMode) -> 
                     (mig.version, mig.name, mig.checksum),
                 )
         # TimescaleDB refuses continuous aggregates inside a transaction block, so declared
-        # tables are created statement by statement; every statement is idempotent.
-        for spec in tables:
-            for stmt in table_statements(spec, backend):
-                conn.execute(stmt)
+        # tables are created statement by statement; every statement is idempotent, but two
+        # processes starting together (the workers of `serve --workers N`) would race on
+        # "IF NOT EXISTS" (a unique violation in pg_class): the session holds the lock.
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            for spec in tables:
+                for stmt in table_statements(spec, backend):
+                    conn.execute(stmt)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     log.info("storage backend: %s (%d telemetry tables)", backend, len(tables))
     return backend

@@ -9,23 +9,26 @@ ALTER TABLE devices
     ADD COLUMN IF NOT EXISTS space text;   -- parking: the space's label within its lot
 CREATE INDEX IF NOT EXISTS devices_lot ON devices (lot) WHERE lot IS NOT NULL;
 
--- The change feed follows lot and space too (the same triggers as 0005, two columns more).
+-- The change feed follows lot and space too (the same triggers as 0009, two columns more).
 DROP TRIGGER IF EXISTS devices_touch ON devices;
 CREATE TRIGGER devices_touch
     BEFORE UPDATE ON devices
     FOR EACH ROW
     WHEN ((OLD.external_id, OLD.status, OLD.profile, OLD.kind, OLD.district, OLD.tenant,
            OLD.lat, OLD.lon, OLD.road, OLD.road_km, OLD.install, OLD.oscore_kid,
-           OLD.oscore_secret, OLD.oscore_salt, OLD.lot, OLD.space)
+           OLD.oscore_secret, OLD.oscore_salt, OLD.psk_identity, OLD.psk_key, OLD.lot,
+           OLD.space)
           IS DISTINCT FROM
           (NEW.external_id, NEW.status, NEW.profile, NEW.kind, NEW.district, NEW.tenant,
            NEW.lat, NEW.lon, NEW.road, NEW.road_km, NEW.install, NEW.oscore_kid,
-           NEW.oscore_secret, NEW.oscore_salt, NEW.lot, NEW.space))
+           NEW.oscore_secret, NEW.oscore_salt, NEW.psk_identity, NEW.psk_key, NEW.lot,
+           NEW.space))
     EXECUTE FUNCTION cityflux_devices_touch();
 DROP TRIGGER IF EXISTS devices_changed ON devices;
 CREATE TRIGGER devices_changed
     AFTER INSERT OR UPDATE OF external_id, status, profile, kind, district, tenant, lat, lon,
-        road, road_km, install, oscore_kid, oscore_secret, oscore_salt, lot, space OR DELETE
+        road, road_km, install, oscore_kid, oscore_secret, oscore_salt, psk_identity, psk_key,
+        lot, space OR DELETE
     ON devices
     FOR EACH STATEMENT EXECUTE FUNCTION cityflux_devices_changed();
 

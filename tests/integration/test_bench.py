@@ -82,3 +82,24 @@ def test_quick_bench_prints_every_figure_and_loses_nothing(pg_server: str, tmp_p
         timeout=120,
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scaleout_bench_drains_every_frame(pg_server: str, tmp_path: Path) -> None:
+    """``python -m bench.scaleout`` (the lead runs it at full size, N = 1, 2, 4): a tiny
+    backlog, two workers, one run; every frame acknowledged and stored, none dead-lettered."""
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.scaleout", "--frames", "500", "--workers", "2"),
+            *("--runs", "1", "--results", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CITYFLUX_BENCH_PG_URL": pg_server},
+        check=True,
+    )
+    res = json.loads((tmp_path / "scaleout.json").read_text())
+    [one] = res["workers"]["2"]["runs"]
+    assert (one["acknowledged"], one["stored_readings"], one["dead_letters"]) == (500, 4000, 0)
+    assert (one["lost_frames"], one["exit_code"]) == (0, 0)
+    assert res["workers"]["2"]["efficiency"] is None  # no N = 1 run to compare with

@@ -38,7 +38,8 @@ rules:
 
 
 def fleet(prefix: str) -> Scenario:
-    """Two transports, five models (three car parks among them), malformed frames and an
+    """Two transports, five models (three car parks among them), malformed frames, dropped
+    frames (frame loss) and an
     offline group, at twice real time (about 10 s): steady traffic Prometheus can scrape."""
     return Scenario.model_validate(
         {
@@ -56,7 +57,7 @@ def fleet(prefix: str) -> Scenario:
                 {"name": "parking", "model": "parking-space", "count": 60, "interval_s": 2,
                  "options": {"lots": 3, "slot_s": 60}},
             ],
-            "faults": {"malformed": 0.05, "offline": 0.2, "offline_after_s": 6},
+            "faults": {"malformed": 0.05, "offline": 0.2, "offline_after_s": 6, "drop": 0.02},
         }
     )  # fmt: skip
 
@@ -233,10 +234,13 @@ async def test_every_dashboard_panel_shows_data_from_a_faulty_fleet(
             if s.name == "cityflux_alert_deliveries_total" and s.labels["result"] == "failed"
         }
         assert [sink for sink, n in failed.items() if n > 0 and sink.startswith("webhook:")]
+        # the dropped frames were found missing (the frame-loss panel's numbers are real)
+        assert metric_value(svc, "cityflux_device_frames_missing_total", profile="env") > 0
         reasons = await asyncio.to_thread(
             prom.api, "/api/v1/query", query="cityflux:frames_rejected_by_reason:rate5m"
         )
     assert report["lost"] == burst_report["lost"] == 0, (report, burst_report)
     assert report["rejected_expected"] == report["malformed_sent"] > 0
+    assert report["dropped"] > 0
     assert report["rejected_unexpected"] == 0, report["rejected_reasons"]
     assert reasons["result"], "the recording rule saw the malformed frames' dead letters"

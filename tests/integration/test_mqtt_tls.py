@@ -6,201 +6,42 @@ it publishes under its own topic and is refused on another's."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
-import os
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr
 
 from core.mqtt import MqttConfig
 from device_registry.credentials import acl_text
 from ingest.topics import uplink
-from storage.embedded import free_port, reachable
 from tests.helpers import env_frame, frames_stored, running, settings_for, wait_until
+from tests.pki import MOSQUITTO, Pki, TlsBroker, make_pki, tls_mosquitto
 
-MOSQUITTO = shutil.which("mosquitto")
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="needs the mosquitto binary")
 SERVICE_USER = "cityflux-ingest"
 DEVICES = ("861000000000001", "861000000000002")
-NOW = dt.datetime.now(dt.UTC)
-
-
-@dataclass(frozen=True)
-class Pki:
-    """Files of a CA, the broker's certificates and clients' certificates."""
-
-    ca: Path
-    wrong_ca: Path
-    server: tuple[Path, Path]
-    expired_server: tuple[Path, Path]
-    clients: dict[str, tuple[Path, Path]]
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write(
-    folder: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
-) -> tuple[Path, Path]:
-    crt, pem = folder / f"{name}.crt", folder / f"{name}.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return crt, pem
-
-
-def _ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def _leaf(
-    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
-    cn: str,
-    *,
-    server: bool,
-    expired: bool = False,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    start = NOW - dt.timedelta(days=10 if expired else 1)
-    end = NOW - dt.timedelta(days=2) if expired else NOW + dt.timedelta(days=30)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .issuer_name(ca[0].subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    )
-    if server:  # the broker is "broker.test" (and its loopback address)
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("broker.test"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        ).add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-    else:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-    return builder.sign(ca[1], hashes.SHA256()), key
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    folder = tmp_path_factory.mktemp("pki")
-    ca, other = _ca("cityflux test CA"), _ca("somebody else's CA")
-    (folder / "ca.crt").write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
-    (folder / "wrong-ca.crt").write_bytes(other[0].public_bytes(serialization.Encoding.PEM))
-    return Pki(
-        ca=folder / "ca.crt",
-        wrong_ca=folder / "wrong-ca.crt",
-        server=_write(folder, "server", *_leaf(ca, "broker.test", server=True)),
-        expired_server=_write(
-            folder, "expired", *_leaf(ca, "broker.test", server=True, expired=True)
-        ),
-        clients={
-            cn: _write(folder, f"client-{cn}", *_leaf(ca, cn, server=False))
-            for cn in (SERVICE_USER, *DEVICES)
-        },
-    )
-
-
-@dataclass(frozen=True)
-class TlsBroker:
-    """A private Mosquitto: a TLS listener requiring client certificates, and one whose
-    certificate has expired."""
-
-    port: int
-    expired_port: int
-    prefix: str
+    return make_pki(tmp_path_factory.mktemp("pki"), (SERVICE_USER, *DEVICES))
 
 
 @pytest.fixture
 def tls_broker(pki: Pki, tmp_path: Path, topic_prefix: str) -> Iterator[TlsBroker]:
-    port, expired = free_port(), free_port()
-    acl = tmp_path / "acl"
-    acl.write_text(acl_text(topic_prefix, SERVICE_USER))
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"per_listener_settings false\nallow_anonymous false\nacl_file {acl}\n"
-        "persistence false\n"
-        + ("user root\n" if os.geteuid() == 0 else "")
-        + f"listener {port} 127.0.0.1\ncafile {pki.ca}\ncertfile {pki.server[0]}\n"
-        f"keyfile {pki.server[1]}\nrequire_certificate true\nuse_identity_as_username true\n"
-        f"listener {expired} 127.0.0.1\ncafile {pki.ca}\ncertfile {pki.expired_server[0]}\n"
-        f"keyfile {pki.expired_server[1]}\nrequire_certificate true\n"
-        "use_identity_as_username true\n"
-    )
-    proc = subprocess.Popen(
-        [str(MOSQUITTO), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not (reachable("127.0.0.1", port) and reachable("127.0.0.1", expired)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"mosquitto did not start: {err}")
-            time.sleep(0.05)
-        yield TlsBroker(port, expired, topic_prefix)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with tls_mosquitto(pki, tmp_path, topic_prefix, acl_text(topic_prefix, SERVICE_USER)) as b:
+        yield b
 
 
 def _tls(pki: Pki, port: int, who: str, ca: Path | None = None) -> MqttConfig:
-    cert, key = pki.clients[who]
-    return MqttConfig(
-        host="127.0.0.1",
-        port=port,
-        tls="on",
-        tls_ca_file=ca or pki.ca,
-        tls_cert_file=cert,
-        tls_key_file=key,
-        tls_server_name="broker.test",
-    )
+    return pki.mqtt(port, who, ca)
 
 
 def _handshake(cfg: MqttConfig) -> ssl.SSLSocket:
@@ -318,3 +159,151 @@ async def test_the_service_ingests_over_tls_and_devices_are_their_certificates(
     assert frames_stored(pg_url) == 3
     assert all(not acks[i.mid].is_failure for i in mine)
     assert acks[theirs.mid].is_failure  # PUBACK 0x87: the certificate says who it is
+
+
+def test_devices_credentials_confines_certificate_devices_and_denies_disabled_ones(
+    pki: Pki, pg_url: str, tmp_path: Path, topic_prefix: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from cityflux.cli import app
+
+    active, disabled = DEVICES
+    devices = tmp_path / "devices.csv"
+    devices.write_text(
+        "external_id,status,cert_fingerprint\n"
+        f"{active},active,{pki.fingerprint(active)}\n"
+        f"{disabled},disabled,{pki.fingerprint(disabled)}\n"
+    )
+    env = {
+        "CITYFLUX_DATABASE__URL": pg_url,
+        "CITYFLUX_LOG_LEVEL": "WARNING",
+        "CITYFLUX_MQTT__TOPICS": f'["{topic_prefix}/up/+/+/+/#"]',
+    }
+    runner = CliRunner()
+    assert runner.invoke(app, ["devices", "import", "-q", str(devices)], env=env).exit_code == 0
+    passwd, acl, certs = tmp_path / "passwd", tmp_path / "acl.generated", tmp_path / "certs.csv"
+    result = runner.invoke(
+        app,
+        [
+            *("devices", "credentials", "--password-file", str(passwd)),
+            *("--acl-file", str(acl), "--certificates-file", str(certs)),
+        ],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    assert "0 device credentials" in result.output  # certificates, no passwords
+    assert "1 disabled devices holding a certificate: denied in the ACL" in result.output
+    assert "2 certificate fingerprints" in result.output
+    assert certs.read_text().splitlines() == [
+        "external_id,status,cert_fingerprint",
+        f"{active},active,{pki.fingerprint(active)}",
+        f"{disabled},disabled,{pki.fingerprint(disabled)}",
+    ]
+    assert f"user {disabled}\ntopic deny #\n" in acl.read_text()
+    with tls_mosquitto(pki, tmp_path, topic_prefix, acl.read_text()) as broker:
+        answers: dict[str, ReasonCode] = {}
+        for device in DEVICES:
+            client, rc = _device(pki, broker, device)
+            assert not rc.is_failure  # the certificate is valid: Mosquitto lets it connect
+            acks: dict[int, ReasonCode] = {}
+            client.on_publish = lambda c, u, mid, reason, props, a=acks: a.__setitem__(mid, reason)
+            info = client.publish(
+                uplink("env", device, "nbiot-env", topic_prefix), env_frame(int(device), 0), qos=1
+            )
+            info.wait_for_publish(10)
+            answers[device] = acks[info.mid]
+            client.disconnect()
+            client.loop_stop()
+    assert not answers[active].is_failure
+    assert answers[disabled].is_failure  # PUBACK 0x87: denied before the patterns
+
+
+def test_the_deployed_broker_config_takes_tls_devices_by_password_and_by_certificate(
+    pki: Pki, tmp_path: Path, topic_prefix: str
+) -> None:
+    """deploy/mosquitto/mosquitto.conf as shipped, under the real Mosquitto: only its paths
+    (to this test's certificates and files) and ports (free ones, on loopback) are changed."""
+    import os
+    import re
+    import subprocess
+    import time
+
+    from device_registry.credentials import hash_secret
+    from storage.embedded import free_port, reachable
+    from tests.pki import MOSQUITTO as BINARY
+
+    assert BINARY is not None
+    password_device, cert_device = DEVICES
+    (tmp_path / "passwd").write_text(f"{password_device}:{hash_secret('device-secret-1')}\n")
+    (tmp_path / "acl").write_text(acl_text(topic_prefix, None))
+    (tmp_path / "data").mkdir()
+    ports = {p: free_port() for p in ("1883", "8883", "8884")}
+    text = (Path(__file__).parents[2] / "deploy/mosquitto/mosquitto.conf").read_text()
+    for path, local in {
+        "/mosquitto/tls/ca.crt": pki.ca,
+        "/mosquitto/tls/server.crt": pki.server[0],
+        "/mosquitto/tls/server.key": pki.server[1],
+        "/mosquitto/credentials/passwd": tmp_path / "passwd",
+        "/mosquitto/credentials/acl": tmp_path / "acl",
+        "/mosquitto/data/": f"{tmp_path / 'data'}/",
+    }.items():
+        assert path in text, path
+        text = text.replace(path, str(local))
+    text = re.sub(
+        r"^listener (\d+)$", lambda m: f"listener {ports[m[1]]} 127.0.0.1", text, flags=re.M
+    )
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(("user root\n" if os.geteuid() == 0 else "") + text)
+    proc = subprocess.Popen([BINARY, "-c", str(conf)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not all(reachable("127.0.0.1", p) for p in ports.values()):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "mosquitto did not listen"
+            time.sleep(0.05)
+        # 8883: TLS, then user name + password
+        by_password = pki.mqtt(ports["8883"], password_device).model_copy(
+            update={
+                "tls_cert_file": None,
+                "tls_key_file": None,
+                "username": password_device,
+                "password": SecretStr("device-secret-1"),
+            }
+        )
+        with _handshake(by_password) as sock:
+            assert sock.version() in ("TLSv1.2", "TLSv1.3")
+        assert _publishes(by_password, password_device, topic_prefix)
+        wrong = by_password.model_copy(update={"password": SecretStr("not-the-secret")})
+        assert not _publishes(wrong, password_device, topic_prefix)
+        # 8884: the client certificate is the identity; none, no connection
+        assert _publishes(pki.mqtt(ports["8884"], cert_device), cert_device, topic_prefix)
+        assert _refused(by_password.model_copy(update={"port": ports["8884"]}))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _publishes(cfg: MqttConfig, device: str, prefix: str) -> bool:
+    """Whether ``device`` connects with ``cfg`` and its uplink is acknowledged."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"deploy-{device}", protocol=paho.MQTTv5
+    )
+    cfg.secure_paho(client)
+    connected = threading.Event()
+    codes: list[ReasonCode] = []
+    client.on_connect = lambda c, u, f, rc, p: (codes.append(rc), connected.set())
+    acks: dict[int, ReasonCode] = {}
+    client.on_publish = lambda c, u, mid, reason, props: acks.__setitem__(mid, reason)
+    client.connect(cfg.host, cfg.port)
+    client.loop_start()
+    try:
+        assert connected.wait(10), "no CONNACK"
+        if codes[0].is_failure:
+            return False
+        info = client.publish(uplink("env", device, "nbiot-env", prefix), b"x", qos=1)
+        info.wait_for_publish(10)
+        return not acks[info.mid].is_failure
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -327,6 +327,40 @@ def test_an_export_with_secrets_restores_oscore_devices_into_an_empty_registry(
     ) == [("LAMP-1", "0a01", secret, "9e7c")]
 
 
+def test_dtls_psks_import_export_without_keys_and_restore_with_secrets(
+    pg_url: str, tmp_path: Path
+) -> None:
+    key = "6e622d612d70736b2d30313233343536"
+    devices = tmp_path / "devices.csv"
+    devices.write_text(f"external_id,psk_identity,psk_key\nNB-1,nb-1@city,{key}\n")
+    assert _cli(pg_url, "devices", "import", "-q", str(devices)).exit_code == 0
+    stored = "SELECT external_id, psk_identity, encode(psk_key, 'hex'), updated_at FROM devices"
+    before = query(pg_url, stored)
+    exported = tmp_path / "export.csv"
+    assert _cli(pg_url, "devices", "export", str(exported)).exit_code == 0
+    text = exported.read_text()
+    assert "nb-1@city" in text  # the identity, never the key
+    assert key not in text
+    again = _cli(pg_url, "devices", "import", "-q", str(exported))
+    assert "0 new, 0 updated, 1 unchanged" in again.output, again.output
+    assert query(pg_url, stored) == before
+    backup = tmp_path / "backup.csv"
+    assert _cli(pg_url, "devices", "export", "--with-secrets", str(backup)).exit_code == 0
+    assert backup.stat().st_mode & 0o077 == 0
+    query(pg_url, "DELETE FROM devices")
+    assert _cli(pg_url, "devices", "import", "-q", str(backup)).exit_code == 0
+    assert query(pg_url, stored)[0][:3] == ("NB-1", "nb-1@city", key)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("external_id,psk_identity,psk_key\nNB-2,a\tb,\nNB-3,nb-3,00ff\n")
+    result = _cli(pg_url, "devices", "import", "-q", str(bad))
+    assert result.exit_code == 1
+    assert (
+        f"{bad}:2: psk_identity: must be 1-128 bytes of printable characters, no comma"
+        in result.output
+    )
+    assert f"{bad}:3: psk_key: 2 bytes, must be 16-32" in result.output
+
+
 def test_devices_list_says_when_it_shows_only_part_and_json_gets_all(
     pg_url: str, tmp_path: Path
 ) -> None:

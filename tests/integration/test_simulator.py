@@ -242,7 +242,13 @@ async def test_ctrl_c_stops_the_fleet_and_still_prints_the_report(
              "--json", "-q"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
-        await asyncio.sleep(6)
+        # interrupt once frames flow (the simulator's start-up takes seconds on a busy machine)
+        assert svc.pipeline is not None
+        for _ in range(600):
+            if svc.pipeline.stats.received > 0 or proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
         proc.send_signal(signal.SIGINT)
         out, err = await asyncio.to_thread(proc.communicate, timeout=120)
     assert proc.returncode == 0, err.decode()[-2000:]

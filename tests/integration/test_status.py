@@ -71,18 +71,25 @@ async def test_status_shows_rates_dead_letters_alerts_and_devices(
     )
     bad = env_frame(861000000000001, 99)
     broken = bad[:-1] + bytes([bad[-1] ^ 0xFF])  # the CRC no longer matches
+    sent = env_messages(topic_prefix, 2, 10)
     msgs = (
-        env_messages(topic_prefix, 2, 10)
+        sent[:8] + sent[9:]  # the first device's frame 4 is lost: 1 of its 10
         + [(uplink("env", "861000000000001", "nbiot-env", topic_prefix), broken)] * 3
-    )
+    )  # fmt: skip
     async with running(settings) as svc:
         assert svc.pipeline is not None
         pipe = svc.pipeline
-        assert await asyncio.to_thread(publish, broker, msgs) == 23
-        await wait_until(lambda: pipe.stats.stored_frames + pipe.stats.rejected == 23)
+        assert await asyncio.to_thread(publish, broker, msgs) == 22
+        await wait_until(lambda: pipe.stats.stored_frames + pipe.stats.rejected == 22)
         written = svc.metrics.registry.get_sample_value
         await wait_until(
             lambda: (written("cityflux_last_seen_written_total") or 0) >= 2, 30, "last seen"
+        )
+        numbered = {"profile": "nbiot-env"}
+        await wait_until(
+            lambda: (written("cityflux_device_frames_numbered_total", numbered) or 0) == 19,
+            30,
+            "frame loss counted",
         )
         token = issue_token(pg_url, "status", "read")  # /api/v1 needs a read token
         out = await asyncio.to_thread(
@@ -96,7 +103,8 @@ async def test_status_shows_rates_dead_letters_alerts_and_devices(
         )
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert re.search(r"^mqtt / nbiot-env\s+[\d.,]+\s+23\s*$", text, re.M), text
+    assert re.search(r"^mqtt / nbiot-env\s+[\d.,]+\s+22\s*$", text, re.M), text
+    assert re.search(r"^nbiot-env\s+19\s+1\s+5\.00\s+[\d.,]+\s*$", text, re.M), text
     assert re.search(r"^uncommitted frames\s+0 of 100,000\s*$", text, re.M), text
     assert re.search(r"^backpressure\s+reading\s*$", text, re.M), text
     assert re.search(r"^crc_mismatch\s+[\d.,]+\s+3\s*$", text, re.M), text

@@ -12,8 +12,11 @@ import psycopg
 from alerts import store
 from alerts.runtimes import AlertEvent
 from core.access import ActorKind, Principal
-from core.frames import TableRows
+from core.frames import Decoded, FrameNumbers, TableRows
+from core.metrics import Metrics
 from decoders.tables import ALL_TABLES, ENV_READINGS, PARKING_READINGS
+from device_registry.frameloss import FrameLoss
+from device_registry.resolver import DeviceResolver, UnknownDevicePolicy
 from parking.config import ParkingConfig
 from parking.occupancy import OccupancyStage
 from storage.ddl import Backend
@@ -54,6 +57,7 @@ def test_migrations_create_hypertable_policies_and_continuous_aggregate(
             "SELECT view_name FROM timescaledb_information.continuous_aggregates"
         ).fetchall()
     alert_tables = [("alert_events", False), ("alerts", False)]  # migration 0003
+    alert_tables += [("device_frame_counts", False), ("device_frame_gaps", False)]  # 0008
     assert sorted(hyper) == sorted([(t.name, True) for t in ALL_TABLES] + alert_tables)
     assert [(c, str(i)) for c, i in dims] == [("time", "1 day, 0:00:00")]
     assert segment == [("device_id", 1)]
@@ -128,6 +132,50 @@ async def test_alerts_live_in_hypertables_and_can_be_acknowledged(
         ("pm-high", "cleared"),
         ("no2-high", "acknowledged"),
     ]
+
+
+async def test_frame_gaps_and_counts_are_written_to_hypertables(
+    timescaledb: TimescaleWasm,
+) -> None:
+    migrate(timescaledb.url, ALL_TABLES, TimescaleMode.REQUIRE)
+    with psycopg.connect(timescaledb.url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO devices (id, external_id, kind, profile) VALUES (5, 'D5', 'env', 'p')"
+        )
+    metrics = Metrics()
+    loss = FrameLoss(DeviceResolver(UnknownDevicePolicy.REJECT), metrics)
+
+    def batch(numbers: list[int]) -> Decoded:
+        n = len(numbers)
+        nums = FrameNumbers(
+            "compact",
+            1 << 16,
+            np.array([b"D5"] * n),
+            np.arange(n, dtype=np.int32),
+            np.array(numbers, dtype=np.int64),
+        )
+        return Decoded(numbers=[nums])
+
+    for numbers in ([1, 2, 6], [7, 4]):  # 3-5 missing, then 4 arrives late
+        n = len(numbers)
+        loss.observe(batch(numbers), np.full(n, 5, dtype=np.int32), np.ones(n, dtype=np.bool_))
+        async with await psycopg.AsyncConnection.connect(timescaledb.url, autocommit=True) as conn:
+            await loss.flush(conn)
+    with psycopg.connect(timescaledb.url, autocommit=True) as conn:
+        gaps = conn.execute(
+            "SELECT device_id, stream, first_missing, last_missing, missing FROM device_frame_gaps"
+        ).fetchall()
+        counts = conn.execute(  # hourly rows: two if the flushes straddle an hour
+            "SELECT sum(received)::int, sum(missing)::int FROM device_frame_counts"
+        ).fetchall()
+        state = conn.execute("SELECT highest FROM device_frame_state").fetchall()
+    assert gaps == [(5, "compact", 3, 5, 2)]
+    assert counts == [(5, 2)]
+    assert state == [(7,)]
+    assert (
+        metrics.registry.get_sample_value("cityflux_device_frames_missing_total", {"profile": "p"})
+        == 3
+    )
 
 
 async def test_lot_occupancy_is_a_hypertable_with_a_continuous_aggregate_per_hour(

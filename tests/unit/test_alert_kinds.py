@@ -588,3 +588,46 @@ def test_stuck_and_flapping_space_sensors_raise_on_their_own_space(tmp_path: Pat
         ("parking-sensor-flapping", "s3", "raised", 0),
         ("parking-sensor-stuck", "s1", "raised", 0),
     ]
+
+
+def test_frame_loss_raises_above_its_ratio_and_clears_below_half_of_it(tmp_path: Path) -> None:
+    from alerts.frameloss import FrameLossRuntime
+
+    eng = engine(
+        tmp_path,
+        """
+rules:
+  - name: frames-lost
+    kind: frame_loss
+    window: 2h
+    above: 0.1
+    min_frames: 20
+""",
+    )
+    rt = eng.runtimes["frames-lost"]
+    assert isinstance(rt, FrameLossRuntime)
+    assert (rt.spec.hours, rt.spec.clear_at) == (2, 0.05)
+    ids = np.array([1, 2, 3], dtype=np.int64)
+    # device 1: 20 % lost; 2: 5 % lost; 3: 50 % but only 10 frames counted (too few to judge)
+    got = rt.judge(ids, np.array([80, 95, 5]), np.array([20, 5, 5]), T0)
+    assert [(e.device_id, e.state, e.value, e.details) for e in got] == [
+        (1, "raised", 0.2, {"received": 80, "missing": 20, "window_h": 2})
+    ]
+    assert rt.judge(ids, np.array([92, 95, 5]), np.array([8, 5, 5]), T0 + MIN) == []  # 8 %: open
+    cleared = rt.judge(ids, np.array([96, 95, 5]), np.array([4, 5, 5]), T0 + 2 * MIN)
+    assert [(e.device_id, e.state, e.value, e.raised_value) for e in cleared] == [
+        (1, "cleared", 0.04, 0.2)
+    ]
+    again = rt.judge(ids[:1], np.array([10]), np.array([10]), T0 + 3 * MIN)
+    assert [e.state for e in again] == ["raised"]
+    gone = rt.judge(ids[:0], ids[:0], ids[:0], T0 + 4 * MIN)  # nothing counted in the window
+    assert [(e.state, e.details) for e in gone] == [
+        ("cleared", {"reason": "nothing counted in the window"})
+    ]
+    assert eng.evaluate({}) == []
+    assert eng.tick(T0) == []
+
+
+def test_frame_loss_rule_errors_name_the_field(tmp_path: Path) -> None:
+    with pytest.raises(DocumentError, match=r"rules\[0\]\.above: Input should be less than 1"):
+        engine(tmp_path, "rules:\n  - name: x\n    kind: frame_loss\n    above: 5\n")

@@ -102,9 +102,15 @@ def test_compose_publishes_no_database_port_and_operator_ports_on_loopback_only(
         tcp = [p for p in services[name]["ports"] if not p.endswith("/udp")]
         assert tcp, name
         assert all(p.startswith("127.0.0.1:") for p in tcp), (name, tcp)
-    # what devices must reach: the broker (authenticated) and CoAP (OSCORE)
-    assert services["mosquitto"]["ports"] == ["1883:1883"]
+    # what devices must reach: the broker over TLS (authenticated) and CoAP (OSCORE, DTLS-PSK);
+    # plain MQTT on this host only
+    assert services["mosquitto"]["ports"] == ["8883:8883", "8884:8884", "127.0.0.1:1883:1883"]
     assert services["cityflux"]["environment"]["CITYFLUX_COAP__MODE"] == "oscore"
+    assert services["cityflux"]["environment"]["CITYFLUX_COAP__DTLS"] == "psk"
+    assert [p for p in services["cityflux"]["ports"] if p.endswith("/udp")] == [
+        "5683:5683/udp",
+        "5684:5684/udp",
+    ]
 
 
 def test_compose_takes_every_secret_from_the_env_file_and_none_is_committed() -> None:
@@ -222,3 +228,54 @@ def test_mosquitto_config_keeps_frames_for_a_stopped_consumer() -> None:
     assert conf["persistence"] == "true"
     assert int(conf["max_queued_messages"]) >= 100_000
     assert conf["max_inflight_messages"] == "0"
+
+
+def _listeners() -> dict[str, dict[str, str]]:
+    """mosquitto.conf's options per listener (key: the port; "" for the global ones)."""
+    blocks: dict[str, dict[str, str]] = {"": {}}
+    current = ""
+    for line in (DEPLOY / "mosquitto/mosquitto.conf").read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        if key == "listener":
+            current = value.split()[0]
+            blocks[current] = {}
+            continue
+        blocks[current][key] = value
+    return blocks
+
+
+def test_broker_serves_devices_over_tls_1_2_with_certificates_from_a_volume() -> None:
+    listeners = _listeners()
+    assert set(listeners) == {"", "1883", "8883", "8884"}
+    assert listeners[""].get("per_listener_settings", "false") == "false"  # one auth for all
+    assert listeners[""]["allow_anonymous"] == "false"
+    for port in ("8883", "8884"):
+        tls = listeners[port]
+        assert tls["tls_version"] == "tlsv1.2", port  # the oldest accepted (Mosquitto 2)
+        assert (tls["cafile"], tls["certfile"], tls["keyfile"]) == (
+            "/mosquitto/tls/ca.crt",
+            "/mosquitto/tls/server.crt",
+            "/mosquitto/tls/server.key",
+        ), port
+    assert "require_certificate" not in listeners["8883"]  # passwords over TLS
+    assert listeners["8884"]["require_certificate"] == "true"  # certificate devices
+    assert listeners["8884"]["use_identity_as_username"] == "true"
+    assert not {"certfile", "keyfile", "cafile"} & set(listeners["1883"])
+    broker = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["mosquitto"]
+    assert "./tls:/mosquitto/tls:ro" in broker["volumes"]  # mounted read-only, never built in
+    assert "/deploy/tls/" in (ROOT / ".gitignore").read_text().splitlines()  # keys stay out
+    assert "8883:8883" in broker["ports"]
+    assert "8884:8884" in broker["ports"]
+    assert "127.0.0.1:1883:1883" in broker["ports"]
+
+
+def test_the_service_image_carries_the_dtls_extra_its_compose_config_needs() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(d.startswith("python-mbedtls") for d in extras["dtls"])
+    assert re.search(r'^RUN pip wheel .*"\.\[dtls\]"', text, re.M)
+    assert "5684/udp" in text
