@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TSDB   := tests/timescaledb/node_modules/.installed
+LWM2M  := tests/lwm2m/node_modules/.installed
 DURATION ?= 30
 
 .PHONY: demo test lint typecheck bench bench-quick bench-registry fmt clean fuzz
@@ -21,10 +22,14 @@ $(TSDB): tests/timescaledb/package.json tests/timescaledb/package-lock.json
 	cd tests/timescaledb && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+$(LWM2M): tests/lwm2m/package.json tests/lwm2m/package-lock.json
+	cd tests/lwm2m && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 demo: $(STAMP)                 ## embedded PostgreSQL + broker, the service, a fleet, a summary
 	$(VENV)/bin/cityflux demo --duration $(DURATION)
 
-test: $(STAMP) $(TSDB)         ## the whole suite against real services
+test: $(STAMP) $(TSDB) $(LWM2M) ## the whole suite against real services
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)                 ## ruff, and the import contracts: the floors run one way
@@ -62,4 +67,4 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) tests/timescaledb/node_modules
+	rm -rf $(VENV) tests/timescaledb/node_modules tests/lwm2m/node_modules

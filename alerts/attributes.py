@@ -27,9 +27,13 @@ NUMBERS = ("lat", "lon", "road_km", "offline_after_s")
 
 _QUERY = """
 SELECT d.id, d.external_id, d.kind, d.profile, d.district, d.road, d.lat, d.lon, d.road_km,
-       p.report_interval_s * p.offline_after AS offline_after_s,
+       CASE  -- an LwM2M device is offline when its registration lapses (0010_lwm2m.sql)
+           WHEN r.device_id IS NULL THEN p.report_interval_s * p.offline_after
+           WHEN r.deregistered_at IS NULL THEN r.lifetime_s
+       END AS offline_after_s,
        p.report_interval_s, d.install
 FROM devices d LEFT JOIN device_profiles p ON p.name = d.profile
+LEFT JOIN lwm2m_registrations r ON r.device_id = d.id
 WHERE d.id = ANY(%s)
 """
 

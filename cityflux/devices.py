@@ -211,3 +211,32 @@ def devices_credentials(
         )
     if certificates_file is not None:
         typer.echo(f"{done.certificate_devices} certificate fingerprints -> {certificates_file}")
+
+
+@devices_app.command("command")
+def devices_command(
+    device: Annotated[str, typer.Argument(help="external id, or #<internal id>")],
+    operation: Annotated[str, typer.Argument(help="write or execute")],
+    path: Annotated[str, typer.Argument(help="LwM2M resource, /object/instance/resource")],
+    value: Annotated[str | None, typer.Argument(help="write: the value (text)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Queue an LwM2M Write or Execute; sent on the device's next Register or Update."""
+    from device_registry import lwm2m
+
+    try:
+        op = lwm2m.Operation(operation)
+    except ValueError:
+        typer.echo(f"cityflux: operation {operation!r} is not write or execute", err=True)
+        raise typer.Exit(2) from None
+    try:
+        lwm2m.check_command(op, path, value)  # before connecting: a typo is told at once
+    except lwm2m.CommandError as exc:
+        typer.echo(f"cityflux: {exc}", err=True)
+        raise typer.Exit(2) from None
+    with registry_conn(config) as conn:
+        row = lwm2m.queue_command(conn, device, op, path, value, cli_principal())
+    if row is None:
+        typer.echo(f"cityflux: no device {device!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(row, default=str))

@@ -286,6 +286,24 @@ class Metrics:
             registry=r,
         )
 
+        self.lwm2m_operations = Counter(
+            "cityflux_lwm2m_operations",
+            "LwM2M registration operations answered, by operation and response code",
+            ["operation", "code"],
+            registry=r,
+        )
+        self.lwm2m_commands = Counter(
+            "cityflux_lwm2m_commands",
+            "LwM2M downlink commands finished, by operation and state (done, failed, timeout)",
+            ["operation", "state"],
+            registry=r,
+        )
+        self.lwm2m_registered = Gauge(
+            "cityflux_lwm2m_registered_devices",
+            "LwM2M devices registered with this process (not de-registered nor expired)",
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         """The text exposition format of every metric."""
         return generate_latest(self.registry)

@@ -5,7 +5,9 @@ the pack (RFC 8428 §4.6). Times below 2**28 are relative to the receive time (�
 Numeric values (``v``), booleans (``vb`` as 0/1) and sums (``s``, stored as ``<name>.sum``)
 become readings; string and data values (``vs``, ``vd``) are not metrics and are skipped.
 The metric is the record's ``n`` (or, for a record without one, its unit); the device is the
-one the transport names, or else the base name without its trailing separator.
+one the transport names, or else the base name without its trailing separator. LwM2M 1.1
+packs (Send, notifications) name resources by path (``bn`` ``/3303/0/``, ``n`` ``5700``):
+such a name is accepted and the whole path is the metric (``/3303/0/5700``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from decoders.tables import ENV_READINGS
 
 # RFC 8428 §4.5.3: values of t below 2**28 are relative to the current time.
 RELATIVE_TIME_LIMIT = 2**28
-# RFC 8428 §4.5.1: a name starts with a letter or digit and uses only these characters.
+# RFC 8428 §4.5.1: a name starts with a letter or digit and uses only these characters;
+# LwM2M 1.1 (Core §7.4.4) names resources by their path, which starts with "/".
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*\Z")
+_LWM2M_PATH = re.compile(r"(/[0-9]{1,5}){1,4}\Z")
 MAX_TIME_S = 7_258_118_400  # 2200-01-01: anything later is a device clock error
 
 
@@ -91,7 +95,8 @@ def parse_pack(
             long = ("name", len(bn) + len(n)) if len(bn) + len(n) > MAX_TEXT else ("u", len(unit))
             raise LimitError(too_long(f"record {i}: {long[0]}", long[1]))
         name = bn + n
-        if not _NAME_RE.match(name):
+        lwm2m = _LWM2M_PATH.match(name) is not None
+        if not lwm2m and not _NAME_RE.match(name):
             raise SenMLError(f"record {i}: invalid name {name!r}")
         t = _number(rec, "t", i) or 0.0
         time_s = bt + t
@@ -104,7 +109,7 @@ def parse_pack(
             raise SenMLError(f"record {i}: no device (no topic device id and no 'bn')")
         # A record without a name measures the base name's sensor; its unit (RFC 8428 §12.1
         # registry: "%RH", "lon", "lat", …) is then what tells its values apart.
-        metric = n or unit or "value"
+        metric = name if lwm2m else n or unit or "value"
         v = _number(rec, "v", i)
         vb = rec.get("vb")
         s = _number(rec, "s", i)

@@ -223,3 +223,22 @@ ALL_TABLES = (
     PARKING_READINGS,
     PARKING_LOT_OCCUPANCY,
 )
+
+LWM2M_REGISTRATION_EVENTS = TableSpec(
+    name="lwm2m_registration_events",
+    description="LwM2M Register, Update and De-register operations (the history; "
+    "lwm2m_registrations holds each device's current registration).",
+    columns=(
+        Column("time", T.TIMESTAMPTZ, description="receive time (UTC)"),
+        Column("device_id", T.INT4, description="internal device id of the endpoint"),
+        Column("operation", T.TEXT, description="register, update or deregister"),
+        Column("location", T.TEXT, description="the registration's location (/rd/<location>)"),
+        Column("lifetime_s", T.INT4, nullable=True, description="lt: lifetime, s"),
+        Column("binding", T.TEXT, nullable=True, description="b: U or UQ (queue mode)"),
+        Column("lwm2m_version", T.TEXT, nullable=True, description="lwm2m: 1.0, 1.1…"),
+        Column("object_links", T.TEXT, nullable=True, description="the CoRE link format payload"),
+    ),
+    natural_key=("device_id", "operation", "time"),
+    compress_after="30 days",
+    retain_for="365 days",
+)

@@ -11,11 +11,11 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.access import Guard, Principal, Scope
-from device_registry import store
+from device_registry import lwm2m, store
 
 
 class DeviceState(StrEnum):
@@ -55,6 +55,16 @@ class DeviceDetail(BaseModel):
     frames_24h: FramesWindow = Field(
         description="the last 24 hourly counts (this hour and the 23 before it)"
     )
+
+
+class NewCommand(BaseModel):
+    """Body of POST /devices/{id}/commands: an LwM2M Write or Execute for the device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operation: lwm2m.Operation
+    path: Annotated[str, Field(pattern=lwm2m.PATH.pattern, description="/object/instance/resource")]
+    value: Annotated[str | None, Field(max_length=lwm2m.MAX_VALUE_CHARS)] = None
 
 
 def _connect(request: Request) -> Iterator[psycopg.Connection[Any]]:
@@ -116,6 +126,37 @@ def registry_router(guard: Guard) -> APIRouter:
         row = store.set_status(db, device, change.status.value, who)
         if row is None:
             raise HTTPException(404, f"no device {device!r}")
+        return row
+
+    @router.post(
+        "/devices/{device}/commands",
+        status_code=201,
+        summary="Queue an LwM2M Write or Execute (sent on the device's next Register/Update)",
+    )
+    def queue_command(
+        db: Conn, device: str, command: NewCommand, who: Principal = operator
+    ) -> dict[str, Any]:
+        try:
+            row = lwm2m.queue_command(
+                db, device, command.operation, command.path, command.value, who
+            )
+        except lwm2m.CommandError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if row is None:
+            raise HTTPException(404, f"no device {device!r}")
+        return row
+
+    @router.get(
+        "/devices/{device}/commands/{command_id}",
+        summary="A queued command: its state and the device's answer",
+        dependencies=read,
+    )
+    def command(
+        db: Conn, device: str, command_id: Annotated[int, Path(ge=1, le=2**63 - 1)]
+    ) -> dict[str, Any]:
+        row = lwm2m.get_command(db, device, command_id)
+        if row is None:
+            raise HTTPException(404, f"no command {command_id} of device {device!r}")
         return row
 
     @router.get("/profiles", summary="Device profiles with device counts", dependencies=read)

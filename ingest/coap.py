@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import socket
@@ -53,7 +54,11 @@ from core.frames import Outcome
 from core.metrics import Metrics
 from decoders.registry import DecoderRegistry
 from ingest.coap_dtls import DtlsEndpoint, PskStore
+from ingest.coap_frames import code_for as _code_for
+from ingest.coap_frames import parse_plain as _parse_plain
 from ingest.coap_oscore import DeviceContext, DeviceKeyStore, LookupsExhaustedError
+from ingest.lwm2m import ROOTS as LWM2M_ROOTS
+from ingest.lwm2m import Lwm2mServer, OnResponse
 from ingest.pipeline import Pipeline
 from ingest.settings import CoapConfig, CoapMode
 from ingest.topics import UplinkTopic, check_levels, refused
@@ -98,6 +103,18 @@ class _Exchange:
     oscore: tuple[DeviceContext, Any] | None = None  # context, request id
     block1: Any = None  # the final Block1 value to echo
     device: str = ""
+    notification: bool = False  # a device's response to our request: ACKed after the commit
+
+
+@dataclass(slots=True)
+class _Request:
+    """A request the server sent to a device (LwM2M Observe, Write, Execute)."""
+
+    remote: Remote
+    on_response: OnResponse
+    observe: bool
+    mid: int
+    oscore: tuple[DeviceContext, Any] | None = None  # the device's context, our request id
 
 
 @dataclass(slots=True)
@@ -118,6 +135,7 @@ class _Outgoing:
     due: float
     attempts: int = 0
     timeout: float = ACK_TIMEOUT_S
+    token: bytes | None = None  # a request of ours: its callback learns of a timeout
 
 
 class CoapListener(asyncio.DatagramProtocol):
@@ -133,6 +151,7 @@ class CoapListener(asyncio.DatagramProtocol):
         kind_decoders: Callable[[str], list[str]] | None = None,
         psks: PskStore | None = None,
         reuse_port: bool = False,
+        lwm2m: Lwm2mServer | None = None,
     ) -> None:
         self._cfg = cfg
         # with ``psks`` this listener serves coaps:// (dtls_port): DTLS authenticates the
@@ -159,6 +178,10 @@ class CoapListener(asyncio.DatagramProtocol):
         self._saturated = False
         self._draining = False
         self._stopping = asyncio.Event()
+        self._requests: dict[bytes, _Request] = {}  # ours, by token
+        self._lwm2m = lwm2m
+        if lwm2m is not None:
+            lwm2m.attach(self)
         self.port: int | None = None
         self.bound = asyncio.Event()
         pipeline.add_source(self)
@@ -237,7 +260,17 @@ class CoapListener(asyncio.DatagramProtocol):
         mid = int.from_bytes(data[2:4], "big")
         remote: Remote = (addr[0], addr[1])
         if mtype in (ACK, RST):
-            self._outgoing.pop((remote, mid), None)  # the device got our separate response
+            out = self._outgoing.pop((remote, mid), None)  # the device got our message
+            if out is not None and out.token is not None:
+                if mtype == RST:  # the device refused our request
+                    req = self._requests.pop(out.token, None)
+                    if req is not None:
+                        req.on_response(None, _noop)
+                elif data[1] != 0:  # the response, piggybacked
+                    self._response(data, remote, mtype, mid)
+            return
+        if data[1] >= 0x40 and self._requests:  # a response (class 2-5) to a request of ours
+            self._response(data, remote, mtype, mid)
             return
         if data[1] == 0:  # an empty CON is a ping: RST (§4.3)
             if mtype == CON:
@@ -249,7 +282,9 @@ class CoapListener(asyncio.DatagramProtocol):
             self._duplicate(known)
             return
         plain = _parse_plain(data) if self._mode is not CoapMode.OSCORE else None
-        if plain is not None:  # the usual uplink, parsed without building a Message
+        if plain is not None and (
+            self._lwm2m is None or plain[2][:1] not in LWM2M_ROOTS
+        ):  # the usual uplink, parsed without building a Message
             code, token, path, cf, payload = plain
             ex = _Exchange(remote, mid, token, mtype == CON, time.monotonic())
             self._remember(key, ex)
@@ -288,8 +323,8 @@ class CoapListener(asyncio.DatagramProtocol):
 
     def _duplicate(self, ex: _Exchange) -> None:
         self._metrics.coap_duplicates.inc()
-        if not ex.con:
-            return
+        if not ex.con or (ex.notification and ex.response is None):
+            return  # a notification is ACKed once committed
         if ex.response is not None:
             self._send(ex.response, ex.remote)
         elif not ex.empty_acked:  # still waiting for the commit: stop its retransmissions
@@ -355,6 +390,12 @@ class CoapListener(asyncio.DatagramProtocol):
                 _LINKS.format(prefix=self._cfg.path_prefix).encode(),
                 content_format=40,
             )
+            return
+        if self._lwm2m is not None and path[:1] in LWM2M_ROOTS:
+            if self._draining or self._saturated:
+                self._answer(ex, Code.SERVICE_UNAVAILABLE, b"", max_age=self._cfg.retry_after_s)
+            else:
+                self._lwm2m.handle(ex, msg, authenticated)
             return
         if not self._path_ok(ex, path, int(msg.code)):
             return
@@ -511,6 +552,7 @@ class CoapListener(asyncio.DatagramProtocol):
         size1: int | None = None,
         content_format: int | None = None,
         count: bool = True,
+        location: Sequence[str] = (),
     ) -> None:
         if count:
             label = _LABELS.get(code)
@@ -518,7 +560,7 @@ class CoapListener(asyncio.DatagramProtocol):
                 label = _LABELS[code] = code.dotted
             self._metrics.coap_responses.labels(label).inc()
         plain = ex.oscore is None and max_age is None and block1 is None and size1 is None
-        if plain and not payload and content_format is None:  # the common case, by hand
+        if plain and not payload and content_format is None and not location:  # by hand
             self._deliver(ex, bytes([len(ex.token), int(code)]), ex.token, b"")
             return
         msg = Message(code=code, payload=payload)
@@ -530,10 +572,94 @@ class CoapListener(asyncio.DatagramProtocol):
             msg.opt.size1 = size1
         if content_format is not None:
             msg.opt.content_format = content_format
+        if location:
+            msg.opt.location_path = tuple(location)
         if ex.oscore is not None:
             ctx, request_id = ex.oscore
             msg, _ = ctx.protect(msg, request_id=request_id)
         self._answer_message(ex, msg)
+
+    def answer(
+        self, ex: _Exchange, code: Code, payload: bytes = b"", location: Sequence[str] = ()
+    ) -> None:
+        """Answer a request handed to the LwM2M server (``location``: Location-Path)."""
+        self._answer(ex, code, payload, location=location)
+
+    def request(
+        self, remote: Remote, msg: Message, on_response: OnResponse, security: Any = None
+    ) -> bytes:
+        """Send a confirmable request to a device (retransmitted, RFC 7252 §4.2); its
+        responses (several for an Observe) go to ``on_response``, ``None`` when the device
+        never answered or refused it. ``security``: the device's OSCORE context (from its
+        request, ``security_of``), which protects the request and its responses. Returns the
+        token (``forget_request`` ends it)."""
+        token = random.randbytes(8)
+        while token in self._requests:
+            token = random.randbytes(8)
+        observe = msg.opt.observe is not None
+        protection = None
+        if isinstance(security, DeviceContext):
+            msg, request_id = security.protect(msg)
+            protection = (security, request_id)
+        mid = self._new_mid()
+        msg.mtype, msg.mid, msg.token = aiocoap.CON, mid, token
+        data = msg.encode()
+        self._requests[token] = _Request(remote, on_response, observe, mid, protection)
+        self._outgoing[(remote, mid)] = _Outgoing(
+            remote, data, time.monotonic() + ACK_TIMEOUT_S * random.uniform(1, 1.5), token=token
+        )
+        self._send(data, remote)
+        return token
+
+    def abandon(self, ex: _Exchange) -> None:
+        """Forget a request left unanswered (its retransmission is processed anew)."""
+        self._exchanges.pop((ex.remote, ex.mid), None)
+
+    @staticmethod
+    def security_of(ex: _Exchange) -> Any:
+        """The security a request came with (its OSCORE context; None: plain). DTLS-PSK
+        (another issue) returns its session here, and ``request`` uses it the same way."""
+        return None if ex.oscore is None else ex.oscore[0]
+
+    def forget_request(self, token: bytes) -> None:
+        """Stop taking responses to this request (its next notification is refused, RST)."""
+        self._requests.pop(token, None)
+
+    def _response(self, data: bytes, remote: Remote, mtype: int, mid: int) -> None:
+        """A device's response to a request of ours: to its callback, which calls ``ack``
+        once what it carries is committed (a confirmable response is ACKed then)."""
+        try:
+            msg = Message.decode(data, remote)
+        except (ValueError, aiocoap.error.UnparsableMessage):
+            return
+        token = msg.token
+        req = self._requests.get(token)
+        if req is None or req.remote[0] != remote[0]:
+            if mtype == CON:  # an observation we do not hold: the device stops it (RFC 7641)
+                self._send(bytes([0x70, 0]) + mid.to_bytes(2, "big"), remote)
+            return
+        if req.oscore is not None:  # the device protects its responses with its context
+            try:
+                msg, _ = req.oscore[0].unprotect(msg, req.oscore[1])
+            except (oscore.NotAProtectedMessage, oscore.ProtectionInvalid, oscore.DecodeError):
+                self._metrics.coap_oscore_failures.labels("decryption").inc()
+                if mtype == CON:  # not taken: the device may send it again
+                    self._send(bytes([0x70, 0]) + mid.to_bytes(2, "big"), remote)
+                return
+        if not req.observe or msg.opt.observe is None or not msg.code.is_successful():
+            self._requests.pop(token, None)
+        self._outgoing.pop((req.remote, req.mid), None)  # answered: no more retransmissions
+        if mtype != CON:
+            req.on_response(msg, _noop)
+            return
+        key = (remote, mid)
+        known = self._exchanges.get(key)
+        if known is not None:
+            self._duplicate(known)
+            return
+        ex = _Exchange(remote, mid, token, True, time.monotonic(), notification=True)
+        self._remember(key, ex)
+        req.on_response(msg, functools.partial(self._empty_ack, ex))
 
     def _answer_message(self, ex: _Exchange, msg: Message) -> None:
         """Send an aiocoap message as the answer (its header is ours to fill)."""
@@ -585,6 +711,11 @@ class CoapListener(asyncio.DatagramProtocol):
                 continue
             if out.attempts >= MAX_RETRANSMIT:
                 del self._outgoing[key]
+                if out.token is not None:  # a request of ours: the device never answered
+                    req = self._requests.pop(out.token, None)
+                    if req is not None:
+                        req.on_response(None, _noop)
+                    continue
                 log.warning("CoAP: %s never acknowledged a separate response", out.remote)
                 continue
             out.attempts += 1
@@ -602,71 +733,12 @@ class CoapListener(asyncio.DatagramProtocol):
             self._exchanges.popitem(last=False)
 
 
+def _noop() -> None:
+    return None
+
+
 _LABELS: dict[Code, str] = {}
-_PLAIN_OPTIONS = (3, 7, 15, 60)  # Uri-Host, Uri-Port, Uri-Query, Size1: nothing to do
-
-
-def _parse_plain(data: bytes) -> tuple[int, bytes, tuple[str, ...], int | None, bytes] | None:
-    """(code, token, Uri-Path, Content-Format, payload) of a request with no other options
-    than those, or None (the caller then decodes it fully with aiocoap)."""
-    tkl = data[0] & 15
-    if tkl > 8:
-        return None
-    pos, n = 4 + tkl, len(data)
-    number, cf = 0, None
-    path: list[str] = []
-    payload = b""
-    try:
-        while pos < n:
-            b = data[pos]
-            if b == 0xFF:
-                payload = data[pos + 1 :]
-                if not payload:
-                    return None  # a payload marker without payload is a format error
-                break
-            pos += 1
-            delta, length = b >> 4, b & 15
-            if delta >= 13:
-                if delta == 15:
-                    return None
-                delta = data[pos] + 13 if delta == 13 else int.from_bytes(data[pos : pos + 2]) + 269
-                pos += 1 if delta < 269 else 2
-            if length >= 13:
-                if length == 15:
-                    return None
-                length = (
-                    data[pos] + 13 if length == 13 else int.from_bytes(data[pos : pos + 2]) + 269
-                )
-                pos += 1 if length < 269 else 2
-            number += delta
-            value = data[pos : pos + length]
-            if len(value) != length:
-                return None
-            pos += length
-            if number == 11:
-                path.append(value.decode())
-            elif number == 12:
-                cf = int.from_bytes(value, "big")
-            elif number not in _PLAIN_OPTIONS:
-                return None
-    except (IndexError, UnicodeDecodeError):
-        return None
-    return data[1], data[4 : 4 + tkl], tuple(path), cf, payload
 
 
 def _is_discovery(msg: Message) -> bool:
     return msg.code == Code.GET and tuple(msg.opt.uri_path) == (".well-known", "core")
-
-
-def _code_for(reason: str) -> Code:
-    """The response code that tells a device what happened to its dead-lettered frame."""
-    word = reason.split(":", 1)[0].split(" ", 1)[0]
-    if word in ("unknown_format", "content-format"):
-        return Code.UNSUPPORTED_CONTENT_FORMAT
-    if word in ("unknown_device", "disabled_device"):
-        return Code.FORBIDDEN
-    if word == "frame_too_large":
-        return Code.REQUEST_ENTITY_TOO_LARGE
-    if word in ("storage_rejected", "decoder_error", "stage_error"):
-        return Code.INTERNAL_SERVER_ERROR
-    return Code.BAD_REQUEST

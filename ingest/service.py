@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import psycopg
 import uvicorn
 
@@ -26,6 +27,7 @@ from ingest.coap import CoapListener
 from ingest.coap_dtls import PskStore, check_dtls_available
 from ingest.coap_oscore import DeviceKeyStore
 from ingest.http import AlertsApi, create_app
+from ingest.lwm2m import Lwm2mMode, Lwm2mServer
 from ingest.mqtt import MqttListener
 from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pipeline
@@ -64,6 +66,7 @@ class Service:
     pipeline: Pipeline | None = None
     mqtt: MqttListener | Mqtt5Listener | None = None
     coap: CoapListener | None = None
+    lwm2m: Lwm2mServer | None = None
     coaps: CoapListener | None = None  # coap.dtls = "psk": the DTLS listener
     alerts: AlertStage | None = None
     frame_loss: FrameLoss | None = None
@@ -179,7 +182,10 @@ class Service:
             max_inflight_frames=s.pipeline.max_inflight_frames,
             alerts=self.alerts,
             occupancy=OccupancyStage(s.parking),
-            flush_by_transport={"coap": s.coap.flush_interval_ms},
+            flush_by_transport={
+                "coap": s.coap.flush_interval_ms,
+                "lwm2m": s.coap.flush_interval_ms,
+            },
             max_frame_bytes=s.pipeline.max_frame_bytes,
             frame_loss=self.frame_loss,
         )
@@ -199,6 +205,23 @@ class Service:
                 lookups_per_s=s.coap.oscore_lookups_per_s,
             )
             resolver.on_change.append(keys.forget)
+            if s.lwm2m.mode is Lwm2mMode.SERVER:
+
+                def resolve(endpoint: str) -> int:
+                    ids = resolver.index.resolve(np.array([endpoint.encode()], dtype=np.bytes_))
+                    return int(ids[0])
+
+                self.lwm2m = Lwm2mServer(
+                    s.lwm2m,
+                    self.pipeline,
+                    self.metrics,
+                    self.decoders,
+                    conninfo,
+                    resolve,
+                    secured=s.coap.mode is CoapMode.OSCORE,
+                )
+                if self.alerts is not None:  # a lifetime is an offline limit
+                    self.lwm2m.on_registration.append(self.alerts.engine.attributes.forget_changed)
             self.coap = CoapListener(
                 s.coap,
                 self.pipeline,
@@ -207,6 +230,7 @@ class Service:
                 keys,
                 kind_decoders,
                 reuse_port=s.workers > 1,
+                lwm2m=self.lwm2m,
             )
         if s.coap.dtls is not DtlsMode.OFF:
             check_dtls_available()  # refuse to start without python-mbedtls, saying so
@@ -254,6 +278,9 @@ class Service:
             if self.coaps is not None:
                 coaps_task = tg.create_task(self.coaps.run(), name="ingest.coaps")
                 await self.coaps.bound.wait()
+            lwm2m_stop = asyncio.Event()
+            if self.lwm2m is not None:
+                tg.create_task(self.lwm2m.run(lwm2m_stop), name="ingest.lwm2m")
             registry_stop = asyncio.Event()
             registry_task = tg.create_task(
                 run_upkeep(
@@ -304,6 +331,7 @@ class Service:
             await pipe_task
             await self.mqtt.stop()
             await mqtt_task
+            lwm2m_stop.set()
             if self.coap is not None and coap_task is not None:
                 await self.coap.stop()
                 await coap_task

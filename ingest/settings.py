@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.config import AlertsConfig
@@ -24,6 +24,7 @@ from core.logformat import LogFormat
 from core.mqtt import MqttConfig, MqttProtocol
 from device_registry.config import RegistryConfig
 from device_registry.resolver import UnknownDevicePolicy
+from ingest.lwm2m import Lwm2mConfig, Lwm2mMode
 from parking.config import ParkingConfig
 from storage.config import DatabaseConfig
 
@@ -179,6 +180,7 @@ class Settings(BaseSettings):
 
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     coap: CoapConfig = Field(default_factory=CoapConfig)
+    lwm2m: Lwm2mConfig = Field(default_factory=Lwm2mConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
@@ -217,7 +219,21 @@ class Settings(BaseSettings):
                 "frames over every worker; run the rules with workers = 1 "
                 "(docs/design/0006-scale-out.md)"
             )
+        lwm2m = info.data.get("lwm2m")
+        if isinstance(lwm2m, Lwm2mConfig) and lwm2m.mode is Lwm2mMode.SERVER:
+            raise ValueError(
+                f"{workers} workers cannot run lwm2m.mode = server: registrations live in one "
+                "process, and SO_REUSEPORT may hand a device's next datagram (an Update from a "
+                "new port, the answer to a Write) to another worker; run LwM2M with workers = 1 "
+                "(docs/design/0012-lwm2m-server.md)"
+            )
         return workers
+
+    @model_validator(mode="after")
+    def _lwm2m_needs_coap(self) -> Settings:
+        if self.lwm2m.mode is Lwm2mMode.SERVER and self.coap.mode is CoapMode.OFF:
+            raise ValueError("lwm2m.mode = server needs coap.mode = open or oscore")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -276,5 +292,5 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             else:
                 source = "defaults"
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{field}: {msg} (from {source})")
+            problems.append(f"{field + ': ' if field else ''}{msg} (from {source})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

@@ -41,6 +41,8 @@ NEEDS = {
     ("GET", "/api/v1/devices"): "read",
     ("GET", "/api/v1/devices/{device}"): "read",
     ("PATCH", "/api/v1/devices/{device}"): "operate",
+    ("POST", "/api/v1/devices/{device}/commands"): "operate",
+    ("GET", "/api/v1/devices/{device}/commands/{command_id}"): "read",
     ("GET", "/api/v1/profiles"): "read",
     ("GET", "/api/v1/status"): "read",
     ("GET", "/api/v1/alerts"): "read",
@@ -57,6 +59,7 @@ NEEDS = {
 BODIES = {
     "/api/v1/devices/{device}": {"status": "active"},
     "/api/v1/alerts/{alert_id}/ack": {},
+    "/api/v1/devices/{device}/commands": {"operation": "execute", "path": "/3311/0/5850"},
     "/api/v1/tokens": {"name": "made-in-test", "scope": "read"},
 }
 SCOPES = ["read", "operate", "admin"]
@@ -119,7 +122,7 @@ async def test_every_api_route_refuses_a_missing_unknown_revoked_or_too_small_to
         results: dict[tuple[str, str], dict[str, Any]] = {}
         for (method, path), needed in sorted(NEEDS.items()):
             url = path.replace("{device}", "ST01").replace("{alert_id}", "1")
-            url = url.replace("{name}", "nobody")
+            url = url.replace("{name}", "nobody").replace("{command_id}", "1")
             body = BODIES.get(path)
             got: dict[str, Any] = {}
             for label, token in [

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from decoders.nbiot_env import encode_frame
+from decoders.registry import load_registry
+from storage.migrate import TimescaleMode, migrate
 from tests.helpers import query
 
 CLI = [sys.executable, "-m", "cityflux"]
@@ -63,6 +65,30 @@ def test_db_migrate_creates_the_schema(pg_url: str) -> None:
     ) == [("env_readings", "dead_letters")]
 
 
+def test_devices_command_queues_an_lwm2m_write_audited_and_refuses_nonsense(pg_url: str) -> None:
+    env = {"CITYFLUX_DATABASE__URL": pg_url}
+    migrate(pg_url, load_registry().tables(), TimescaleMode.OFF)
+    query(pg_url, "INSERT INTO devices (external_id, kind) VALUES ('lamp-9', 'streetlight')")
+    out = _run("devices", "command", "lamp-9", "write", "/3311/0/5851", "40", env=env)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)
+    assert (row["device"], row["operation"], row["path"], row["value"], row["state"]) == (
+        "lamp-9",
+        "write",
+        "/3311/0/5851",
+        "40",
+        "queued",
+    )
+    bad_path = _run("devices", "command", "lamp-9", "execute", "/3311/0", env=env)
+    assert (bad_path.returncode, bad_path.stderr.strip()) == (
+        2,
+        "cityflux: path '/3311/0' is not /object/instance/resource",
+    )
+    assert query(pg_url, "SELECT action, target, after->>'path' FROM audit_log") == [
+        ("device.command", "lamp-9", "/3311/0/5851")
+    ]
+
+
 def test_decode_prints_one_json_object_per_frame() -> None:
     frame = encode_frame(
         861234567890123,
@@ -107,7 +133,7 @@ def test_decode_unknown_format_is_a_clear_error() -> None:
     assert out.returncode == 2
     assert (
         out.stderr.strip()
-        == "cityflux: unknown format 'nope' (known: gbt32960, hj212, jt808, llrp, "
+        == "cityflux: unknown format 'nope' (known: gbt32960, hj212, jt808, llrp, lwm2m-rd, "
         "lwm2m-tlv, nbiot-env, parking-sensor, senml-cbor, senml-json, streetlight, tagread-json, "
         "value)"
     )

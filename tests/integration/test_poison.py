@@ -24,7 +24,7 @@ from tests.poison import PoisonCase, load_poison_cases
 GOOD_PER_FORMAT = 1000
 LARGEST = 65_536  # pipeline.max_frame_bytes (the default)
 REGISTRY = load_registry()
-KIND = {"value": "env", "lwm2m-tlv": "env"}
+KIND = {"value": "env", "lwm2m-tlv": "env", "lwm2m-rd": "lwm2m"}
 
 # (format, model) for the formats a simulated device speaks
 MODEL_OF = {
@@ -67,6 +67,14 @@ def good_frames(fmt: str, prefix: str) -> list[tuple[str, bytes]]:
             (
                 uplink("env", f"ep-{i % 40}", "lwm2m-tlv", prefix, "/3303/0"),
                 b"\xe4\x16\x44" + struct.pack(">f", 15 + i / 100),
+            )
+            for i in range(GOOD_PER_FORMAT)
+        ]
+    if fmt == "lwm2m-rd":  # Register frames as the CoAP listener builds them from /rd
+        return [
+            (
+                uplink("lwm2m", f"ep-{i % 40}", "lwm2m-rd", prefix),
+                f"register loc{i}\nep=ep-{i % 40}&lt={60 + i}&b=UQ\n</1/0>,</3303/0>".encode(),
             )
             for i in range(GOOD_PER_FORMAT)
         ]

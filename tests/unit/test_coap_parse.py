@@ -10,7 +10,7 @@ from aiocoap import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.coap import _parse_plain
+from ingest.coap_frames import parse_plain as _parse_plain
 from simulators.coap_client import encode, request_tail
 
 SEGMENT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=0, max_size=20)

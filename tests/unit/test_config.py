@@ -43,6 +43,21 @@ def test_file_errors_name_field_and_file(tmp_path: Path) -> None:
     )
 
 
+def test_lwm2m_server_without_coap_is_refused_at_start(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[lwm2m]\nmode = "server"\nobserve = { thermo = ["/3303/0/5700"] }\n')
+    with pytest.raises(ConfigError) as exc:
+        load_settings(cfg)
+    assert str(exc.value) == (
+        "invalid configuration:\n"
+        f"  lwm2m.mode = server needs coap.mode = open or oscore (from config file {cfg})"
+    )
+    ok = load_settings(cfg, coap={"mode": "open"})
+    assert ok.lwm2m.observe == {"thermo": ["/3303/0/5700"]}
+    with pytest.raises(ConfigError, match=r"2 workers cannot run lwm2m\.mode = server"):
+        load_settings(cfg, coap={"mode": "open"}, workers=2)
+
+
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[mqtt]\nhost = "broker.example"\nport = 1884\n')
@@ -72,7 +87,8 @@ def test_shipped_example_config_is_current_and_its_values_are_the_defaults(tmp_p
     )
     data = tomllib.loads(uncommented.read_text())
     assert set(data) == {
-        *("mqtt", "coap", "database", "pipeline", "registry", "alerts", "parking", "http"),
+        *("mqtt", "coap", "lwm2m", "database", "pipeline", "registry", "alerts", "parking"),
+        "http",
         *("log_level", "log_format", "workers"),
     }
     assert load_settings(uncommented) == load_settings()

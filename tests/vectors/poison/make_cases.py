@@ -521,6 +521,50 @@ gen_case(
     "1 MiB: an array of 2^20 nulls",
 )
 
+# ---------------------------------------------------------------- lwm2m-rd
+R = "lwm2m-rd"
+RD = {"device": "thermo-1"}
+case(
+    R,
+    "link-without-brackets",
+    b"register 5a3f0c9e1b\nep=thermo-1&lt=300\n</1/0>,3/0",
+    "lwm2m_invalid: bad link format at byte 7",
+    "a Register whose second object link lacks its <> (RFC 6690 §2 link-value)",
+    **RD,
+)
+case(
+    R,
+    "lifetime-beyond-int32",
+    b"register 5a3f0c9e1b\nep=thermo-1&lt=99999999999\n</1/0>",
+    "lwm2m_invalid: lifetime lt='99999999999'",
+    "a lifetime that does not fit the lifetime_s column (int4)",
+    **RD,
+)
+case(
+    R,
+    "links-of-64-kib",
+    b"register 5a3f0c9e1b\nep=thermo-1\n" + b",".join([b"</3303/0>"] * 6_554),
+    "lwm2m_invalid: object links longer than 4096 bytes",
+    "64 KiB of object links (6,554 instances)",
+    **RD,
+)
+case(
+    R,
+    "not-utf8",
+    b"register 5a3f0c9e1b\nep=thermo-1\n</\xff/0>",
+    "lwm2m_invalid: not UTF-8",
+    "a link with a byte that is not UTF-8 (RFC 3629)",
+    **RD,
+)
+case(
+    R,
+    "resource-link",
+    b"register 5a3f0c9e1b\nep=thermo-1\n</3303/0/5700>",
+    "lwm2m_invalid: link '/3303/0/5700' is not an object or object instance",
+    "a resource among the object links (Core §6.2.1 lists objects and instances only)",
+    **RD,
+)
+
 # ---------------------------------------------------------------- lwm2m-tlv
 L = "lwm2m-tlv"
 LW = {"path": "/3303/0", "device": "ep-1"}
