@@ -9,6 +9,7 @@ COPY decoders decoders
 COPY device_registry device_registry
 COPY storage storage
 COPY alerts alerts
+COPY parking parking
 COPY simulators simulators
 COPY bench bench
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[dtls]"  # python-mbedtls: CoAP DTLS-PSK

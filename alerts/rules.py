@@ -43,6 +43,7 @@ from pydantic import (
 from alerts.expr import ExprError, Expression, compile_expr
 from core.yamlfile import DocumentError, error_message, line_of, load_document
 from decoders.base import TableSpec
+from decoders.tables import PARKING_SPACE_STATUS
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -259,6 +260,16 @@ class CongestionRule(_Machine):
         return _duration(v)
 
 
+class ParkingLotFullRule(_Machine):
+    """A parking lot at or above ``percent`` full (default for 5 minutes), per lot (subject
+    the lot's id); rows from ``parking_space_status``, the lot's latest per batch."""
+
+    kind: Literal["parking_lot_full"]
+    table: Literal["parking_space_status"] = "parking_space_status"
+    percent: Annotated[float, Field(gt=0, le=100)] = 95.0
+    for_s: Annotated[float, Field(alias="for", ge=0)] = 300.0
+
+
 class WatchlistRule(_Machine):
     """A listed tag EPC, TID, plate or device id (VIN, phone) seen: raised; cleared after
     ``clear_after`` (default 30 min) without a sighting. The list file is reloaded when it
@@ -317,7 +328,8 @@ AnyRule = Annotated[
     | Annotated[SectionSpeedRule, Tag("section_speed")]
     | Annotated[CongestionRule, Tag("congestion")]
     | Annotated[WatchlistRule, Tag("watchlist")]
-    | Annotated[FrameLossRule, Tag("frame_loss")],
+    | Annotated[FrameLossRule, Tag("frame_loss")]
+    | Annotated[ParkingLotFullRule, Tag("parking_lot_full")],
     Discriminator(_kind),
 ]
 KINDS = (
@@ -331,7 +343,10 @@ KINDS = (
     "congestion",
     "watchlist",
     "frame_loss",
+    "parking_lot_full",
 )
+# Tables that are not stored but handed to the rules with each batch (parking/occupancy.py).
+DERIVED_TABLES: dict[str, TableSpec] = {PARKING_SPACE_STATUS.name: PARKING_SPACE_STATUS}
 
 
 class RulesFile(BaseModel):
@@ -370,6 +385,7 @@ DERIVED: dict[str, tuple[str, ...]] = {
     "section_speed": ("speed_kmh", "limit_kmh", "distance_km", "travel_s"),
     "congestion": ("ratio", "median_s", "samples", "free_flow_s"),
     "watchlist": ("listed",),
+    "parking_lot_full": (),
 }
 
 
@@ -399,6 +415,9 @@ def _defaults(rule: _Machine) -> tuple[str, str | None, str | None]:
         case WatchlistRule():
             when = when or "listed"
             clear = clear or "False"
+        case ParkingLotFullRule():
+            when = when or f"occupied_pct >= {rule.percent}"
+            value = value or "occupied_pct"
     assert when is not None
     return when, clear, value
 
@@ -495,6 +514,7 @@ def _loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
 def load_rules(path: Path, tables: dict[str, TableSpec]) -> RuleSet:
     """Read, validate and compile a rules file; ``DocumentError`` says file:line: problem."""
     data, node = load_document(path)
+    tables = {**tables, **DERIVED_TABLES}
     try:
         doc = RulesFile.model_validate(data)
     except ValidationError as exc:

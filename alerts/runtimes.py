@@ -33,6 +33,7 @@ from alerts.rules import (
     CompiledRule,
     CongestionRule,
     GeofenceRule,
+    ParkingLotFullRule,
     RateRule,
     SectionSpeedRule,
     StaleRule,
@@ -165,7 +166,12 @@ class MachineRuntime:
         self.rule = rule
         self.services = services
         self.states = SubjectStates()
-        self.device_subjects = rule.kind not in ("section_speed", "congestion", "watchlist")
+        self.device_subjects = rule.kind not in (
+            "section_speed",
+            "congestion",
+            "watchlist",
+            "parking_lot_full",
+        )
         self.names: dict[int, bytes] = {}
         """Names of non-device subjects with an open alert (for clears without a row)."""
         self.carry_v = np.empty(0, dtype=np.float64)  # rate/stale: last value per slot
@@ -192,6 +198,8 @@ class MachineRuntime:
             return self._select_sections(batch)
         if isinstance(r, WatchlistRule):
             return self._select_watchlist(batch)
+        if isinstance(r, ParkingLotFullRule):
+            return self._select_lots(batch)
         ctx = batch.get(self.rule.tables[0])
         if ctx is None:
             return None
@@ -356,6 +364,34 @@ class MachineRuntime:
             to_id,
             names,
             lambda i: {"median_s": round(float(median[i]), 1), "samples": int(samples[i])},
+        )
+
+    def _select_lots(self, batch: Mapping[str, TableBatch]) -> Selection | None:
+        """One row per parking lot of the batch, its latest (subject: the lot's id)."""
+        ctx = batch.get("parking_space_status")
+        if ctx is None:
+            return None
+        idx = _where(self.rule, ctx, self.services.attributes)
+        if idx.shape[0] == 0:
+            return None
+        lots = ctx.column("lot")[idx]
+        keys, t = tag_keys(lots), ctx.time[idx]
+        order = np.lexsort((t, keys))
+        keys, idx = keys[order], idx[order]
+        last = np.ones(idx.shape[0], dtype=np.bool_)
+        last[:-1] = keys[1:] != keys[:-1]
+        keys, pick = keys[last], idx[last]
+        cols = table_columns(ctx, pick, self.services.attributes)
+        names = ctx.column("lot")[pick]
+        cols.add("device", lambda: names)
+        occupied, capacity = ctx.column("lot_occupied")[pick], ctx.column("lot_capacity")[pick]
+        return Selection(
+            keys,
+            ctx.time[pick],
+            cols,
+            ctx.device_id[pick],
+            names,
+            lambda i: {"occupied": int(occupied[i]), "capacity": int(capacity[i])},
         )
 
     def _select_watchlist(self, batch: Mapping[str, TableBatch]) -> Selection | None:

@@ -11,6 +11,7 @@ from cityflux import (
     demo,
     devices,
     fleet,
+    parking,
     profiles,
     rules,
     serve,
@@ -33,6 +34,7 @@ app.command()(fleet.replay)
 app.command()(fleet.record)
 app.add_typer(db.db_app, name="db")
 app.add_typer(devices.devices_app, name="devices")
+app.add_typer(parking.parking_app, name="parking")
 app.add_typer(profiles.profiles_app, name="profiles")
 app.add_typer(rules.rules_app, name="rules")
 app.add_typer(tokens.tokens_app, name="tokens")

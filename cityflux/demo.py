@@ -65,7 +65,19 @@ def prepare(
     return env
 
 
-DEMO_SCENARIO = Path(__file__).parents[1] / "simulators" / "scenarios" / "demo.yaml"
+SCENARIOS = Path(__file__).parents[1] / "simulators" / "scenarios"
+DEMO_SCENARIO = SCENARIOS / "demo.yaml"
+
+
+def scenario_path(name: Path | None) -> Path:
+    """A scenario file, or the name of a shipped one (``parking`` is
+    ``simulators/scenarios/parking.yaml``)."""
+    if name is None:
+        return DEMO_SCENARIO
+    shipped = SCENARIOS / f"{name}.yaml"
+    if not name.is_file() and name.parent == Path() and shipped.exists():
+        return shipped
+    return name
 
 
 def demo_scenario(
@@ -76,7 +88,7 @@ def demo_scenario(
 ) -> Scenario:
     """The scenario the demo runs: ``path`` or the built-in one, with the CLI's overrides
     (``transport`` moves every group to MQTT QoS 1 or CoAP CON)."""
-    sc = load_scenario(path or DEMO_SCENARIO)
+    sc = load_scenario(scenario_path(path))
     data = sc.model_dump()
     if duration_s is not None:
         data["duration_s"] = duration_s
@@ -118,11 +130,38 @@ async def _run(settings: Settings, scenario: Scenario) -> dict[str, Any]:
             report = await loop.run_in_executor(
                 pool, _fleet, scenario, fleet_settings, service.http_port
             )
+        if "parking_lots" in report:  # what the service holds, next to what the fleet did
+            report["parking_lots_stored"] = await asyncio.to_thread(
+                _lots_now, settings.database.url.get_secret_value(), settings.parking.debounce_s
+            )
     finally:
         service.stop()
         await task
     report["backend"] = service.backend.value if service.backend else None
     return report
+
+
+def _lots_now(url: str, hold_s: float) -> list[dict[str, Any]]:
+    import psycopg
+
+    from parking.store import lots_now
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return lots_now(conn, hold_s)
+
+
+def print_lots(report: dict[str, Any]) -> None:
+    """Each lot: capacity, spaces taken in the simulation, and what the service shows."""
+    stored = {x["lot"]: x for x in report.get("parking_lots_stored") or []}
+    typer.echo("\nparking lots: simulated vs GET /api/v1/parking/lots")
+    typer.echo(f"{'lot':<16}{'capacity':>9}{'simulated':>11}{'occupied':>10}{'free':>7}{'%':>7}")
+    for lot in report["parking_lots"]:
+        got = stored.get(lot["lot"], {})
+        typer.echo(
+            f"{lot['lot']:<16}{lot['capacity']:>9}{lot['occupied']:>11}"
+            f"{got.get('occupied', '-')!s:>10}{got.get('free', '-')!s:>7}"
+            f"{got.get('occupied_pct', '-')!s:>7}"
+        )
 
 
 def run_demo(
@@ -149,7 +188,11 @@ def run_demo(
 def demo(
     config: ConfigOpt = None,
     scenario: Annotated[
-        Path | None, typer.Option(help="scenario YAML (default: simulators/scenarios/demo.yaml)")
+        Path | None,
+        typer.Option(
+            help="scenario YAML, or a shipped one's name: parking "
+            "(default: simulators/scenarios/demo.yaml)"
+        ),
     ] = None,
     duration: Annotated[float | None, typer.Option(help="seconds of device time to send")] = None,
     rate: Annotated[float | None, typer.Option(help="cap on the fleet's frames per second")] = None,
@@ -172,6 +215,8 @@ def demo(
     report = run_demo(settings, config, sc, data_dir)
     print_report(report, as_json)
     if not as_json:
+        if "parking_lots" in report:
+            print_lots(report)
         typer.echo(f"database: {report['database']}; broker: {report['broker']}")
     if report["lost"]:
         raise typer.Exit(1)

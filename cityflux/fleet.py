@@ -94,7 +94,9 @@ def simulate(
     ] = False,
     write_devices: Annotated[
         Path | None,
-        typer.Option(help="write profiles.yaml, devices.csv and watchlist.txt here and exit"),
+        typer.Option(
+            help="write profiles.yaml, devices.csv, lots.csv and watchlist.txt here and exit"
+        ),
     ] = None,
     record: Annotated[Path | None, typer.Option(help="also record every frame sent")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,

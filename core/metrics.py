@@ -110,6 +110,12 @@ class Metrics:
             ["profile", "state"],
             registry=r,
         )
+        self.parking_lots_connected_ratio = Gauge(
+            "cityflux_parking_lots_connected_ratio",
+            "Registered parking lots with a space sensor heard within 24 h, over registered lots "
+            "(0 when none are registered)",
+            registry=r,
+        )
         self.registry_refreshes = Counter(
             "cityflux_registry_refreshes", "Reads of the registry change feed", registry=r
         )

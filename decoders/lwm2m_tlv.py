@@ -7,7 +7,7 @@ IEEE 754 4/8 bytes, booleans one byte.
 
 A TLV payload does not name its object: the object (and instance) come from the last numeric
 levels of the source path (``…/3303`` or ``…/3303/0``, as a CoAP uplink path or a Notify of
-an observed path names them). Numeric resources of the IPSO objects 3301, 3303, 3304, 3316,
+an observed path names them). Numeric resources of the IPSO objects 3301, 3302, 3303, 3304, 3316,
 3317, 3328, 3330, 3331, the uCIFI outdoor lamp controller 3416 and the Device object 3 become
 readings named ``<object>[.<resource>]`` (``temperature``, ``temperature.max``,
 ``lamp.voltage``); strings and opaque values are not metrics and are skipped. A timestamp
@@ -31,6 +31,7 @@ _PATH = re.compile(r"/(\d{1,5})(?:/(\d{1,5}))?/?$")
 # IPSO Smart Objects (LwM2M registry): object id -> metric name.
 OBJECTS = {
     3301: "illuminance",
+    3302: "presence",
     3303: "temperature",
     3304: "humidity",
     3316: "voltage",
@@ -66,6 +67,13 @@ LAMP_RESOURCES = {
     46: ("power", "float"),
     47: ("energy", "float"),
     62: ("unit_temperature", "float"),
+}
+# IPSO Presence 3302: 5500 Digital Input State (a parking-space sensor: occupied or free),
+# 5501 Digital Input Counter.
+PRESENCE_RESOURCES = {
+    5500: ("", "bool"),
+    5501: ("count", "int"),
+    5518: ("time", "time"),
 }
 # LwM2M Device object 3 (numeric resources only).
 DEVICE_RESOURCES = {
@@ -146,6 +154,8 @@ def _resources(obj: int) -> dict[int, tuple[str, str]]:
         return LAMP_RESOURCES
     if obj == 3:
         return DEVICE_RESOURCES
+    if obj == 3302:
+        return PRESENCE_RESOURCES
     return IPSO_RESOURCES
 
 

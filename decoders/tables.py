@@ -149,6 +149,69 @@ EV_STATUS = TableSpec(
     hourly=HourlyRollup(group_by=("device_id",), values=("soc_pct", "speed_kmh")),
 )
 
+PARKING_READINGS = TableSpec(
+    name="parking_readings",
+    description="Parking-space sensor reports (geomagnetic NB-IoT frame), one row per frame.",
+    columns=(
+        Column("time", T.TIMESTAMPTZ, description="report time (UTC)"),
+        Column("device_id", T.INT4, description="internal device id of the space's sensor"),
+        Column("seq", T.INT4, description="the sensor's frame counter (wraps at 65535)"),
+        Column(
+            "occupied", T.BOOL, nullable=True, description="vehicle detected (NULL: calibrating)"
+        ),
+        Column("flags", T.INT2, description="bit 0 heartbeat, 1 sensor fault, 2 low battery"),
+        Column("mag_x_ut", T.FLOAT4, nullable=True, description="magnetic field x, µT"),
+        Column("mag_y_ut", T.FLOAT4, nullable=True, description="magnetic field y, µT"),
+        Column("mag_z_ut", T.FLOAT4, nullable=True, description="magnetic field z, µT"),
+        Column("battery_mv", T.INT4, nullable=True, description="battery voltage, mV"),
+        Column("temperature_c", T.INT2, nullable=True, description="sensor temperature, °C"),
+    ),
+    # two reports in the same second differ by their counter; a redelivery repeats both
+    natural_key=("device_id", "time", "seq"),
+)
+
+PARKING_LOT_OCCUPANCY = TableSpec(
+    name="parking_lot_occupancy",
+    description=(
+        "Occupied spaces per parking lot over time: a sample per lot and batch that reported "
+        "on it, written by the occupancy stage (parking/), not by a decoder."
+    ),
+    columns=(
+        Column("time", T.TIMESTAMPTZ, description="the latest report of the lot in the batch"),
+        Column("lot", T.TEXT, description="lot id (parking_lots.lot, devices.lot)"),
+        Column("occupied", T.INT4, description="spaces whose debounced state is occupied"),
+        Column("capacity", T.INT4, description="the lot's capacity at that time"),
+    ),
+    natural_key=("lot", "time"),
+    segment_by="lot",
+    retain_for="730 days",
+    hourly=HourlyRollup(group_by=("lot",), values=("occupied",)),
+)
+
+# Not stored: what the occupancy stage (parking/) hands the alert rules for each batch, one
+# row per space the batch reported on (declared so that rules can name it and its columns).
+PARKING_SPACE_STATUS = TableSpec(
+    name="parking_space_status",
+    description="Each reported space after the batch: debounced state, flaps, its lot's fill.",
+    columns=(
+        Column("time", T.TIMESTAMPTZ, description="the space's latest report in the batch"),
+        Column("device_id", T.INT4, description="internal device id of the space's sensor"),
+        Column("lot", T.TEXT, description="the space's lot (devices.lot)"),
+        Column("occupied", T.BOOL, description="the space's debounced state"),
+        Column("unchanged_s", T.FLOAT8, description="seconds since the state last changed"),
+        Column("flaps", T.INT4, description="suppressed flips in the current flap window"),
+        Column(
+            "lot_changes",
+            T.INT4,
+            description="other spaces of the lot whose state changed since this one's did",
+        ),
+        Column("lot_occupied", T.INT4, description="the lot's occupied spaces"),
+        Column("lot_capacity", T.INT4, description="the lot's capacity"),
+        Column("occupied_pct", T.FLOAT8, description="the lot's occupied share, %"),
+    ),
+    natural_key=("device_id", "time"),
+)
+
 ALL_TABLES = (
     ENV_READINGS,
     HJ212_READINGS,
@@ -157,6 +220,8 @@ ALL_TABLES = (
     VEHICLE_POSITIONS,
     VEHICLE_TAG_READS,
     EV_STATUS,
+    PARKING_READINGS,
+    PARKING_LOT_OCCUPANCY,
 )
 
 LWM2M_REGISTRATION_EVENTS = TableSpec(

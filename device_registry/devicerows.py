@@ -31,6 +31,8 @@ FIELDS = (
     "oscore_salt",
     "psk_identity",
     "psk_key",
+    "lot",  # parking: the lot a space sensor is in (parking_lots.lot)
+    "space",  # parking: the space's label within its lot
 )
 STORED = tuple(f for f in FIELDS if f != "secret")  # secret is stored as credential_hash
 # what validation hands on: the stored fields, then the plain secret (never written: the

@@ -63,7 +63,8 @@ def validate(
     ``FIELDS`` order, or ``_InvalidFieldError`` naming the field. A secret is hashed with a
     random salt and ``iterations``; the plain secret is handed on too (see ``STAGED``)."""
     ext, profile, kind, status, tenant, district, lat, lon, road, road_km = v[:10]
-    install, secret, hashed, cert, kid, oscore_secret, salt, psk_identity, psk_key = v[10:]
+    install, secret, hashed, cert, kid, oscore_secret, salt, psk_identity, psk_key = v[10:19]
+    lot, space = v[19:]
     if not ext:
         raise _InvalidFieldError("external_id", "missing")
     if id_problem(ext) is not None:
@@ -77,11 +78,15 @@ def validate(
         or len(tenant) > _TEXT_MAX
         or len(district) > _TEXT_MAX
         or len(road) > _TEXT_MAX
+        or len(lot) > _TEXT_MAX
+        or len(space) > _TEXT_MAX
     ):
         name = next(
             n
             for n, x in zip(
-                ("kind", "tenant", "district", "road"), (kind, tenant, district, road), strict=True
+                ("kind", "tenant", "district", "road", "lot", "space"),
+                (kind, tenant, district, road, lot, space),
+                strict=True,
             )
             if len(x) > _TEXT_MAX
         )
@@ -147,6 +152,8 @@ def validate(
         salt,
         psk_identity,
         psk_key,
+        lot,
+        space,
         secret,
     ]
 

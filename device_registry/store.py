@@ -28,6 +28,8 @@ DEVICE_FIELDS = (
     "lon",
     "road",
     "road_km",
+    "lot",
+    "space",
     "install",
     "provisioned",
     "created_at",
@@ -55,6 +57,8 @@ EXPORT_FIELDS = (
     "cert_fingerprint",
     "oscore_kid",
     "psk_identity",
+    "lot",
+    "space",
 )
 
 

@@ -1,5 +1,6 @@
 """The registry's background work inside the service: follow changes, flush last seen, count
-devices online. One task, its own connections, stopped with the service."""
+devices online and parking lots connected. One task, its own connections, stopped with the
+service."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ _STATUS_SQL = (
     "count(*) FILTER (WHERE status = 'active' AND last_seen IS NULL), "
     "count(*) FILTER (WHERE status = 'disabled') "
     "FROM device_status_view GROUP BY 1"
+)
+# registered lots with a space sensor heard within 24 h, and registered lots (the seed's
+# target: every key car park connected)
+_LOTS_CONNECTED_SQL = (
+    "SELECT count(*) FILTER (WHERE EXISTS (SELECT 1 FROM devices d WHERE d.lot = l.lot "
+    "AND d.last_seen > now() - interval '24 hours')), count(*) FROM parking_lots l"
 )
 
 
@@ -88,3 +95,7 @@ async def _states(conn: psycopg.AsyncConnection[tuple[object, ...]], metrics: Me
             ("disabled", disabled),
         ):
             metrics.devices_by_state.labels(str(profile), state).set(float(str(count)))
+    cur = await conn.execute(_LOTS_CONNECTED_SQL)
+    row = await cur.fetchone()
+    heard, lots = (int(str(row[0])), int(str(row[1]))) if row else (0, 0)
+    metrics.parking_lots_connected_ratio.set(heard / lots if lots else 0.0)

@@ -63,11 +63,13 @@ NEW_COLUMNS = (
     Column("oscore_salt", T.BYTEA, nullable=True),
     Column("psk_identity", T.TEXT, nullable=True),
     Column("psk_key", T.BYTEA, nullable=True),
+    Column("lot", T.TEXT, nullable=True),
+    Column("space", T.TEXT, nullable=True),
 )
 UPDATED_COLUMNS = (  # what an import may change on a known device
     *("profile", "kind", "status", "tenant", "district", "lat", "lon", "road", "road_km"),
     *("install", "credential_hash", "cert_fingerprint"),
-    *("oscore_kid", "oscore_secret", "oscore_salt", "psk_identity", "psk_key"),
+    *("oscore_kid", "oscore_secret", "oscore_salt", "psk_identity", "psk_key", "lot", "space"),
 )
 STAGE_COLUMNS = (
     Column("line", T.INT8),
@@ -79,7 +81,8 @@ CREATE TEMP TABLE devices_import (
     line bigint, external_id text COLLATE "C", profile text, kind text, status text,
     tenant text, district text, lat float8, lon float8, road text, road_km float8,
     install jsonb, credential_hash text, cert_fingerprint text, oscore_kid bytea,
-    oscore_secret bytea, oscore_salt bytea, psk_identity text, psk_key bytea
+    oscore_secret bytea, oscore_salt bytea, psk_identity text, psk_key bytea, lot text,
+    space text
 ) ON COMMIT DROP
 """
 _UPDATE = f"""

@@ -1,5 +1,5 @@
 """Operator HTTP endpoint (FastAPI): /metrics, /healthz, /readyz and the operator API under
-/api/v1 (registry, alerts, tokens, audit), served inside the service loop.
+/api/v1 (registry, parking, alerts, tokens, audit), served inside the service loop.
 
 Every /api/v1 route needs a bearer token of the right scope (ingest/auth.py); /healthz and
 /readyz are open (orchestrators probe them); /metrics is open unless ``metrics_access`` is
@@ -23,6 +23,7 @@ from ingest import problems
 from ingest.admin_api import admin_router
 from ingest.auth import TokenGuard
 from ingest.settings import MetricsAccess
+from parking.api import parking_router
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ def create_app(
     alerts: AlertsApi | None = None,
     metrics_access: MetricsAccess = MetricsAccess.OPEN,
     api: bool = True,
+    parking_hold_s: float = 120.0,
 ) -> FastAPI:
     """The operator API; ``ready`` reports each dependency's state for /readyz; with a
     database and ``api``, the token-guarded routes under /api/v1 (the alerts routes with an
@@ -56,6 +58,7 @@ def create_app(
         app.include_router(registry_router(guard))
         if alerts is not None:
             app.include_router(alerts_router(guard, alerts.rules, alerts.on_ack))
+        app.include_router(parking_router(guard, parking_hold_s))
         app.include_router(admin_router(guard))
     if metrics_access is MetricsAccess.TOKEN and guard is None:
         raise ValueError("metrics_access = token needs the database (tokens live there)")

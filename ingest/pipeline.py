@@ -79,6 +79,7 @@ class Stage(StrEnum):
     DECODE = "decode"
     RESOLVE = "resolve"
     STORE = "store"
+    OCCUPANCY = "occupancy"
     RULES = "rules"
     ALERT_EVENTS = "alert_events"
     PIPELINE = "pipeline"
@@ -149,6 +150,15 @@ class AlertHook(Protocol):
         ...
 
 
+class OccupancyHook(Protocol):
+    """Parking-space occupancy as the pipeline sees it (parking.occupancy.OccupancyStage)."""
+
+    async def within(self, conn: Any, writes: Sequence[TableWrite]) -> list[TableWrite]:
+        """Apply the batch's space reports inside its transaction (before the rules); rows
+        the rules read besides the batch's (not stored by the writer)."""
+        ...
+
+
 class Pausable(Protocol):
     """A source that can stop and resume reading (backpressure)."""
 
@@ -179,6 +189,7 @@ class Pipeline:
         flush_interval_ms: int = 200,
         max_inflight_frames: int = 100_000,
         alerts: AlertHook | None = None,
+        occupancy: OccupancyHook | None = None,
         flush_by_transport: dict[str, int] | None = None,
         max_frame_bytes: int = 65_536,
         frame_loss: FrameLoss | None = None,
@@ -188,6 +199,7 @@ class Pipeline:
         self._specs = {s.name: s for s in decoders.tables()}
         self._frame_logs = LogBudget()  # per-frame isolation lines (each frame is a dead letter)
         self._alerts = alerts
+        self._occupancy = occupancy
         self._resolver = resolver
         self._writers = writers
         self._metrics = metrics
@@ -415,7 +427,7 @@ class Pipeline:
             decoded = self._decode(batch, dead)
             writes = await self._resolve(batch, decoded, dead, writer)
             note = hook.new_note(batch) if hook is not None else None
-            then = self._rules_then(writes, note) if hook is not None else None
+            then = self._within_then(writes, note)
             once = _once(batch, dead)
             try:
                 await writer.write(writes, dead.columns(batch), dead.nulls(batch), then, once)
@@ -458,16 +470,30 @@ class Pipeline:
             dead.add(rej.index, rej.reason)
         return decoded
 
-    def _rules_then(
+    def _within_then(
         self, writes: Sequence[TableWrite], note: Any
-    ) -> Callable[[Any], Awaitable[None]]:
-        """The rules step run inside the batch's transaction, its failures attributed."""
-        hook = self._alerts
-        assert hook is not None
+    ) -> Callable[[Any], Awaitable[None]] | None:
+        """The steps run inside the batch's transaction after its rows (parking occupancy,
+        then the rules), their failures attributed to their stage; None when there are none."""
+        hook, occupancy = self._alerts, self._occupancy
+        if hook is None and occupancy is None:
+            return None
 
         async def then(conn: Any) -> None:
+            derived: list[TableWrite] = []
+            if occupancy is not None and writes:
+                try:
+                    derived = await occupancy.within(conn, writes)
+                except psycopg.Error as exc:
+                    if is_transient(exc):
+                        raise  # the writer reconnects and retries the transaction
+                    raise StageError(Stage.OCCUPANCY, exc) from exc
+                except Exception as exc:
+                    raise StageError(Stage.OCCUPANCY, exc) from exc
+            if hook is None:
+                return
             try:
-                await hook.within(conn, writes, note)
+                await hook.within(conn, [*writes, *derived], note)
             except psycopg.Error as exc:
                 if is_transient(exc):
                     raise  # the writer reconnects and retries the transaction

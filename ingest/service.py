@@ -32,6 +32,7 @@ from ingest.mqtt import MqttListener
 from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pipeline
 from ingest.settings import CoapMode, DtlsMode, Settings
+from parking.occupancy import OccupancyStage
 from storage.ddl import Backend
 from storage.migrate import migrate
 from storage.writer import BatchWriter, RetryPolicy
@@ -187,6 +188,7 @@ class Service:
             flush_interval_ms=s.pipeline.flush_interval_ms,
             max_inflight_frames=s.pipeline.max_inflight_frames,
             alerts=self.alerts,
+            occupancy=OccupancyStage(s.parking),
             flush_by_transport={
                 "coap": s.coap.flush_interval_ms,
                 "lwm2m": s.coap.flush_interval_ms,
@@ -262,6 +264,7 @@ class Service:
                     conninfo,
                     self._rules_api(),
                     s.http.metrics_access,
+                    parking_hold_s=s.parking.debounce_s,
                     api=self.worker == 0,  # the operator API on worker 0; metrics on each
                 ),
                 host=s.http.host,

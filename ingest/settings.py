@@ -25,6 +25,7 @@ from core.mqtt import MqttConfig, MqttProtocol
 from device_registry.config import RegistryConfig
 from device_registry.resolver import UnknownDevicePolicy
 from ingest.lwm2m import Lwm2mConfig, Lwm2mMode
+from parking.config import ParkingConfig
 from storage.config import DatabaseConfig
 
 ENV_PREFIX = "CITYFLUX_"
@@ -184,6 +185,7 @@ class Settings(BaseSettings):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    parking: ParkingConfig = Field(default_factory=ParkingConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     log_level: LogLevel = Field(LogLevel.INFO, description="logging threshold")
     log_format: LogFormat = Field(

@@ -1,4 +1,5 @@
-"""A scenario's fleet as registry files: profiles (YAML), devices (CSV), watch list.
+"""A scenario's fleet as registry files: profiles (YAML), devices (CSV), parking lots (CSV),
+watch list.
 
 ``cityflux simulate SCENARIO --write-devices devices.csv`` writes them; ``cityflux profiles
 import`` and ``cityflux devices import`` (or ``simulate --register``) register the fleet. Each
@@ -19,7 +20,10 @@ from simulators.models import MODELS
 from simulators.run import FleetRun
 from simulators.scenario import Scenario
 
-COLUMNS = ("external_id", "profile", "kind", "district", "lat", "lon", "road", "road_km", "install")
+COLUMNS = (
+    *("external_id", "profile", "kind", "district", "lat", "lon", "road", "road_km", "install"),
+    *("lot", "space"),
+)
 _EXTRA_TABLES = {"hj212_readings": ["device_status"], "ev_status": ["vehicle_positions"]}
 
 
@@ -68,9 +72,25 @@ def write_devices(path: Path, scenario: Scenario, run: FleetRun) -> int:
                     [ext, g.name, kind]
                     + [_cell(cols.get(c), i) for c in ("district", "lat", "lon", "road", "road_km")]
                     + [_cell(cols.get("install"), i)]
+                    + [_cell(cols.get(c), i) for c in ("lot", "space")]
                 )
             n += len(ids)
     return n
+
+
+def write_lots(path: Path, run: FleetRun) -> int:
+    """The parking lots the groups' space sensors are in (``cityflux parking import-lots``
+    format); returns how many lots."""
+    lots: list[dict[str, Any]] = []
+    for model in run.models:
+        of = getattr(model, "lots", None)
+        if of is not None:
+            lots += of()
+    with path.open("w", newline="") as fh:
+        out = csv.DictWriter(fh, ["lot", "name", "capacity", "lat", "lon"])
+        out.writeheader()
+        out.writerows(lots)
+    return len(lots)
 
 
 def write_watchlist(path: Path, scenario: Scenario, run: FleetRun) -> int:

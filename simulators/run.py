@@ -192,6 +192,9 @@ class FleetRun:
         self._late: list[tuple[int, int, int, str, bytes]] = []  # (due, n, group, device, frame)
         self._late_n = 0
         self._offline = self._offline_masks()
+        self.sent_until_us = 0
+        """Relative device time up to which frames were sent (the run's end, or where it
+        stopped)."""
 
     def _build(self, start_us: int) -> None:
         """The groups' models for a device-time origin."""
@@ -347,7 +350,7 @@ class FleetRun:
                 self._window(sim, target)
                 self._release_late(self.start_us + target)
                 self._poll()
-                sim = target
+                sim = self.sent_until_us = target
                 if on_progress and now - last_report > 0.25:
                     last_report = now
                     on_progress(self._progress(sim, now - wall0))
@@ -410,6 +413,18 @@ class FleetRun:
             sender.close()
         self._mqtt.clear()
         self._coap.clear()
+
+    def parking_lots(self) -> list[dict[str, Any]] | None:
+        """What the parking groups' lots hold where the run ended (debounced as the service
+        sees it: ``ParkingSpace.lots_at``); None without parking groups."""
+        lots: list[dict[str, Any]] = []
+        found = False
+        for model in self.models:
+            at = getattr(model, "lots_at", None)
+            if at is not None:
+                found = True
+                lots += at(self.sent_until_us)
+        return lots if found else None
 
     def describe(self) -> dict[str, Any]:
         """The fleet in numbers."""

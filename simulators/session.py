@@ -24,10 +24,11 @@ from decoders.registry import load_registry
 from device_registry.importer import import_devices
 from device_registry.profiles import load_profiles, store
 from ingest.settings import Settings
+from parking.lots import read_lots, upsert_lots
 from simulators import replay
 from simulators.accounting import RunFacts, account, gauge, scrape_ages
 from simulators.broker_stats import dropped_messages
-from simulators.fleetfiles import write_devices, write_profiles, write_watchlist
+from simulators.fleetfiles import write_devices, write_lots, write_profiles, write_watchlist
 from simulators.recording import RecordWriter, read_frames
 from simulators.run import FleetRun, Progress, Target
 from simulators.scenario import Scenario
@@ -62,6 +63,7 @@ def write_fleet(folder: Path, scenario: Scenario, run: FleetRun) -> dict[str, in
         "profiles": write_profiles(folder / "profiles.yaml", scenario, run),
         "devices": write_devices(folder / "devices.csv", scenario, run),
         "watchlisted": write_watchlist(folder / "watchlist.txt", scenario, run),
+        "lots": write_lots(folder / "lots.csv", run),
     }
 
 
@@ -76,12 +78,17 @@ def register(url: str, scenario: Scenario, run: FleetRun) -> tuple[dict[str, int
 
 
 def import_folder(url: str, folder: Path) -> float:
-    """Import ``folder``/profiles.yaml then ``folder``/devices.csv into the registry, in one
-    transaction; return its start time (the devices' ``updated_at``), Unix seconds."""
+    """Import ``folder``/profiles.yaml, ``folder``/lots.csv (when there) then
+    ``folder``/devices.csv into the registry, in one transaction; return its start time (the
+    devices' ``updated_at``), Unix seconds."""
     profiles = load_profiles(folder / "profiles.yaml", set(load_registry().names()))
+    lots, bad = read_lots(folder / "lots.csv") if (folder / "lots.csv").exists() else ([], [])
+    if bad:
+        raise ValueError(f"{folder / 'lots.csv'} has invalid lines, first: {bad[0]}")
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT extract(epoch FROM now())").fetchone()
         store(conn, profiles)
+        upsert_lots(conn, lots)
         result = import_devices(conn, folder / "devices.csv")
         conn.commit()
     if result.errors:
@@ -161,6 +168,7 @@ def run_scenario(
         "registered": registered,
         "recorded": record.count if record else None,
         **report,
+        **({"parking_lots": lots} if (lots := run.parking_lots()) is not None else {}),
     }
 
 

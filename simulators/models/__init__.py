@@ -5,6 +5,7 @@ from __future__ import annotations
 from simulators.models.base import DeviceModel, Frames, GroupContext, Options
 from simulators.models.environment import NbiotEnv, NbiotSenml, WaterLevel
 from simulators.models.hj212 import Hj212Station
+from simulators.models.parking import ParkingSpace
 from simulators.models.streetlight import Streetlight
 from simulators.models.traffic import Gantry
 from simulators.models.vehicles import Ev, Jt808Terminal
@@ -20,6 +21,7 @@ MODELS: dict[str, type[DeviceModel]] = {
         Ev,
         Jt808Terminal,
         WaterLevel,
+        ParkingSpace,
     )
 }
 

@@ -51,6 +51,7 @@ NEEDS = {
     ("GET", "/api/v1/alerts/{alert_id}"): "read",
     ("POST", "/api/v1/alerts/{alert_id}/ack"): "operate",
     ("GET", "/api/v1/rules"): "read",
+    ("GET", "/api/v1/parking/lots"): "read",
     ("GET", "/api/v1/tokens"): "admin",
     ("POST", "/api/v1/tokens"): "admin",
     ("DELETE", "/api/v1/tokens/{name}"): "admin",

@@ -134,7 +134,8 @@ def test_decode_unknown_format_is_a_clear_error() -> None:
     assert (
         out.stderr.strip()
         == "cityflux: unknown format 'nope' (known: gbt32960, hj212, jt808, llrp, lwm2m-rd, "
-        "lwm2m-tlv, nbiot-env, senml-cbor, senml-json, streetlight, tagread-json, value)"
+        "lwm2m-tlv, nbiot-env, parking-sensor, senml-cbor, senml-json, streetlight, tagread-json, "
+        "value)"
     )
 
 

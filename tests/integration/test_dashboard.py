@@ -38,7 +38,8 @@ rules:
 
 
 def fleet(prefix: str) -> Scenario:
-    """Two transports, four models, malformed frames, dropped frames (frame loss) and an
+    """Two transports, five models (three car parks among them), malformed frames, dropped
+    frames (frame loss) and an
     offline group, at twice real time (about 10 s): steady traffic Prometheus can scrape."""
     return Scenario.model_validate(
         {
@@ -53,6 +54,8 @@ def fleet(prefix: str) -> Scenario:
                 {"name": "air", "model": "hj212-station", "count": 5, "interval_s": 2},
                 {"name": "water", "model": "water-level", "count": 50, "interval_s": 2,
                  "transport": "coap"},
+                {"name": "parking", "model": "parking-space", "count": 60, "interval_s": 2,
+                 "options": {"lots": 3, "slot_s": 60}},
             ],
             "faults": {"malformed": 0.05, "offline": 0.2, "offline_after_s": 6, "drop": 0.02},
         }
@@ -203,6 +206,10 @@ async def test_every_dashboard_panel_shows_data_from_a_faulty_fleet(
         await wait_until(
             lambda: metric_value(svc, "cityflux_devices", profile="env", state="offline") > 0,
             30, "env devices counted offline",
+        )  # fmt: skip
+        await wait_until(  # every registered lot has a sensor heard
+            lambda: metric_value(svc, "cityflux_parking_lots_connected_ratio") == 1.0,
+            30, "the three car parks connected",
         )  # fmt: skip
 
         variables = await asyncio.to_thread(resolve_variables, prom)

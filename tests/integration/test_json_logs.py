@@ -38,7 +38,7 @@ async def test_serve_writes_one_json_object_per_line(
         assert {"time", "level", "logger", "message"} <= set(line), line
         assert line["time"].endswith("+00:00")
     messages = [(line["level"], line["logger"], line["message"]) for line in lines]
-    assert ("INFO", "storage.migrate", "storage backend: postgresql (8 telemetry tables)") in (
+    assert ("INFO", "storage.migrate", "storage backend: postgresql (10 telemetry tables)") in (
         messages
     )
     assert any(m[2].startswith("cityflux serving: /metrics on http://") for m in messages)

@@ -14,9 +14,11 @@ from alerts.runtimes import AlertEvent
 from core.access import ActorKind, Principal
 from core.frames import Decoded, FrameNumbers, TableRows
 from core.metrics import Metrics
-from decoders.tables import ALL_TABLES, ENV_READINGS
+from decoders.tables import ALL_TABLES, ENV_READINGS, PARKING_READINGS
 from device_registry.frameloss import FrameLoss
 from device_registry.resolver import DeviceResolver, UnknownDevicePolicy
+from parking.config import ParkingConfig
+from parking.occupancy import OccupancyStage
 from storage.ddl import Backend
 from storage.migrate import TimescaleMode, migrate
 from storage.writer import BatchWriter, TableWrite, WriteMethod
@@ -174,3 +176,68 @@ async def test_frame_gaps_and_counts_are_written_to_hypertables(
         metrics.registry.get_sample_value("cityflux_device_frames_missing_total", {"profile": "p"})
         == 3
     )
+
+
+async def test_lot_occupancy_is_a_hypertable_with_a_continuous_aggregate_per_hour(
+    timescaledb: TimescaleWasm,
+) -> None:
+    migrate(timescaledb.url, ALL_TABLES, TimescaleMode.REQUIRE)
+    with psycopg.connect(timescaledb.url, autocommit=True) as conn:
+        conn.execute("TRUNCATE parking_lot_occupancy, parking_spaces, parking_lots")
+        conn.execute("DELETE FROM devices WHERE external_id LIKE 'tsdb-park-%'")
+        ids = [
+            int(r[0])
+            for r in conn.execute(
+                "INSERT INTO devices (external_id, lot, space) "
+                "SELECT 'tsdb-park-' || n, 'P7', 'S' || n FROM generate_series(1, 3) n "
+                "RETURNING id"
+            ).fetchall()
+        ]
+        conn.execute("INSERT INTO parking_lots (lot, capacity) VALUES ('P7', 3)")
+        segment = conn.execute(
+            "SELECT attname FROM timescaledb_information.compression_settings "
+            "WHERE hypertable_name = 'parking_lot_occupancy' AND segmentby_column_index = 1"
+        ).fetchall()
+    # three spaces over two hours: each report of a car is followed by a second one
+    reports = [  # (space, minute, occupied)
+        (0, 0, False), (1, 0, False), (2, 0, False),
+        (0, 10, True), (0, 11, True), (1, 20, True), (1, 21, True),
+        (2, 70, True), (2, 71, True), (0, 80, False), (0, 81, False),
+    ]  # fmt: skip
+    stage = OccupancyStage(ParkingConfig())
+    async with await psycopg.AsyncConnection.connect(timescaledb.url) as conn:
+        for space, minute, occupied in reports:  # one batch per report, as they arrive
+            rows = TableRows(
+                table="parking_readings",
+                columns={
+                    "time": np.array([T0 + minute * 60_000_000], dtype=np.int64),
+                    "seq": np.array([minute], dtype=np.int32),
+                    "occupied": np.array([occupied]),
+                    "device_id": np.array([ids[space]], dtype=np.int32),
+                },
+                devices=np.array([b"x"]),
+                frame_index=np.zeros(1, dtype=np.int32),
+            )
+            async with conn.transaction():
+                await stage.within(conn, [TableWrite(PARKING_READINGS, rows)])
+    with psycopg.connect(timescaledb.url) as conn:
+        samples = conn.execute(
+            "SELECT (extract(epoch FROM time)::bigint - %s) / 60, occupied "
+            "FROM parking_lot_occupancy WHERE lot = 'P7' ORDER BY time",
+            (T0 // 1_000_000,),
+        ).fetchall()
+        hourly = conn.execute(
+            "SELECT extract(epoch FROM bucket)::bigint - %s, occupied_min, occupied_max, samples "
+            "FROM parking_lot_occupancy_hourly WHERE lot = 'P7' ORDER BY bucket",
+            (T0 // 1_000_000,),
+        ).fetchall()
+        caggs = conn.execute(
+            "SELECT view_name FROM timescaledb_information.continuous_aggregates "
+            "WHERE view_name = 'parking_lot_occupancy_hourly'"
+        ).fetchall()
+    assert segment == [("lot",)]
+    assert samples == [
+        (0, 0), (10, 0), (11, 1), (20, 1), (21, 2), (70, 2), (71, 3), (80, 3), (81, 2),
+    ]  # fmt: skip
+    assert caggs == [("parking_lot_occupancy_hourly",)]
+    assert hourly == [(0, 0, 2, 5), (3600, 2, 3, 4)]

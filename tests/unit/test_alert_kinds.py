@@ -19,8 +19,10 @@ from alerts.solar import is_daylight, sun_elevation
 from core.frames import TableRows
 from core.yamlfile import DocumentError
 from decoders.registry import load_registry
+from decoders.tables import PARKING_SPACE_STATUS
 
 TABLES = {t.name: t for t in load_registry().tables()}
+EXAMPLES = Path(__file__).parents[2] / "alerts" / "examples"
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 MIN = 60_000_000
 
@@ -528,6 +530,64 @@ def test_raise_clear_raise_in_one_batch_pairs_each_clear_with_its_raise(tmp_path
         ("raised", 2, 2, 95.0),
         ("cleared", 3, 2, 95.0),
     ]  # fmt: skip
+
+
+def _space_status(
+    devices: list[str], ids: list[int], minutes: list[int], **cols: list[Any]
+) -> TableRows:
+    spec = PARKING_SPACE_STATUS
+    n = len(devices)
+    data: dict[str, np.ndarray] = {"time": T0 + np.array(minutes, dtype=np.int64) * MIN}
+    for c in spec.columns:
+        if c.name in cols:
+            data[c.name] = np.array(cols[c.name], dtype="S16" if c.type.value == "text" else None)
+        elif c.name == "device_id":
+            data[c.name] = np.array(ids, dtype=np.int32)
+        elif c.name != "time":
+            data[c.name] = np.zeros(n)
+    return TableRows(
+        spec.name, data, np.array([d.encode() for d in devices]), np.arange(n, dtype=np.int32)
+    )
+
+
+def test_a_parking_lot_full_for_five_minutes_raises_once_per_lot(tmp_path: Path) -> None:
+    eng = Engine(load_rules(EXAMPLES / "parking.yaml", TABLES))
+    # lot P1 (capacity 20) fills: 19 at minute 0, still 19 at minute 4, 20 at minute 6; lot P2
+    # touches 95 % for a minute only
+    batches = [
+        (["s1", "s2", "s9"], [1, 2, 9], [0, 0, 0], ["P1", "P1", "P2"], [19, 19, 19], [20, 20, 20]),
+        (["s3", "s9"], [3, 9], [1, 1], ["P1", "P2"], [19, 17], [20, 20]),
+        (["s4"], [4], [4], ["P1"], [19], [20]),
+        (["s5", "s9"], [5, 9], [6, 6], ["P1", "P2"], [20, 16], [20, 20]),
+        (["s5"], [5], [9], ["P1"], [17], [20]),
+    ]
+    events = []
+    for devs, ids, minutes, lots, occupied, capacity in batches:
+        r = _space_status(
+            devs, ids, minutes, lot=lots, lot_occupied=occupied, lot_capacity=capacity,
+            occupied_pct=[100.0 * o / c for o, c in zip(occupied, capacity, strict=True)],
+        )  # fmt: skip
+        events += eng.evaluate({PARKING_SPACE_STATUS.name: r})
+    assert [(*e, ev.value) for e, ev in zip(ev(events), events, strict=True)] == [
+        ("parking-lot-full", "P1", "raised", 6, 100.0),
+        ("parking-lot-full", "P1", "cleared", 9, 85.0),
+    ]
+    assert events[0].details == {"occupied": 20, "capacity": 20}
+
+
+def test_stuck_and_flapping_space_sensors_raise_on_their_own_space(tmp_path: Path) -> None:
+    eng = Engine(load_rules(EXAMPLES / "parking.yaml", TABLES))
+    day = 86_400.0
+    r = _space_status(
+        ["s1", "s2", "s3"], [1, 2, 3], [0, 0, 0], lot=["P1"] * 3,
+        unchanged_s=[3.5 * day, 3.5 * day, 60.0], lot_changes=[12, 4, 30],
+        flaps=[0, 0, 7], lot_capacity=[20] * 3, occupied_pct=[50.0] * 3,
+    )  # fmt: skip
+    got = ev(eng.evaluate({PARKING_SPACE_STATUS.name: r}))
+    assert sorted(got) == [
+        ("parking-sensor-flapping", "s3", "raised", 0),
+        ("parking-sensor-stuck", "s1", "raised", 0),
+    ]
 
 
 def test_frame_loss_raises_above_its_ratio_and_clears_below_half_of_it(tmp_path: Path) -> None:

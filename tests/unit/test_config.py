@@ -87,7 +87,8 @@ def test_shipped_example_config_is_current_and_its_values_are_the_defaults(tmp_p
     )
     data = tomllib.loads(uncommented.read_text())
     assert set(data) == {
-        *("mqtt", "coap", "lwm2m", "database", "pipeline", "registry", "alerts", "http"),
+        *("mqtt", "coap", "lwm2m", "database", "pipeline", "registry", "alerts", "parking"),
+        "http",
         *("log_level", "log_format", "workers"),
     }
     assert load_settings(uncommented) == load_settings()

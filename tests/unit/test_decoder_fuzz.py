@@ -18,6 +18,7 @@ from decoders.jt808 import frame as jt808_frame
 from decoders.jt808 import location_body
 from decoders.llrp import encode_report
 from decoders.nbiot_env import encode_frame
+from decoders.parking import encode_frame as parking_frame
 from decoders.registry import load_registry
 from decoders.streetlight import encode_frame as streetlight_frame
 
@@ -50,6 +51,7 @@ VALID = {
         dimming=70,
         lamp_on=True,
     ),
+    "parking-sensor": parking_frame(861234567890123, 1_767_225_600, 1, occupied=True),
     "jt808": jt808_frame(
         0x0200,
         "13800138000",

@@ -37,7 +37,8 @@ def test_a_city_of_a_million_devices_ships() -> None:
             "name: x\nduration_s: 10\ngroups:\n  - name: a\n    model: toaster\n"
             "    count: 1\n    interval_s: 1\n",
             "s.yaml:5: groups[0].model: unknown model 'toaster' (known: hj212-station, "
-            "nbiot-env, nbiot-senml, streetlight, gantry, ev, jt808, water-level)",
+            "nbiot-env, nbiot-senml, streetlight, gantry, ev, jt808, water-level, "
+            "parking-space)",
         ),
         (
             "name: x\nduration_s: 10\ngroups:\n  - name: a\n    model: ev\n    count: 1\n"

@@ -172,3 +172,36 @@ def test_schedule_yields_every_report_once_however_the_windows_are_cut(
     ]
     assert sorted(got) == sorted(want)
     assert all(iv >= p >= 1_000_000 and p % 1_000_000 == 0 for p in phase)
+
+
+def test_parking_lots_hold_what_the_services_debounce_makes_of_their_sensors_reports() -> None:
+    from decoders.parking import DECODER as PARKING
+    from parking.debounce import Debounce, step
+    from simulators.models.parking import ParkingSpace
+
+    model = _model("parking-space", "parking-sensor", count=60)
+    assert isinstance(model, ParkingSpace)
+    model.opts.match_at_s = 1800.0  # the stadium lot (lot 0) fills half an hour in
+    rule = Debounce()  # the service's defaults: two reports
+    states: dict[int, Any] = {}
+    flaps = 0
+    for a in range(0, 4 * 3600, 600):  # four hours, ten minutes at a time, in send order
+        frames = model.frames(a * 1_000_000, (a + 600) * 1_000_000)
+        out = _decode(model, frames).rows["parking_readings"]
+        assert len(out) == len(frames)
+        occupied = out.columns["occupied"].tolist()
+        for d, t, occ in zip(
+            frames.devices.tolist(), frames.times_us.tolist(), occupied, strict=True
+        ):
+            states[d] = step(states.get(d), t, occ, rule)
+        held = [
+            sum(states[d].occupied for d in range(60) if model.lot_of[d] == k and d in states)
+            for k in range(model.opts.lots)
+        ]
+        assert [x["occupied"] for x in model.lots_at((a + 600) * 1_000_000)] == held
+        flaps = sum(s.flaps for s in states.values())
+    assert flaps > 0  # spurious flips were sent and suppressed
+    assert sum(s.changes for s in states.values()) > 20
+    stadium = model.lots_at(3 * 3600 * 1_000_000)[0]  # the match is on
+    assert stadium["occupied"] >= stadium["capacity"] - 1
+    assert PARKING.name == model.format

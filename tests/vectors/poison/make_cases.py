@@ -27,6 +27,7 @@ from decoders.jt808 import frame as jt_frame
 from decoders.jt808 import location_body
 from decoders.llrp import encode_report
 from decoders.nbiot_env import encode_frame as nbiot_frame
+from decoders.parking import encode_frame as parking_frame
 from decoders.registry import load_registry
 from decoders.streetlight import encode_frame as light_frame
 from tests.poison import RECEIVED_US, PoisonCase
@@ -60,6 +61,7 @@ DEFAULT_DEVICE = {
     "hj212": "AQ01",
     "nbiot-env": "861234567890123",
     "streetlight": "861234567890123",
+    "parking-sensor": "861234567890123",
 }
 
 
@@ -1010,8 +1012,10 @@ gen_case(
     "1 MiB behind a 4-digit length field",
 )
 
-# ---------------------------------------------------------------- nbiot-env, streetlight
+# ---------------------------------------------------------------- nbiot-env, streetlight, parking
+PARKING_OK = parking_frame(861234567890123, 1_767_225_600, 1, occupied=True)
 for fmt, good_frame, size in (
+    ("parking-sensor", PARKING_OK, 30),
     (
         "nbiot-env",
         nbiot_frame(
@@ -1083,6 +1087,14 @@ for fmt, good_frame, size in (
         f"too_long: expected {size} bytes",
         "a valid frame followed by 1 MiB of zeros",
     )
+
+case(
+    "parking-sensor",
+    "occupancy-out-of-range",
+    seal(PARKING_OK[:16] + b"\x07" + PARKING_OK[17:-2]),
+    "parking_invalid: occupancy 7 (0 free, 1 occupied, 255 calibrating)",
+    "occupancy byte 7: neither free, occupied nor calibrating (a valid CRC over it)",
+)
 
 # ---------------------------------------------------------------- value
 V = "value"

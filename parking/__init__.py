@@ -1,0 +1,1 @@
+"""Smart parking: occupancy state per space (debounced), per lot, and its API."""
