@@ -80,7 +80,10 @@ class MqttConfig(Section):
         description="QoS 1 messages the broker may have unacknowledged with us (MQTT 5)",
     )
     reconnect_max_s: float = Field(10.0, gt=0, description="longest wait between reconnects")
-    tls: TlsMode = Field(TlsMode.OFF, description="off, or on: TLS to the broker (set port too: brokers serve TLS on 8883)")
+    tls: TlsMode = Field(
+        TlsMode.OFF,
+        description="off, or on: TLS to the broker (set port too: brokers serve TLS on 8883)",
+    )
     tls_ca_file: Path | None = Field(
         None, description="CA certificates (PEM) the broker's certificate must chain to"
     )
