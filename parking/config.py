@@ -24,3 +24,9 @@ class ParkingConfig(Section):
     flap_window_s: float = Field(
         3600.0, gt=0, description="suppressed flips of a space are counted per window this long"
     )
+    max_ahead_s: float = Field(
+        3600.0,
+        gt=0,
+        description="a report dated further ahead of the service's clock is stored but moves "
+        "no space (a device clock gone wrong would freeze its space until that time)",
+    )

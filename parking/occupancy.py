@@ -19,8 +19,11 @@ since, the lot's fill).
 
 from __future__ import annotations
 
+import logging
+import math
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +39,7 @@ from parking.debounce import Debounce, SpaceState, step
 from storage.writer import TableWrite
 
 AConn = psycopg.AsyncConnection[Any]
+log = logging.getLogger(__name__)
 PRESENCE_METRIC = re.compile(rb"(?:presence|/?3302/0/5500)\Z")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -52,6 +56,16 @@ class Reports:
 
     def __len__(self) -> int:
         return int(self.device_id.shape[0])
+
+    def subset(self, keep: npt.NDArray[np.bool_]) -> Reports:
+        """The reports where ``keep`` is true (still sorted)."""
+        return Reports(
+            self.device_id[keep],
+            self.time_us[keep],
+            self.occupied[keep],
+            self.devices[keep],
+            self.frame_index[keep],
+        )
 
 
 def reports(writes: Sequence[TableWrite]) -> Reports:
@@ -160,17 +174,46 @@ FROM x JOIN lots ON lots.lot = x.lot
 class OccupancyStage:
     """Applies a batch's space reports to the spaces' state, in the batch's transaction."""
 
-    def __init__(self, cfg: ParkingConfig) -> None:
+    def __init__(
+        self, cfg: ParkingConfig, clock_us: Callable[[], int] = lambda: time.time_ns() // 1000
+    ) -> None:
         self.rule = Debounce(
             frames=cfg.debounce_frames,
             hold_us=round(cfg.debounce_s * 1e6),
             flap_window_us=round(cfg.flap_window_s * 1e6),
         )
+        self.max_ahead_us = round(cfg.max_ahead_s * 1e6)
+        self.clock_us = clock_us
+        self.ahead = 0
+        """Reports left out for their time ahead of the clock (since the service began)."""
+        self._ahead_logged = -math.inf
+
+    def _drop_ahead(self, rep: Reports) -> Reports:
+        # a report from the future would make every later (true) report of its space "no
+        # newer than the latest" (parking/debounce.py) and freeze the space until that time
+        ahead = rep.time_us > self.clock_us() + self.max_ahead_us
+        if not ahead.any():
+            return rep
+        n = int(ahead.sum())
+        self.ahead += n
+        now = time.monotonic()
+        if now - self._ahead_logged >= 60.0:
+            self._ahead_logged = now
+            first = rep.devices[ahead][0].decode(errors="replace")
+            log.warning(
+                "parking: %d space reports dated over %.0f s ahead of the clock (e.g. device "
+                "%s) stored but not applied to their spaces (%d since start)",
+                n,
+                self.max_ahead_us / 1e6,
+                first,
+                self.ahead,
+            )
+        return rep.subset(~ahead)
 
     async def within(self, conn: AConn, writes: Sequence[TableWrite]) -> list[TableWrite]:
         """Apply the batch's reports; the ``parking_space_status`` rows for the alert rules
         (one per reported space in a lot; not stored)."""
-        rep = reports(writes)
+        rep = self._drop_ahead(reports(writes))
         if not len(rep):
             return []
         ids = np.unique(rep.device_id)

@@ -14,7 +14,7 @@ EXAMPLE = Path(__file__).parents[2] / "deploy" / "registry" / "profiles.example.
 
 def test_the_example_profiles_validate_against_the_decoders() -> None:
     profiles = load_profiles(EXAMPLE, set(load_registry().names()))
-    assert {p.kind for p in profiles} >= {"air", "env", "streetlight", "gantry", "ev"}
+    assert {p.kind for p in profiles} >= {"air", "env", "streetlight", "gantry", "ev", "parking"}
     tables = {t.name for t in load_registry().tables()}
     for p in profiles:
         assert set(p.tables) <= tables, p.name
