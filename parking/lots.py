@@ -1,4 +1,4 @@
-"""Parking lots file (``cityflux parking lots import``): read, validate, upsert.
+"""Parking lots file (``cityflux parking import-lots``): read, validate, upsert.
 
 CSV with a header naming ``lot`` and ``capacity`` (required) and any of ``name``,
 ``district``, ``lat``, ``lon``. A bad line is reported ``FILE:LINE: field: problem`` and the
