@@ -64,12 +64,13 @@ def _machine() -> str:
 def _drain(
     port: int, url: str, msgs: list[tuple[str, bytes]], qos: int, readings: int, tag: str
 ) -> dict[str, Any]:
-    """One cityflux drain with its accounting."""
+    """One cityflux drain with its accounting. The rates are of what the database holds
+    afterwards (a run that stored less reports less), over the pipeline's own clock."""
     got = mqtt_rates.e2e_rate(port, url, msgs, qos, tag)
     want = len(msgs) * readings
     return {
-        "msgs_per_s": got.rate,
-        "readings_per_s": got.rate * readings,
+        "msgs_per_s": got.rows_in_db / readings / got.elapsed_s,
+        "readings_per_s": got.rows_in_db / got.elapsed_s,
         "sent": len(msgs),
         "acknowledged": got.acknowledged if qos else None,  # QoS 0 has no acknowledgements
         "stored_readings": got.rows_in_db,
@@ -304,10 +305,12 @@ def main(argv: list[str] | None = None) -> None:
     res = run(args.quick, say)
     args.results.mkdir(parents=True, exist_ok=True)
     name = "quick" if args.quick else "latest"
+    # the history first: its commit is the checkout's, before this run rewrites the tracked
+    # results/quick.* or latest.* (else every entry would read as a dirty tree, "<commit>+")
+    history.append(args.results / "history.jsonl", res, REPO)
     (args.results / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     text = render(res)
     (args.results / f"{name}.txt").write_text(text + "\n")
-    history.append(args.results / "history.jsonl", res, REPO)
     print(json.dumps(res) if args.json else text)
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ingest.settings import Settings
 
 BENCH_BROKER_CONF = MOSQUITTO_CONF + "queue_qos0_messages true\n"
+DRAIN_TIMEOUT_S = 600.0
 
 
 class BenchBroker:
@@ -99,7 +100,15 @@ async def drain_preloaded(settings: Settings, n: int, **fields: Any) -> Drain:
     await service.started.wait()
     assert service.pipeline is not None
     pipe = service.pipeline
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while pipe.stats.received < n or pipe.inflight:
+        if time.monotonic() > deadline:  # frames the broker never delivered: say so, not hang
+            service.stop()
+            await task
+            raise RuntimeError(
+                f"drain: the pipeline took {pipe.stats.received} of {n} preloaded frames "
+                f"in {DRAIN_TIMEOUT_S:.0f} s"
+            )
         await asyncio.sleep(0.01)
     st = pipe.stats
     elapsed = (st.last_commit_us - st.first_received_us) / 1e6

@@ -26,8 +26,19 @@ def create_table(url: str, table: str) -> None:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute(
             f"CREATE TABLE {table} (time timestamptz NOT NULL, reader text NOT NULL, "
-            "antenna smallint NOT NULL, epc text NOT NULL, rssi smallint, count integer)"
+            "antenna smallint NOT NULL, epc text NOT NULL, rssi smallint, count integer, "
+            # the bench's clock, kept by the database: when each row went in (the last one
+            # ends the run; no poller has to catch it, and none loads the machine meanwhile)
+            "stored_at timestamptz NOT NULL DEFAULT clock_timestamp())"
         )
+
+
+def last_insert_us(conn: psycopg.Connection[Any], table: str) -> int:
+    """When the latest row went into ``table`` (epoch µs, the database's clock), 0 if none."""
+    row = conn.execute(
+        f"SELECT coalesce((extract(epoch FROM max(stored_at)) * 1e6)::bigint, 0) FROM {table}"
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def route_config(port: int, url: str, table: str, client_id: str) -> dict[str, Any]:

@@ -90,12 +90,14 @@ def listener_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: s
 
 
 class E2E(NamedTuple):
-    """One end-to-end run: frames/s, frames stored, rows in the database, PUBACKs written."""
+    """One end-to-end run: frames/s (frames sent over the pipeline's clock), frames stored,
+    rows in the database, PUBACKs written, and the clock itself."""
 
     rate: float
     frames_stored: int
     rows_in_db: int
     acknowledged: int
+    elapsed_s: float
 
 
 async def _e2e_rate(port: int, pg_url: str, cid: str, n: int, qos: int) -> Drain:
@@ -121,4 +123,5 @@ def e2e_rate(port: int, pg_url: str, msgs: Sequence[tuple[str, bytes]], qos: int
     got = asyncio.run(_e2e_rate(port, pg_url, cid, len(msgs), qos))
     with psycopg.connect(pg_url) as conn:
         row = conn.execute("SELECT count(*) FROM env_readings").fetchone()
-    return E2E(len(msgs) / got.elapsed_s, got.stored, int(row[0]) if row else 0, got.acknowledged)
+    rows = int(row[0]) if row else 0
+    return E2E(len(msgs) / got.elapsed_s, got.stored, rows, got.acknowledged, got.elapsed_s)

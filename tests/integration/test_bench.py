@@ -103,3 +103,25 @@ def test_scaleout_bench_drains_every_frame(pg_server: str, tmp_path: Path) -> No
     assert (one["acknowledged"], one["stored_readings"], one["dead_letters"]) == (500, 4000, 0)
     assert (one["lost_frames"], one["exit_code"]) == (0, 0)
     assert res["workers"]["2"]["efficiency"] is None  # no N = 1 run to compare with
+
+
+def test_mq_bridge_clock_is_the_tables_last_insert(pg_url: str) -> None:
+    """The live peer's run ends at the database's time of its last row (no poller sampling
+    it): rows inserted as mq-bridge inserts them carry their insert time."""
+    import time
+
+    import psycopg
+
+    from bench.mqbridge_peer import create_table, last_insert_us
+
+    create_table(pg_url, "mqb_clock")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert last_insert_us(conn, "mqb_clock") == 0
+        before = time.time_ns() // 1000
+        conn.execute(
+            "INSERT INTO mqb_clock (time, reader, antenna, epc, rssi, count) "
+            "VALUES (now(), 'r', 1, 'e', -50, 1)"
+        )
+        time.sleep(0.3)
+        got = last_insert_us(conn, "mqb_clock")
+    assert before - 50_000 <= got <= before + 250_000  # at the insert, not 0.3 s later
