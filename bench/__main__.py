@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from decoders.registry import load_registry
-from storage.config import DatabaseConfig
+from ingest.settings import load_settings
 from storage.migrate import TimescaleMode, migrate
 
 from . import (
@@ -79,6 +79,14 @@ def _drain(
     }
 
 
+def pipeline_writers() -> int:
+    """The writer connections the drained service will have: its settings are loaded as the
+    drains load them (the environment's ``CITYFLUX_DATABASE__WRITERS`` included), so the raw
+    COPY limit runs on as many connections, not on the default's."""
+    url = "postgresql://bench@127.0.0.1/bench"  # any: only the writers are read
+    return load_settings(None, database={"url": url, "timescaledb": "off"}).database.writers
+
+
 def _med(values: list[float]) -> float:
     return float(statistics.median(values))
 
@@ -92,7 +100,7 @@ def run(quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, A
     live_pubs, live_each = (2, 5_000) if quick else (4, 50_000)
     n_coap = 5_000 if quick else 60_000
     peer_window_s = 8.0 if quick else 30.0
-    writers = DatabaseConfig.model_fields["writers"].default
+    writers = pipeline_writers()
     single = workloads.single_reading(n_single)
     multi = workloads.multi_reading(n_multi)
     k = workloads.MULTI_READINGS

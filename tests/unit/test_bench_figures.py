@@ -69,3 +69,13 @@ def test_history_names_the_clean_commit_though_the_run_rewrites_tracked_results(
     (entry,) = [json.loads(line) for line in (results / "history.jsonl").read_text().splitlines()]
     assert not entry["commit"].endswith("+")
     assert (results / "quick.txt").read_text() == "new\n"
+
+
+def test_raw_copy_runs_on_as_many_connections_as_the_service_will_have(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The drains load their settings from the environment too: the limit follows them."""
+    monkeypatch.setenv("CITYFLUX_DATABASE__WRITERS", "3")
+    assert bench_main.pipeline_writers() == 3
+    monkeypatch.delenv("CITYFLUX_DATABASE__WRITERS")
+    assert bench_main.pipeline_writers() == 2
