@@ -66,6 +66,28 @@ def create_session(port: int, client_id: str, topic: str, qos: int) -> None:
     client.loop_stop()
 
 
+def end_session(port: int, client_id: str) -> None:
+    """Delete a session the bench made (Clean Start, Session Expiry 0). A session left behind
+    stays subscribed to ``bench/up/#``: the broker would queue every later preload and live
+    publish into it too, slowing the measurements after it (and "nobody subscribed" would
+    not hold for the fleet alone)."""
+    done = threading.Event()
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+    )
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    client.on_connect = lambda *a: done.set()
+    client.connect("127.0.0.1", port, clean_start=True, properties=props)
+    client.loop_start()
+    try:
+        if not done.wait(10):
+            raise RuntimeError(f"the broker did not answer the CONNECT ending session {client_id}")
+        client.disconnect()
+    finally:
+        client.loop_stop()
+
+
 def preload(port: int, messages: list[tuple[str, bytes]]) -> None:
     """Publish every message at QoS 1 (so the broker drops none) and wait for all acks."""
     pub = BulkPublisher("127.0.0.1", port, f"preload-{uuid.uuid4().hex[:8]}").connect()

@@ -35,6 +35,7 @@ import psycopg
 
 from ingest.settings import load_settings
 
+from .common import end_session
 from .limits import MissingToolError
 from .mqbridge_peer import last_insert_us
 
@@ -100,12 +101,13 @@ async def _cityflux(
 ) -> dict[str, Any]:
     from ingest.service import Service
 
+    cid = f"live-{time.time_ns()}"
     settings = load_settings(
         None,
         mqtt={
             "host": "127.0.0.1",
             "port": port,
-            "client_id": f"live-{time.time_ns()}",
+            "client_id": cid,
             "topics": ["bench/up/#"],
             "qos": 1,
         },
@@ -135,6 +137,7 @@ async def _cityflux(
     acked = int(getattr(service.mqtt, "pubacks_sent", st.acked))
     service.stop()
     await task
+    await asyncio.to_thread(end_session, port, cid)
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT count(*) FROM vehicle_tag_reads").fetchone()
     rows = int(row[0]) if row else 0
@@ -169,8 +172,9 @@ def mqbridge_live(port: int, url: str, files: list[tuple[str, Path]]) -> dict[st
         raise MissingToolError("mq-bridge missing: pip install 'cityflux[bench]'") from exc
     table = "mqb_tag_reads"
     want = sum(sum(1 for _ in p.open()) for _, p in files)
+    cid = f"mqb-{time.time_ns()}"
     peer = subprocess.Popen(
-        [sys.executable, "-m", "bench.mqbridge_peer", str(port), url, table],
+        [sys.executable, "-m", "bench.mqbridge_peer", str(port), url, table, cid],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -199,6 +203,7 @@ def mqbridge_live(port: int, url: str, files: list[tuple[str, Path]]) -> dict[st
         if peer.stdin is not None:
             peer.stdin.close()
         peer.wait(30)
+        end_session(port, cid)
     return {
         "events_per_s": rows / elapsed,
         "stored": rows,

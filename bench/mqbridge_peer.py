@@ -3,8 +3,8 @@ typed PostgreSQL rows, configured as its own documentation and tests configure a
 MQTT → sqlx route (tokens ``${payload:<field>}`` bound per row, batches of 1,024, four
 concurrent tasks, persistent session, acknowledged after the insert).
 
-Usage: ``python -m bench.mqbridge_peer PORT PG_URL TABLE`` — creates ``TABLE``, prints READY
-once the route is running, runs until stdin closes. Needs the ``bench`` extra
+Usage: ``python -m bench.mqbridge_peer PORT PG_URL TABLE [CLIENT_ID]`` — creates ``TABLE``,
+prints READY once the route is running, runs until stdin closes. Needs the ``bench`` extra
 (``pip install 'cityflux[bench]'``); the runtime never imports it.
 """
 
@@ -72,10 +72,9 @@ def main() -> None:
     import mq_bridge
 
     port, url, table = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    cid = sys.argv[4] if len(sys.argv) > 4 else f"mqb-{time.time_ns()}"
     create_table(url, table)
-    route = mq_bridge.Route.from_config(
-        route_config(port, url, table, f"mqb-{time.time_ns()}"), name="bench"
-    )
+    route = mq_bridge.Route.from_config(route_config(port, url, table, cid), name="bench")
     route.start()
     time.sleep(1.0)  # the route subscribes on its own thread
     print("READY", flush=True)

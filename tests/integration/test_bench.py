@@ -125,3 +125,52 @@ def test_mq_bridge_clock_is_the_tables_last_insert(pg_url: str) -> None:
         time.sleep(0.3)
         got = last_insert_us(conn, "mqb_clock")
     assert before - 50_000 <= got <= before + 250_000  # at the insert, not 0.3 s later
+
+
+def test_a_measurement_leaves_no_session_subscribed_behind(broker) -> None:  # type: ignore[no-untyped-def]
+    """Each drain's session is deleted after it: one left subscribed to bench/up/# would take
+    a queued copy of every later preload and live publish."""
+    import time
+
+    from bench.common import create_session, end_session
+    from core.mqtt import MqttConfig
+    from ingest.workers import session_exists
+
+    if not broker.v5:
+        pytest.skip("sessions are probed over MQTT 5")
+    cid = f"bench-left-{time.time_ns()}"
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, client_id="probe")
+    create_session(broker.port, cid, "bench/up/#", 1)
+    assert session_exists(cfg, cid)
+    end_session(broker.port, cid)
+    assert not session_exists(cfg, cid)
+
+
+def test_the_c_client_and_the_drain_delete_their_sessions(
+    broker, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A small drain by each (no timing): every session they made is gone afterwards."""
+    if not broker.v5 or shutil.which("mosquitto_sub") is None:
+        pytest.skip("needs Mosquitto and its C client")
+    from bench import common, limits, mqtt_rates, workloads
+    from core.mqtt import MqttConfig
+    from ingest.workers import session_exists
+    from storage.migrate import TimescaleMode, migrate
+
+    made: list[str] = []
+
+    def create(port: int, cid: str, topic: str, qos: int) -> None:
+        made.append(cid)
+        common.create_session(port, cid, topic, qos)
+
+    monkeypatch.setattr(limits, "create_session", create)
+    monkeypatch.setattr(mqtt_rates, "create_session", create)
+    from decoders.registry import load_registry
+
+    migrate(pg_url, load_registry().tables(), TimescaleMode.OFF)
+    msgs = workloads.single_reading(200)
+    assert limits.c_client_rate(broker.port, msgs, 1, "t") > 0
+    assert mqtt_rates.e2e_rate(broker.port, pg_url, msgs, 1, "t").rows_in_db == 200
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, client_id="probe")
+    assert len(made) == 2
+    assert [session_exists(cfg, cid) for cid in made] == [False, False]
