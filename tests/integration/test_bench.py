@@ -146,9 +146,9 @@ def test_a_measurement_leaves_no_session_subscribed_behind(broker) -> None:  # t
     assert not session_exists(cfg, cid)
 
 
-def test_the_c_client_and_the_drain_delete_their_sessions(
+def test_the_c_client_and_the_drain_delete_their_sessions(  # type: ignore[no-untyped-def]
     broker, pg_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A small drain by each (no timing): every session they made is gone afterwards."""
     if not broker.v5 or shutil.which("mosquitto_sub") is None:
         pytest.skip("needs Mosquitto and its C client")
