@@ -174,3 +174,37 @@ def test_the_c_client_and_the_drain_delete_their_sessions(  # type: ignore[no-un
     cfg = MqttConfig(host="127.0.0.1", port=broker.port, client_id="probe")
     assert len(made) == 2
     assert [session_exists(cfg, cid) for cid in made] == [False, False]
+
+
+def test_live_runs_store_the_fleet_and_delete_their_sessions(  # type: ignore[no-untyped-def]
+    broker, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny live fleet (no timing) against cityflux and mq-bridge: every event stored, the
+    clocks positive, and neither consumer's session left on the broker."""
+    if not broker.v5 or shutil.which("mosquitto_pub") is None:
+        pytest.skip("needs Mosquitto and its C publisher")
+    pytest.importorskip("mq_bridge")
+    from bench import common, live
+    from core.mqtt import MqttConfig
+    from decoders.registry import load_registry
+    from ingest.workers import session_exists
+    from storage.migrate import TimescaleMode, migrate
+
+    ended: list[str] = []
+
+    def end(port: int, cid: str) -> None:
+        ended.append(cid)
+        common.end_session(port, cid)
+
+    monkeypatch.setattr(live, "end_session", end)
+    migrate(pg_url, load_registry().tables(), TimescaleMode.OFF)
+    ours = live.cityflux_live(broker.port, pg_url, live.fleet_files(tmp_path, 1, 200, 0))
+    assert (ours["stored"], ours["lost"]) == (200, 0)
+    assert ours["elapsed_s"] > 0
+    (tmp_path / "peer").mkdir()
+    theirs = live.mqbridge_live(broker.port, pg_url, live.fleet_files(tmp_path / "peer", 1, 200, 1))
+    assert (theirs["stored"], theirs["lost"]) == (200, 0)
+    assert theirs["elapsed_s"] > 0
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, client_id="probe")
+    assert len(ended) == 2
+    assert [session_exists(cfg, cid) for cid in ended] == [False, False]
