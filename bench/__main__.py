@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from decoders.registry import load_registry
-from storage.config import DatabaseConfig
+from ingest.settings import load_settings
 from storage.migrate import TimescaleMode, migrate
 
 from . import (
@@ -64,18 +64,27 @@ def _machine() -> str:
 def _drain(
     port: int, url: str, msgs: list[tuple[str, bytes]], qos: int, readings: int, tag: str
 ) -> dict[str, Any]:
-    """One cityflux drain with its accounting."""
+    """One cityflux drain with its accounting. The rates are of what the database holds
+    afterwards (a run that stored less reports less), over the pipeline's own clock."""
     got = mqtt_rates.e2e_rate(port, url, msgs, qos, tag)
     want = len(msgs) * readings
     return {
-        "msgs_per_s": got.rate,
-        "readings_per_s": got.rate * readings,
+        "msgs_per_s": got.rows_in_db / readings / got.elapsed_s,
+        "readings_per_s": got.rows_in_db / got.elapsed_s,
         "sent": len(msgs),
         "acknowledged": got.acknowledged if qos else None,  # QoS 0 has no acknowledgements
         "stored_readings": got.rows_in_db,
         "lost_readings": max(0, want - got.rows_in_db),
         "lost_frames": -(-max(0, want - got.rows_in_db) // readings),
     }
+
+
+def pipeline_writers() -> int:
+    """The writer connections the drained service will have: its settings are loaded as the
+    drains load them (the environment's ``CITYFLUX_DATABASE__WRITERS`` included), so the raw
+    COPY limit runs on as many connections, not on the default's."""
+    url = "postgresql://bench@127.0.0.1/bench"  # any: only the writers are read
+    return load_settings(None, database={"url": url, "timescaledb": "off"}).database.writers
 
 
 def _med(values: list[float]) -> float:
@@ -91,7 +100,7 @@ def run(quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, A
     live_pubs, live_each = (2, 5_000) if quick else (4, 50_000)
     n_coap = 5_000 if quick else 60_000
     peer_window_s = 8.0 if quick else 30.0
-    writers = DatabaseConfig.model_fields["writers"].default
+    writers = pipeline_writers()
     single = workloads.single_reading(n_single)
     multi = workloads.multi_reading(n_multi)
     k = workloads.MULTI_READINGS
@@ -304,10 +313,12 @@ def main(argv: list[str] | None = None) -> None:
     res = run(args.quick, say)
     args.results.mkdir(parents=True, exist_ok=True)
     name = "quick" if args.quick else "latest"
+    # the history first: its commit is the checkout's, before this run rewrites the tracked
+    # results/quick.* or latest.* (else every entry would read as a dirty tree, "<commit>+")
+    history.append(args.results / "history.jsonl", res, REPO)
     (args.results / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     text = render(res)
     (args.results / f"{name}.txt").write_text(text + "\n")
-    history.append(args.results / "history.jsonl", res, REPO)
     print(json.dumps(res) if args.json else text)
 
 

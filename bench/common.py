@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ingest.settings import Settings
 
 BENCH_BROKER_CONF = MOSQUITTO_CONF + "queue_qos0_messages true\n"
+DRAIN_TIMEOUT_S = 600.0
 
 
 class BenchBroker:
@@ -65,6 +66,28 @@ def create_session(port: int, client_id: str, topic: str, qos: int) -> None:
     client.loop_stop()
 
 
+def end_session(port: int, client_id: str) -> None:
+    """Delete a session the bench made (Clean Start, Session Expiry 0). A session left behind
+    stays subscribed to ``bench/up/#``: the broker would queue every later preload and live
+    publish into it too, slowing the measurements after it (and "nobody subscribed" would
+    not hold for the fleet alone)."""
+    done = threading.Event()
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+    )
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    client.on_connect = lambda *a: done.set()
+    client.connect("127.0.0.1", port, clean_start=True, properties=props)
+    client.loop_start()
+    try:
+        if not done.wait(10):
+            raise RuntimeError(f"the broker did not answer the CONNECT ending session {client_id}")
+        client.disconnect()
+    finally:
+        client.loop_stop()
+
+
 def preload(port: int, messages: list[tuple[str, bytes]]) -> None:
     """Publish every message at QoS 1 (so the broker drops none) and wait for all acks."""
     pub = BulkPublisher("127.0.0.1", port, f"preload-{uuid.uuid4().hex[:8]}").connect()
@@ -99,7 +122,15 @@ async def drain_preloaded(settings: Settings, n: int, **fields: Any) -> Drain:
     await service.started.wait()
     assert service.pipeline is not None
     pipe = service.pipeline
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while pipe.stats.received < n or pipe.inflight:
+        if time.monotonic() > deadline:  # frames the broker never delivered: say so, not hang
+            service.stop()
+            await task
+            raise RuntimeError(
+                f"drain: the pipeline took {pipe.stats.received} of {n} preloaded frames "
+                f"in {DRAIN_TIMEOUT_S:.0f} s"
+            )
         await asyncio.sleep(0.01)
     st = pipe.stats
     elapsed = (st.last_commit_us - st.first_received_us) / 1e6

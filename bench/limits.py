@@ -29,7 +29,7 @@ from storage.embedded import free_port
 from storage.pgbinary import encode_rows
 from storage.writer import TableWrite
 
-from .common import create_session, preload
+from .common import create_session, end_session, preload
 
 TOPIC = "bench/up/#"
 COAP_SERVERS = ("coap-server", "coap-server-notls", "coap-server-openssl", "coap-server-gnutls")
@@ -60,6 +60,7 @@ def c_client_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: s
         got += chunk.count(b"\n")
     proc.wait(600)
     end = time.perf_counter()
+    end_session(port, cid)
     if proc.returncode != 0 or got < len(msgs):
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         raise RuntimeError(f"mosquitto_sub: rc {proc.returncode}, {got} of {len(msgs)}: {err}")

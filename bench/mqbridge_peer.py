@@ -3,8 +3,8 @@ typed PostgreSQL rows, configured as its own documentation and tests configure a
 MQTT → sqlx route (tokens ``${payload:<field>}`` bound per row, batches of 1,024, four
 concurrent tasks, persistent session, acknowledged after the insert).
 
-Usage: ``python -m bench.mqbridge_peer PORT PG_URL TABLE`` — creates ``TABLE``, prints READY
-once the route is running, runs until stdin closes. Needs the ``bench`` extra
+Usage: ``python -m bench.mqbridge_peer PORT PG_URL TABLE [CLIENT_ID]`` — creates ``TABLE``,
+prints READY once the route is running, runs until stdin closes. Needs the ``bench`` extra
 (``pip install 'cityflux[bench]'``); the runtime never imports it.
 """
 
@@ -26,8 +26,19 @@ def create_table(url: str, table: str) -> None:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute(
             f"CREATE TABLE {table} (time timestamptz NOT NULL, reader text NOT NULL, "
-            "antenna smallint NOT NULL, epc text NOT NULL, rssi smallint, count integer)"
+            "antenna smallint NOT NULL, epc text NOT NULL, rssi smallint, count integer, "
+            # the bench's clock, kept by the database: when each row went in (the last one
+            # ends the run; no poller has to catch it, and none loads the machine meanwhile)
+            "stored_at timestamptz NOT NULL DEFAULT clock_timestamp())"
         )
+
+
+def last_insert_us(conn: psycopg.Connection[Any], table: str) -> int:
+    """When the latest row went into ``table`` (epoch µs, the database's clock), 0 if none."""
+    row = conn.execute(
+        f"SELECT coalesce((extract(epoch FROM max(stored_at)) * 1e6)::bigint, 0) FROM {table}"
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def route_config(port: int, url: str, table: str, client_id: str) -> dict[str, Any]:
@@ -61,10 +72,9 @@ def main() -> None:
     import mq_bridge
 
     port, url, table = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    cid = sys.argv[4] if len(sys.argv) > 4 else f"mqb-{time.time_ns()}"
     create_table(url, table)
-    route = mq_bridge.Route.from_config(
-        route_config(port, url, table, f"mqb-{time.time_ns()}"), name="bench"
-    )
+    route = mq_bridge.Route.from_config(route_config(port, url, table, cid), name="bench")
     route.start()
     time.sleep(1.0)  # the route subscribes on its own thread
     print("READY", flush=True)

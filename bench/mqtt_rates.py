@@ -21,7 +21,7 @@ from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pausable
 from ingest.settings import load_settings
 
-from .common import Drain, create_session, drain_preloaded, preload
+from .common import Drain, create_session, drain_preloaded, end_session, preload
 
 TOPIC = "bench/up/#"
 
@@ -86,16 +86,21 @@ def listener_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: s
     cid = f"lst-{tag}-{time.time_ns()}"
     create_session(port, cid, TOPIC, qos)
     preload(port, list(msgs))
-    return asyncio.run(_listener_rate(port, cid, len(msgs), qos))
+    try:
+        return asyncio.run(_listener_rate(port, cid, len(msgs), qos))
+    finally:
+        end_session(port, cid)
 
 
 class E2E(NamedTuple):
-    """One end-to-end run: frames/s, frames stored, rows in the database, PUBACKs written."""
+    """One end-to-end run: frames/s (frames sent over the pipeline's clock), frames stored,
+    rows in the database, PUBACKs written, and the clock itself."""
 
     rate: float
     frames_stored: int
     rows_in_db: int
     acknowledged: int
+    elapsed_s: float
 
 
 async def _e2e_rate(port: int, pg_url: str, cid: str, n: int, qos: int) -> Drain:
@@ -118,7 +123,11 @@ def e2e_rate(port: int, pg_url: str, msgs: Sequence[tuple[str, bytes]], qos: int
     cid = f"e2e-{tag}-{time.time_ns()}"
     create_session(port, cid, TOPIC, qos)
     preload(port, list(msgs))
-    got = asyncio.run(_e2e_rate(port, pg_url, cid, len(msgs), qos))
+    try:
+        got = asyncio.run(_e2e_rate(port, pg_url, cid, len(msgs), qos))
+    finally:
+        end_session(port, cid)
     with psycopg.connect(pg_url) as conn:
         row = conn.execute("SELECT count(*) FROM env_readings").fetchone()
-    return E2E(len(msgs) / got.elapsed_s, got.stored, int(row[0]) if row else 0, got.acknowledged)
+    rows = int(row[0]) if row else 0
+    return E2E(len(msgs) / got.elapsed_s, got.stored, rows, got.acknowledged, got.elapsed_s)

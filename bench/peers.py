@@ -26,7 +26,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from simulators.publisher import publish_confirmed
 
-from .common import create_session, preload
+from .common import create_session, end_session, preload
 
 PEER = "esphome-mqtt-timescaledb-ingestor"
 PEER_VERSION = "0.3.0"
@@ -50,6 +50,7 @@ def naive_rate(port: int, url: str, msgs: Sequence[tuple[str, bytes]]) -> tuple[
         check=True,
         timeout=1200,
     )
+    end_session(port, cid)
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT count(*) FROM naive_readings").fetchone()
     return len(msgs) / float(out.stdout.strip()), int(row[0] if row else 0)

@@ -103,3 +103,108 @@ def test_scaleout_bench_drains_every_frame(pg_server: str, tmp_path: Path) -> No
     assert (one["acknowledged"], one["stored_readings"], one["dead_letters"]) == (500, 4000, 0)
     assert (one["lost_frames"], one["exit_code"]) == (0, 0)
     assert res["workers"]["2"]["efficiency"] is None  # no N = 1 run to compare with
+
+
+def test_mq_bridge_clock_is_the_tables_last_insert(pg_url: str) -> None:
+    """The live peer's run ends at the database's time of its last row (no poller sampling
+    it): rows inserted as mq-bridge inserts them carry their insert time."""
+    import time
+
+    import psycopg
+
+    from bench.mqbridge_peer import create_table, last_insert_us
+
+    create_table(pg_url, "mqb_clock")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert last_insert_us(conn, "mqb_clock") == 0
+        before = time.time_ns() // 1000
+        conn.execute(
+            "INSERT INTO mqb_clock (time, reader, antenna, epc, rssi, count) "
+            "VALUES (now(), 'r', 1, 'e', -50, 1)"
+        )
+        time.sleep(0.3)
+        got = last_insert_us(conn, "mqb_clock")
+    assert before - 50_000 <= got <= before + 250_000  # at the insert, not 0.3 s later
+
+
+def test_a_measurement_leaves_no_session_subscribed_behind(broker) -> None:  # type: ignore[no-untyped-def]
+    """Each drain's session is deleted after it: one left subscribed to bench/up/# would take
+    a queued copy of every later preload and live publish."""
+    import time
+
+    from bench.common import create_session, end_session
+    from core.mqtt import MqttConfig
+    from ingest.workers import session_exists
+
+    if not broker.v5:
+        pytest.skip("sessions are probed over MQTT 5")
+    cid = f"bench-left-{time.time_ns()}"
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, client_id="probe")
+    create_session(broker.port, cid, "bench/up/#", 1)
+    assert session_exists(cfg, cid)
+    end_session(broker.port, cid)
+    assert not session_exists(cfg, cid)
+
+
+def test_the_c_client_and_the_drain_delete_their_sessions(  # type: ignore[no-untyped-def]
+    broker, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small drain by each (no timing): every session they made is gone afterwards."""
+    if not broker.v5 or shutil.which("mosquitto_sub") is None:
+        pytest.skip("needs Mosquitto and its C client")
+    from bench import common, limits, mqtt_rates, workloads
+    from core.mqtt import MqttConfig
+    from ingest.workers import session_exists
+    from storage.migrate import TimescaleMode, migrate
+
+    made: list[str] = []
+
+    def create(port: int, cid: str, topic: str, qos: int) -> None:
+        made.append(cid)
+        common.create_session(port, cid, topic, qos)
+
+    monkeypatch.setattr(limits, "create_session", create)
+    monkeypatch.setattr(mqtt_rates, "create_session", create)
+    from decoders.registry import load_registry
+
+    migrate(pg_url, load_registry().tables(), TimescaleMode.OFF)
+    msgs = workloads.single_reading(200)
+    assert limits.c_client_rate(broker.port, msgs, 1, "t") > 0
+    assert mqtt_rates.e2e_rate(broker.port, pg_url, msgs, 1, "t").rows_in_db == 200
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, client_id="probe")
+    assert len(made) == 2
+    assert [session_exists(cfg, cid) for cid in made] == [False, False]
+
+
+def test_live_runs_store_the_fleet_and_delete_their_sessions(  # type: ignore[no-untyped-def]
+    broker, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny live fleet (no timing) against cityflux and mq-bridge: every event stored, the
+    clocks positive, and neither consumer's session left on the broker."""
+    if not broker.v5 or shutil.which("mosquitto_pub") is None:
+        pytest.skip("needs Mosquitto and its C publisher")
+    pytest.importorskip("mq_bridge")
+    from bench import common, live
+    from core.mqtt import MqttConfig
+    from decoders.registry import load_registry
+    from ingest.workers import session_exists
+    from storage.migrate import TimescaleMode, migrate
+
+    ended: list[str] = []
+
+    def end(port: int, cid: str) -> None:
+        ended.append(cid)
+        common.end_session(port, cid)
+
+    monkeypatch.setattr(live, "end_session", end)
+    migrate(pg_url, load_registry().tables(), TimescaleMode.OFF)
+    ours = live.cityflux_live(broker.port, pg_url, live.fleet_files(tmp_path, 1, 200, 0))
+    assert (ours["stored"], ours["lost"]) == (200, 0)
+    assert ours["elapsed_s"] > 0
+    (tmp_path / "peer").mkdir()
+    theirs = live.mqbridge_live(broker.port, pg_url, live.fleet_files(tmp_path / "peer", 1, 200, 1))
+    assert (theirs["stored"], theirs["lost"]) == (200, 0)
+    assert theirs["elapsed_s"] > 0
+    cfg = MqttConfig(host="127.0.0.1", port=broker.port, client_id="probe")
+    assert len(ended) == 2
+    assert [session_exists(cfg, cid) for cid in ended] == [False, False]

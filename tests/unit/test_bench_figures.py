@@ -1,0 +1,81 @@
+"""The bench's arithmetic, without a broker or a database: every rate is of what was stored
+(or answered with success), and the history names the commit measured, not a tree the bench
+itself made dirty."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bench.__main__ as bench_main
+from bench import coap_rates, mqtt_rates, scaleout, workloads
+from simulators.coap_client import CoapReport
+
+
+def test_a_drain_that_stored_less_reports_less(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,000 frames sent, 900 stored (8 readings each) over 2 s: 450 frames/s, not 500."""
+    got = mqtt_rates.E2E(
+        rate=500.0, frames_stored=900, rows_in_db=7200, acknowledged=1000, elapsed_s=2.0
+    )
+    monkeypatch.setattr(mqtt_rates, "e2e_rate", lambda *a: got)
+    msgs = [("t", b"x")] * 1000
+    d = bench_main._drain(0, "", msgs, 1, 8, "t")
+    assert d["msgs_per_s"] == 450.0
+    assert d["readings_per_s"] == 3600.0
+    assert (d["lost_readings"], d["lost_frames"]) == (800, 100)
+
+
+def test_coap_rate_counts_successes_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server answering 4.xx is not a fast server: 60 of 100 answers were 2.04."""
+    rep = CoapReport(sent=100, answers=Counter({"2.04": 60, "4.00": 40}), elapsed_s=2.0)
+    monkeypatch.setattr(coap_rates, "send_uplinks", lambda *a, **k: rep)
+    out = coap_rates._drive(0, [], 10)
+    assert out["per_s"] == 30.0
+    rep.answers = Counter({"2.01": 50, "2.04": 50})  # libcoap: created, then changed
+    assert coap_rates._drive(0, [], 10)["per_s"] == 50.0
+
+
+def test_scaleout_rate_is_of_stored_frames() -> None:
+    k = workloads.MULTI_READINGS
+    assert scaleout.stored_rate(400 * k, 2.0) == 200.0
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def test_history_names_the_clean_commit_though_the_run_rewrites_tracked_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/results/quick.json is tracked: the run rewrites it, and the history entry must
+    still carry the commit measured (without "+")."""
+    repo, results = tmp_path / "repo", tmp_path / "repo" / "results"
+    results.mkdir(parents=True)
+    (results / "quick.json").write_text("{}\n")
+    (results / "quick.txt").write_text("old\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    res: dict[str, Any] = {"lost": 0, "started": "2026-12-02T00:00:00Z", "machine": "m"}
+    monkeypatch.setattr(bench_main, "REPO", repo)
+    monkeypatch.setattr(bench_main, "run", lambda quick, log: res)
+    monkeypatch.setattr(bench_main, "render", lambda r: "new")
+    bench_main.main(["--quick", "--results", str(results)])
+    (entry,) = [json.loads(line) for line in (results / "history.jsonl").read_text().splitlines()]
+    assert not entry["commit"].endswith("+")
+    assert (results / "quick.txt").read_text() == "new\n"
+
+
+def test_raw_copy_runs_on_as_many_connections_as_the_service_will_have(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The drains load their settings from the environment too: the limit follows them."""
+    monkeypatch.setenv("CITYFLUX_DATABASE__WRITERS", "3")
+    assert bench_main.pipeline_writers() == 3
+    monkeypatch.delenv("CITYFLUX_DATABASE__WRITERS")
+    assert bench_main.pipeline_writers() == 2
