@@ -740,6 +740,9 @@ class CoapListener(asyncio.DatagramProtocol):
         for key, out in list(self._outgoing.items()):
             if out.due > now:
                 continue
+            req = self._requests.get(out.token) if out.token is not None else None
+            if req is not None and not self.reaches(out.remote, req.session):
+                out.attempts = MAX_RETRANSMIT  # its DTLS session ended: not into another one
             if out.attempts >= MAX_RETRANSMIT:
                 del self._outgoing[key]
                 if out.token is not None:  # a request of ours: the device never answered

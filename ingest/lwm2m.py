@@ -72,7 +72,7 @@ class Lwm2mMode(StrEnum):
     """Whether the CoAP listener also serves the LwM2M interfaces."""
 
     OFF = "off"
-    SERVER = "server"  # /rd and /dp on the CoAP port (coap.mode must not be off)
+    SERVER = "server"  # /rd and /dp on coap:// and/or coaps:// (not both off)
 
 
 class Lwm2mConfig(Section):
@@ -423,9 +423,11 @@ class Lwm2mServer:
             port.answer(p.ex, code)
             return
         self._keep(reg)
+        before = self._security.get(reg.device_id)
         self._security[reg.device_id] = (port, p.security)  # later requests go the same way
         port.answer(p.ex, code, location=("rd", reg.location) if code == Code.CREATED else ())
-        if p.operation == "register":
+        if p.operation == "register" or _renewed(before, port, p.security):
+            self._forget_observations(reg.device_id)
             self._observe(reg)
         await self._deliver(reg)
 
@@ -450,11 +452,14 @@ class Lwm2mServer:
             del self._by_address[reg.address]
         self._security.pop(reg.device_id, None)
         self._expires.pop(reg.device_id, None)
-        for port, token in self._observing.pop(reg.device_id, []):
-            port.forget_request(token)
+        self._forget_observations(reg.device_id)
         self._metrics.lwm2m_registered.set(len(self._by_device))
 
     # -- Observe ---------------------------------------------------------------------------
+    def _forget_observations(self, device_id: int) -> None:
+        for port, token in self._observing.pop(device_id, []):
+            port.forget_request(token)
+
     def _reachable(self, reg: Registration) -> tuple[CoapPort | None, Any]:
         """(the listener requests to the device go through, None: not now; the security to
         send them with): the listener and OSCORE context or DTLS session of the device's last
@@ -550,6 +555,14 @@ class Lwm2mServer:
         except TimeoutError:
             port.forget_request(token)
             return None
+
+
+def _renewed(before: tuple[CoapPort, Any] | None, port: CoapPort, security: Any) -> bool:
+    """Whether an Update came through another listener or security (a new DTLS session, a
+    new OSCORE context) than the requests before it, or is the first this process hears from
+    a saved registration: observations live in memory and in their session (responses are
+    taken from that session only), so they are started again."""
+    return before is None or before[0] is not port or before[1] is not security
 
 
 def _notified(msg: Message, path: str) -> tuple[str, bytes, str]:

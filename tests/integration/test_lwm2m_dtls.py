@@ -259,6 +259,7 @@ async def test_one_dtls_session_registers_is_observed_and_takes_queued_commands(
         intruder.close()
 
         dev = DtlsDevice(port, "lw-a@city", KEY_A)
+        again = DtlsDevice(port, "lw-a@city", KEY_A)  # the same device, later, in a new session
         try:
             await asyncio.to_thread(dev.handshake)
             links = b"</3303/0>,</3311/0>"
@@ -297,10 +298,22 @@ async def test_one_dtls_session_registers_is_observed_and_takes_queued_commands(
             )
             assert svc.lwm2m is not None
             held = [(r.endpoint, r.binding) for r in svc.lwm2m.registrations.values()]
-            deleted = await asyncio.to_thread(dev.request, rd(location, code=Code.DELETE))
+
+            # a new session (the device restarted its DTLS stack, new port): its Update moves
+            # the registration there, and the observation is started again in it
+            await asyncio.to_thread(again.handshake)
+            again.temperature = b"22.75"
+            updated = await asyncio.to_thread(again.request, rd(location))
+            assert updated.code == Code.CHANGED, updated
+            await asyncio.to_thread(again.serve, lambda: len(again.received) >= 1)
+            await wait_until(
+                lambda: len(query(pg_url, "SELECT 1 FROM env_readings")) == 2, 30, "re-observed"
+            )
+            deleted = await asyncio.to_thread(again.request, rd(location, code=Code.DELETE))
             assert deleted.code == Code.DELETED, deleted
         finally:
             dev.close()
+            again.close()
     assert held == [("lw-a", "UQ")]
     assert [(c, p, b) for c, p, b in dev.received] == [
         (str(Code.GET), "/3303/0/5700", b""),
@@ -308,9 +321,11 @@ async def test_one_dtls_session_registers_is_observed_and_takes_queued_commands(
         (str(Code.POST), "/3311/0/5850", b""),
     ]
     assert states() == [("done", "2.04"), ("done", "2.04")]
+    assert again.received == [(str(Code.GET), "/3303/0/5700", b"")]
+    assert query(pg_url, "SELECT value FROM env_readings ORDER BY time") == [(21.5,), (22.75,)]
     assert query(
         pg_url,
         "SELECT d.external_id, e.operation FROM lwm2m_registration_events e "
         "JOIN devices d ON d.id = e.device_id ORDER BY e.time",
-    ) == [("lw-a", "register"), ("lw-a", "update"), ("lw-a", "deregister")]
+    ) == [("lw-a", "register"), ("lw-a", "update"), ("lw-a", "update"), ("lw-a", "deregister")]
     assert query(pg_url, "SELECT deregistered_at IS NOT NULL FROM lwm2m_registrations") == [(True,)]
