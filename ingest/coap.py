@@ -115,6 +115,7 @@ class _Request:
     observe: bool
     mid: int
     oscore: tuple[DeviceContext, Any] | None = None  # the device's context, our request id
+    session: Any = None  # on coaps://: the DTLS session it went in (responses from it only)
 
 
 @dataclass(slots=True)
@@ -394,14 +395,19 @@ class CoapListener(asyncio.DatagramProtocol):
         if self._lwm2m is not None and path[:1] in LWM2M_ROOTS:
             if self._draining or self._saturated:
                 self._answer(ex, Code.SERVICE_UNAVAILABLE, b"", max_age=self._cfg.retry_after_s)
-            else:
-                self._lwm2m.handle(ex, msg, authenticated)
+            elif self._dtls is None:
+                self._lwm2m.handle(ex, msg, authenticated, self)
+            else:  # the DTLS session's PSK says which device this is
+                who = self._dtls.device_of(ex.remote)
+                if who is None:
+                    self.refuse_device(ex, "nobody")
+                else:
+                    self._lwm2m.handle(ex, msg, who, self)
             return
         if not self._path_ok(ex, path, int(msg.code)):
             return
         if authenticated is not None and authenticated != path[2]:
-            self._metrics.coap_oscore_failures.labels("wrong_device").inc()
-            self._answer(ex, Code.FORBIDDEN, f"authenticated as {authenticated}".encode())
+            self.refuse_device(ex, authenticated)
             return
         payload = msg.payload
         block1 = msg.opt.block1
@@ -425,10 +431,18 @@ class CoapListener(asyncio.DatagramProtocol):
         if self._dtls is not None:  # the DTLS session's PSK says which device this is
             who = self._dtls.device_of(ex.remote)
             if who != path[2]:
-                self._metrics.coap_dtls_failures.labels("wrong_device").inc()
-                self._answer(ex, Code.FORBIDDEN, f"authenticated as {who}".encode())
+                self.refuse_device(ex, str(who))
                 return False
         return True
+
+    def refuse_device(self, ex: _Exchange, authenticated: str) -> None:
+        """Answer 4.03: the request names another device than its OSCORE context's or DTLS
+        session's."""
+        failures = (
+            self._metrics.coap_dtls_failures if self._dtls else self._metrics.coap_oscore_failures
+        )
+        failures.labels("wrong_device").inc()
+        self._answer(ex, Code.FORBIDDEN, f"authenticated as {authenticated}".encode())
 
     def _uplink(self, ex: _Exchange, path: Sequence[str], cf: int | None, payload: bytes) -> None:
         """Hand the frame to the pipeline (or refuse it while saturated)."""
@@ -591,8 +605,10 @@ class CoapListener(asyncio.DatagramProtocol):
         """Send a confirmable request to a device (retransmitted, RFC 7252 §4.2); its
         responses (several for an Observe) go to ``on_response``, ``None`` when the device
         never answered or refused it. ``security``: the device's OSCORE context (from its
-        request, ``security_of``), which protects the request and its responses. Returns the
-        token (``forget_request`` ends it)."""
+        request, ``security_of``), which protects the request and its responses; on
+        ``coaps://`` the DTLS session it must go in (not sent if that session ended: the
+        device is reached again after its next request). Returns the token
+        (``forget_request`` ends it)."""
         token = random.randbytes(8)
         while token in self._requests:
             token = random.randbytes(8)
@@ -604,7 +620,10 @@ class CoapListener(asyncio.DatagramProtocol):
         mid = self._new_mid()
         msg.mtype, msg.mid, msg.token = aiocoap.CON, mid, token
         data = msg.encode()
-        self._requests[token] = _Request(remote, on_response, observe, mid, protection)
+        if not self.reaches(remote, security):  # its session ended: never to another one
+            asyncio.get_running_loop().call_soon(on_response, None, _noop)
+            return token
+        self._requests[token] = _Request(remote, on_response, observe, mid, protection, security)
         self._outgoing[(remote, mid)] = _Outgoing(
             remote, data, time.monotonic() + ACK_TIMEOUT_S * random.uniform(1, 1.5), token=token
         )
@@ -615,11 +634,19 @@ class CoapListener(asyncio.DatagramProtocol):
         """Forget a request left unanswered (its retransmission is processed anew)."""
         self._exchanges.pop((ex.remote, ex.mid), None)
 
-    @staticmethod
-    def security_of(ex: _Exchange) -> Any:
-        """The security a request came with (its OSCORE context; None: plain). DTLS-PSK
-        (another issue) returns its session here, and ``request`` uses it the same way."""
+    def security_of(self, ex: _Exchange) -> Any:
+        """The security a request came with: its OSCORE context, on ``coaps://`` its DTLS
+        session; None: plain CoAP."""
+        if self._dtls is not None:
+            return self._dtls.session_of(ex.remote)
         return None if ex.oscore is None else ex.oscore[0]
+
+    def reaches(self, remote: Remote, security: Any) -> bool:
+        """Whether a request to ``remote`` would go out with ``security``: on ``coaps://``
+        only while that DTLS session is the remote's established one."""
+        if self._dtls is None:
+            return True
+        return security is not None and self._dtls.session_of(remote) is security
 
     def forget_request(self, token: bytes) -> None:
         """Stop taking responses to this request (its next notification is refused, RST)."""
@@ -634,7 +661,11 @@ class CoapListener(asyncio.DatagramProtocol):
             return
         token = msg.token
         req = self._requests.get(token)
-        if req is None or req.remote[0] != remote[0]:
+        if (
+            req is None
+            or req.remote[0] != remote[0]
+            or (self._dtls is not None and self._dtls.session_of(remote) is not req.session)
+        ):  # not ours, or from another DTLS session than the request went in
             if mtype == CON:  # an observation we do not hold: the device stops it (RFC 7641)
                 self._send(bytes([0x70, 0]) + mid.to_bytes(2, "big"), remote)
             return
@@ -709,6 +740,9 @@ class CoapListener(asyncio.DatagramProtocol):
         for key, out in list(self._outgoing.items()):
             if out.due > now:
                 continue
+            req = self._requests.get(out.token) if out.token is not None else None
+            if req is not None and not self.reaches(out.remote, req.session):
+                out.attempts = MAX_RETRANSMIT  # its DTLS session ended: not into another one
             if out.attempts >= MAX_RETRANSMIT:
                 del self._outgoing[key]
                 if out.token is not None:  # a request of ours: the device never answered

@@ -273,6 +273,12 @@ class DtlsEndpoint(asyncio.DatagramProtocol):
         if self._udp is not None:
             self._udp.close()
 
+    def session_of(self, addr: Remote) -> object | None:
+        """The established session of a remote (compared by identity: a new handshake from
+        the same address is another session)."""
+        session = self._sessions.get(addr)
+        return session if session is not None and session.established else None
+
     def device_of(self, addr: Remote) -> str | None:
         """The device a remote authenticated as."""
         session = self._sessions.get(addr)

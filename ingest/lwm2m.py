@@ -1,8 +1,10 @@
 """LwM2M 1.1 server side on the CoAP listener: registrations, Send, Observe, queued commands.
 
 The CoAP listener (:mod:`ingest.coap`) hands this module every request under ``/rd`` and
-``/dp`` (after OSCORE, when ``coap.mode = oscore``) and the devices' responses to the
-requests this module sends. Design: docs/design/0012-lwm2m-server.md.
+``/dp`` (after OSCORE, when ``coap.mode = oscore``; from the ``coaps://`` listener too, the
+device then being the one whose PSK opened the DTLS session) and the devices' responses to
+the requests this module sends, each through the listener (and OSCORE context or DTLS
+session) its device last spoke through. Design: docs/design/0012-lwm2m-server.md.
 
 - **Registration interface** (Transport §6.2): Register ``POST /rd?ep=…&lt=…&b=…`` with
   object links, Update ``POST /rd/<location>``, De-register ``DELETE /rd/<location>``. Each
@@ -70,7 +72,7 @@ class Lwm2mMode(StrEnum):
     """Whether the CoAP listener also serves the LwM2M interfaces."""
 
     OFF = "off"
-    SERVER = "server"  # /rd and /dp on the CoAP port (coap.mode must not be off)
+    SERVER = "server"  # /rd and /dp on coap:// and/or coaps:// (not both off)
 
 
 class Lwm2mConfig(Section):
@@ -116,7 +118,14 @@ class CoapPort(Protocol):
         """Send a confirmable request to a device (protected with ``security``)."""
 
     def security_of(self, ex: Any) -> Any:
-        """The security context a request came with (None: plain CoAP)."""
+        """The security a request came with (its OSCORE context or DTLS session; None: plain)."""
+
+    def reaches(self, remote: tuple[str, int], security: Any) -> bool:
+        """Whether a request to ``remote`` would still go out with ``security`` (a DTLS
+        session ends; an OSCORE context or plain CoAP does not)."""
+
+    def refuse_device(self, ex: Any, authenticated: str) -> None:
+        """Answer 4.03: the request names another device than the one authenticated."""
 
     def forget_request(self, token: bytes) -> None:
         """Stop taking responses to a request."""
@@ -134,7 +143,8 @@ class _Pending:
     reg: Registration | None = None
     ack: Callable[[], None] | None = None  # notify: ACK the confirmable notification
     frame: bytes = b""  # register, update, deregister: the registration frame
-    security: Any = None  # the OSCORE context the request came with
+    security: Any = None  # the OSCORE context or DTLS session the request came with
+    port: CoapPort | None = None  # the listener the request came through
 
 
 def _code(reason: str) -> Code:
@@ -163,16 +173,19 @@ class Lwm2mServer:
         self._decoders = decoders
         self._conninfo = conninfo
         self._resolve = resolve
-        self._port: CoapPort | None = None
+        self._port: CoapPort | None = None  # the first listener: coap:// (else coaps://)
         self._pending: dict[int, _Pending] = {}
         self._next_ack = 0
         self._by_location: dict[str, Registration] = {}
         self._by_device: dict[int, Registration] = {}
         self._by_endpoint: dict[str, Registration] = {}  # Send under OSCORE
         self._by_address: dict[tuple[str, int], Registration] = {}  # Send in plain CoAP
-        self._observing: dict[int, list[bytes]] = {}  # device id -> observation tokens
-        self._secured = secured  # coap.mode = oscore: never a plain request to a device
-        self._security: dict[int, Any] = {}  # device id -> the context of its last request
+        self._observing: dict[int, list[tuple[CoapPort, bytes]]] = {}  # device id -> tokens
+        # coap.mode = oscore or coap.dtls = psk: never a plain request to a device that did
+        # not speak to this process (a registration loaded at start waits for its Update)
+        self._secured = secured
+        # device id -> (the listener, the OSCORE context or DTLS session) of its last request
+        self._security: dict[int, tuple[CoapPort, Any]] = {}
         self._expires: dict[int, float] = {}  # device id -> monotonic time its registration lapses
         self._delivering: set[int] = set()  # devices whose commands are being sent
         self._tasks: set[asyncio.Task[None]] = set()
@@ -184,8 +197,10 @@ class Lwm2mServer:
         pipeline.add_source(self)
 
     def attach(self, port: CoapPort) -> None:
-        """The listener this server answers through."""
-        self._port = port
+        """A listener this server answers through (coap:// and coaps:// may both attach;
+        each request is answered, and its device later reached, through its own)."""
+        if self._port is None:
+            self._port = port
 
     @property
     def registrations(self) -> dict[int, Registration]:
@@ -256,9 +271,12 @@ class Lwm2mServer:
         return None
 
     # -- requests from devices -------------------------------------------------------------
-    def handle(self, ex: Any, msg: Message, authenticated: str | None) -> None:
-        """A request under /rd or /dp (``authenticated``: the OSCORE device, if any)."""
-        port = self._port
+    def handle(
+        self, ex: Any, msg: Message, authenticated: str | None, port: CoapPort | None = None
+    ) -> None:
+        """A request under /rd or /dp that came through ``port`` (``authenticated``: the
+        device its OSCORE context or DTLS session belongs to, if any)."""
+        port = port or self._port
         assert port is not None
         path = tuple(msg.opt.uri_path)
         query = "&".join(msg.opt.uri_query)
@@ -266,7 +284,7 @@ class Lwm2mServer:
             port.answer(ex, Code.SERVICE_UNAVAILABLE)
             return
         if path == ("dp",) and msg.code == Code.POST:
-            self._send_operation(ex, msg, authenticated)
+            self._send_operation(ex, msg, authenticated, port)
             return
         if path[0] != "rd" or len(path) > 2 or msg.code not in (Code.POST, Code.DELETE):
             port.answer(ex, Code.METHOD_NOT_ALLOWED if len(path) <= 2 else Code.NOT_FOUND)
@@ -277,8 +295,7 @@ class Lwm2mServer:
                 return
             endpoint = parse_query(query).get("ep", "")
             if authenticated is not None and endpoint != authenticated:
-                self._metrics.coap_oscore_failures.labels("wrong_device").inc()
-                port.answer(ex, Code.FORBIDDEN, f"authenticated as {authenticated}".encode())
+                port.refuse_device(ex, authenticated)
                 return
             location = secrets.token_hex(5)
             operation = "register"
@@ -287,32 +304,39 @@ class Lwm2mServer:
             known = self._by_location.get(location)
             operation = "update" if msg.code == Code.POST else "deregister"
             if known is None or (authenticated is not None and known.endpoint != authenticated):
-                self._refuse(ex, f"unknown_registration: /rd/{location[:40]}", msg, operation)
+                reason = f"unknown_registration: /rd/{location[:40]}"
+                self._refuse(ex, reason, msg, operation, port)
                 return
             endpoint = known.endpoint
         frame = f"{operation} {location}\n{query}\n".encode() + msg.payload
         reg = Registration(-1, endpoint, location, 0, "U", ex.remote)
-        pending = _Pending(operation, ex, reg, frame=frame, security=port.security_of(ex))
+        pending = _Pending(
+            operation, ex, reg, frame=frame, security=port.security_of(ex), port=port
+        )
         self._submit("lwm2m-rd", frame, "/" + "/".join(path), endpoint, pending)
 
-    def _send_operation(self, ex: Any, msg: Message, authenticated: str | None) -> None:
-        """LwM2M 1.1 Send: data from a registered device (by OSCORE identity or address)."""
+    def _send_operation(
+        self, ex: Any, msg: Message, authenticated: str | None, port: CoapPort
+    ) -> None:
+        """LwM2M 1.1 Send: data from a registered device (by OSCORE or DTLS identity, or
+        address)."""
         reg = None
         if authenticated is not None:
             reg = self._by_endpoint.get(authenticated)
         else:
             reg = self._by_address.get(ex.remote)
         if reg is None:
-            self._refuse(ex, "unknown_registration: Send (/dp) before Register", msg, "send")
+            reason = "unknown_registration: Send (/dp) before Register"
+            self._refuse(ex, reason, msg, "send", port)
             return
         cf = msg.opt.content_format
         fmt = _SENML.get(int(cf)) if cf is not None else None
         if fmt not in ("senml-json", "senml-cbor"):
             fmt = f"content-format {int(cf) if cf is not None else 'none'}"
-        self._submit(fmt, msg.payload, "/dp", reg.endpoint, _Pending("send", ex))
+        self._submit(fmt, msg.payload, "/dp", reg.endpoint, _Pending("send", ex, port=port))
 
-    def _refuse(self, ex: Any, reason: str, msg: Message, operation: str) -> None:
-        ack_id = self._track(_Pending(operation, ex))
+    def _refuse(self, ex: Any, reason: str, msg: Message, operation: str, port: CoapPort) -> None:
+        ack_id = self._track(_Pending(operation, ex, port=port))
         path = "/" + "/".join(msg.opt.uri_path)
         self._pipeline.refuse(reason, "lwm2m-rd", TRANSPORT, self, msg.payload, path, "", ack_id)
 
@@ -330,12 +354,12 @@ class Lwm2mServer:
     def release(self, ack_ids: Sequence[int], ok: bool, outcome: Outcome | None = None) -> None:
         """Answer (or ACK) every frame of a committed batch; forget an abandoned one's."""
         rejected = outcome.rejected if outcome else {}
-        port = self._port
-        assert port is not None
         for i, ack_id in enumerate(ack_ids):
             p = self._pending.pop(ack_id, None)
             if p is None:
                 continue
+            port = p.port or self._port
+            assert port is not None
             if not ok:  # abandoned (stopping): the device retries, its request processed anew
                 if p.ex is not None:
                     port.abandon(p.ex)
@@ -361,7 +385,7 @@ class Lwm2mServer:
     async def _registered(self, p: _Pending) -> None:
         """A committed Register, Update or De-register: save it, answer, then talk to the
         device (observations after a Register, queued commands)."""
-        port, reg = self._port, p.reg
+        port, reg = p.port or self._port, p.reg
         assert port is not None
         assert reg is not None
         _, _, lifetime, binding, _, links = registration(p.frame)
@@ -399,9 +423,11 @@ class Lwm2mServer:
             port.answer(p.ex, code)
             return
         self._keep(reg)
-        self._security[reg.device_id] = p.security
+        before = self._security.get(reg.device_id)
+        self._security[reg.device_id] = (port, p.security)  # later requests go the same way
         port.answer(p.ex, code, location=("rd", reg.location) if code == Code.CREATED else ())
-        if p.operation == "register":
+        if p.operation == "register" or _renewed(before, port, p.security):
+            self._forget_observations(reg.device_id)
             self._observe(reg)
         await self._deliver(reg)
 
@@ -426,38 +452,43 @@ class Lwm2mServer:
             del self._by_address[reg.address]
         self._security.pop(reg.device_id, None)
         self._expires.pop(reg.device_id, None)
-        for token in self._observing.pop(reg.device_id, []):
-            if self._port is not None:
-                self._port.forget_request(token)
+        self._forget_observations(reg.device_id)
         self._metrics.lwm2m_registered.set(len(self._by_device))
 
     # -- Observe ---------------------------------------------------------------------------
-    def _reachable(self, reg: Registration) -> tuple[bool, Any]:
-        """(whether requests may go to the device, the security to send them with): with
-        coap.mode = oscore only once the device spoke OSCORE to this process (after a restart,
-        at its next Update), never in plain CoAP."""
-        security = self._security.get(reg.device_id)
-        return not self._secured or security is not None, security
+    def _forget_observations(self, device_id: int) -> None:
+        for port, token in self._observing.pop(device_id, []):
+            port.forget_request(token)
+
+    def _reachable(self, reg: Registration) -> tuple[CoapPort | None, Any]:
+        """(the listener requests to the device go through, None: not now; the security to
+        send them with): the listener and OSCORE context or DTLS session of the device's last
+        request to this process. With coap.mode = oscore or coap.dtls = psk a device that did
+        not speak to this process (after a restart: until its next Update) is not reached, and
+        one whose DTLS session ended waits for its next Update in a new one: never plain CoAP."""
+        via = self._security.get(reg.device_id)
+        if via is None:
+            return (None if self._secured else self._port), None
+        port, security = via
+        return (port if port.reaches(reg.address, security) else None), security
 
     def _observe(self, reg: Registration) -> None:
         """GET with Observe=0 for the profile's paths whose object the device registered."""
-        reachable, security = self._reachable(reg)
-        if not reachable:
+        port, security = self._reachable(reg)
+        if port is None:
             return
         paths = self._cfg.observe.get(reg.profile or "", []) + self._cfg.observe.get("*", [])
         try:
             offered = set(parse_links(reg.object_links))
         except RegistrationError:
             offered = set()
-        port = self._port
-        assert port is not None
         for path in paths:
             parts = path.strip("/").split("/")
             if not {"/" + parts[0], "/" + "/".join(parts[:2])} & offered:
                 continue
             msg = Message(code=Code.GET, uri_path=tuple(parts), observe=0)
             token = port.request(reg.address, msg, self._notification(reg, path), security)
-            self._observing.setdefault(reg.device_id, []).append(token)
+            self._observing.setdefault(reg.device_id, []).append((port, token))
 
     def _notification(self, reg: Registration, path: str) -> OnResponse:
         def taken(msg: Message | None, ack: Callable[[], None]) -> None:
@@ -479,32 +510,32 @@ class Lwm2mServer:
     # -- commands --------------------------------------------------------------------------
     async def _deliver(self, reg: Registration) -> None:
         """Send the device's queued commands, one after the other."""
-        reachable, security = self._reachable(reg)
-        if not reachable or reg.device_id in self._delivering:
+        port, security = self._reachable(reg)
+        if port is None or reg.device_id in self._delivering:
             return  # they stay queued until the device's next (protected) Update
         self._delivering.add(reg.device_id)
         try:
-            await self._send_commands(reg, security)
+            await self._send_commands(reg, port, security)
         finally:
             self._delivering.discard(reg.device_id)
 
-    async def _send_commands(self, reg: Registration, security: Any) -> None:
+    async def _send_commands(self, reg: Registration, port: CoapPort, security: Any) -> None:
         try:
             commands = await self._db_call(store.due_commands, reg.device_id)
         except psycopg.Error as exc:
             log.warning("LwM2M: commands of %s not read (%s); next Update", reg.endpoint, exc)
             return
         for command in commands:
-            code = await self._command(reg, command, security)
+            code = await self._command(reg, command, port, security)
             state = "timeout" if code is None else "done" if code.startswith("2.") else "failed"
             self._metrics.lwm2m_commands.labels(command.operation.value, state).inc()
             with contextlib.suppress(psycopg.Error):
                 await self._db_call(store.finish_command, command.id, state, code)
 
-    async def _command(self, reg: Registration, command: Command, security: Any) -> str | None:
+    async def _command(
+        self, reg: Registration, command: Command, port: CoapPort, security: Any
+    ) -> str | None:
         """Send one command; the device's response code (None: none in time)."""
-        port = self._port
-        assert port is not None
         parts = tuple(command.path.strip("/").split("/"))
         if command.operation is Operation.WRITE:
             msg = Message(code=Code.PUT, uri_path=parts, payload=(command.value or "").encode())
@@ -524,6 +555,14 @@ class Lwm2mServer:
         except TimeoutError:
             port.forget_request(token)
             return None
+
+
+def _renewed(before: tuple[CoapPort, Any] | None, port: CoapPort, security: Any) -> bool:
+    """Whether an Update came through another listener or security (a new DTLS session, a
+    new OSCORE context) than the requests before it, or is the first this process hears from
+    a saved registration: observations live in memory and in their session (responses are
+    taken from that session only), so they are started again."""
+    return before is None or before[0] is not port or before[1] is not security
 
 
 def _notified(msg: Message, path: str) -> tuple[str, bytes, str]:

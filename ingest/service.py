@@ -205,6 +205,24 @@ class Service:
         def kind_decoders(kind: str) -> list[str]:
             return [dec for (k, dec) in profiles if k == kind]
 
+        # LwM2M on coap:// and coaps:// alike (docs/design/0012-lwm2m-server.md)
+        if s.lwm2m.mode is Lwm2mMode.SERVER:
+
+            def resolve(endpoint: str) -> int:
+                ids = resolver.index.resolve(np.array([endpoint.encode()], dtype=np.bytes_))
+                return int(ids[0])
+
+            self.lwm2m = Lwm2mServer(
+                s.lwm2m,
+                self.pipeline,
+                self.metrics,
+                self.decoders,
+                conninfo,
+                resolve,
+                secured=s.coap.mode is CoapMode.OSCORE or s.coap.dtls is not DtlsMode.OFF,
+            )
+            if self.alerts is not None:  # a lifetime is an offline limit
+                self.lwm2m.on_registration.append(self.alerts.engine.attributes.forget_changed)
         if s.coap.mode is not CoapMode.OFF:
             keys = DeviceKeyStore(
                 conninfo,
@@ -212,23 +230,6 @@ class Service:
                 lookups_per_s=s.coap.oscore_lookups_per_s,
             )
             resolver.on_change.append(keys.forget)
-            if s.lwm2m.mode is Lwm2mMode.SERVER:
-
-                def resolve(endpoint: str) -> int:
-                    ids = resolver.index.resolve(np.array([endpoint.encode()], dtype=np.bytes_))
-                    return int(ids[0])
-
-                self.lwm2m = Lwm2mServer(
-                    s.lwm2m,
-                    self.pipeline,
-                    self.metrics,
-                    self.decoders,
-                    conninfo,
-                    resolve,
-                    secured=s.coap.mode is CoapMode.OSCORE,
-                )
-                if self.alerts is not None:  # a lifetime is an offline limit
-                    self.lwm2m.on_registration.append(self.alerts.engine.attributes.forget_changed)
             self.coap = CoapListener(
                 s.coap,
                 self.pipeline,
@@ -255,6 +256,7 @@ class Service:
                 kind_decoders=kind_decoders,
                 psks=psks,
                 reuse_port=s.workers > 1,
+                lwm2m=self.lwm2m,
             )
         server = _HttpServer(
             uvicorn.Config(

@@ -231,8 +231,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _lwm2m_needs_coap(self) -> Settings:
-        if self.lwm2m.mode is Lwm2mMode.SERVER and self.coap.mode is CoapMode.OFF:
-            raise ValueError("lwm2m.mode = server needs coap.mode = open or oscore")
+        if (
+            self.lwm2m.mode is Lwm2mMode.SERVER
+            and self.coap.mode is CoapMode.OFF
+            and self.coap.dtls is DtlsMode.OFF
+        ):
+            raise ValueError("lwm2m.mode = server needs coap.mode = open or oscore, or coap.dtls")
         return self
 
     @classmethod

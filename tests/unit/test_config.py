@@ -50,10 +50,13 @@ def test_lwm2m_server_without_coap_is_refused_at_start(tmp_path: Path) -> None:
         load_settings(cfg)
     assert str(exc.value) == (
         "invalid configuration:\n"
-        f"  lwm2m.mode = server needs coap.mode = open or oscore (from config file {cfg})"
+        f"  lwm2m.mode = server needs coap.mode = open or oscore, or coap.dtls "
+        f"(from config file {cfg})"
     )
     ok = load_settings(cfg, coap={"mode": "open"})
     assert ok.lwm2m.observe == {"thermo": ["/3303/0/5700"]}
+    dtls_only = load_settings(cfg, coap={"mode": "off", "dtls": "psk"})  # LwM2M over coaps://
+    assert dtls_only.lwm2m.mode.value == "server"
     with pytest.raises(ConfigError, match=r"2 workers cannot run lwm2m\.mode = server"):
         load_settings(cfg, coap={"mode": "open"}, workers=2)
 
