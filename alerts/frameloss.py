@@ -152,16 +152,9 @@ class FrameLossRuntime:
 
     def arrays(self) -> dict[str, Array]:
         """Everything needed to resume."""
-        keys, slots = self.states.keys()
-        out: dict[str, Array] = {"keys": keys}
-        for name, _, _ in SubjectStates.FIELDS:
-            out[name] = getattr(self.states, name)[slots]
-        return out
+        return self.states.dump()[0]
 
     def load_arrays(self, data: Mapping[str, Array]) -> None:
         """Resume from ``arrays()``."""
-        st = self.states = SubjectStates()
-        slots = st.slots_for(np.asarray(data["keys"], dtype=np.int64))
-        for name, _, _ in SubjectStates.FIELDS:
-            getattr(st, name)[slots] = data[name]
+        st = self.states = SubjectStates.restored(data)[0]
         st.active = int((st.state == ACTIVE).sum())

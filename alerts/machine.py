@@ -22,6 +22,7 @@ grows), so 10 million subjects cost ~60 bytes each and no Python object.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +152,23 @@ class SubjectStates:
         """Every subject key and its slot (in slot order)."""
         n = self.index.size
         return self.key_of_slot[:n].copy(), np.arange(n, dtype=np.int64)
+
+    def dump(self) -> tuple[dict[str, npt.NDArray[Any]], I64]:
+        """Every subject's key (``keys``) and fields as arrays, to resume from; and the slots."""
+        keys, slots = self.keys()
+        out: dict[str, npt.NDArray[Any]] = {"keys": keys}
+        for name, _, _ in self.FIELDS:
+            out[name] = getattr(self, name)[slots]
+        return out, slots
+
+    @classmethod
+    def restored(cls, data: Mapping[str, npt.NDArray[Any]]) -> tuple[SubjectStates, I64]:
+        """States rebuilt from ``dump()``'s arrays; and the subjects' slots."""
+        st = cls()
+        slots = st.slots_for(np.asarray(data["keys"], dtype=np.int64))
+        for name, _, _ in cls.FIELDS:
+            getattr(st, name)[slots] = data[name]
+        return st, slots
 
     def open_slots(self) -> I64:
         """Slots with an open alert."""

@@ -633,11 +633,7 @@ class MachineRuntime:
     # -- persistence -----------------------------------------------------------------------
     def arrays(self) -> dict[str, Array]:
         """Everything needed to resume, as arrays."""
-        keys, slots = self.states.keys()
-        st = self.states
-        out: dict[str, Array] = {"keys": keys}
-        for name, _, _ in SubjectStates.FIELDS:
-            out[name] = getattr(st, name)[slots]
+        out, slots = self.states.dump()
         if self.carry_v.shape[0]:
             out["carry_v"], out["carry_t"] = self.carry_v[slots], self.carry_t[slots]
         names = [(k, v) for k, v in self.names.items()]
@@ -648,11 +644,8 @@ class MachineRuntime:
 
     def load_arrays(self, data: Mapping[str, Array]) -> None:
         """Resume from ``arrays()``."""
-        keys = np.asarray(data["keys"], dtype=np.int64)
-        st = self.states = SubjectStates()
-        slots = st.slots_for(keys)
-        for name, _, _ in SubjectStates.FIELDS:
-            getattr(st, name)[slots] = data[name]
+        st, slots = SubjectStates.restored(data)
+        self.states = st
         st.active = int(((st.state == ACTIVE) | (st.state == CLEARING)).sum())
         if "carry_v" in data:
             self._grow_carry()
@@ -878,16 +871,9 @@ class AbsenceRuntime:
 
     def arrays(self) -> dict[str, Array]:
         """Everything needed to resume."""
-        keys, slots = self.states.keys()
-        out: dict[str, Array] = {"keys": keys}
-        for name, _, _ in SubjectStates.FIELDS:
-            out[name] = getattr(self.states, name)[slots]
-        return out
+        return self.states.dump()[0]
 
     def load_arrays(self, data: Mapping[str, Array]) -> None:
         """Resume from ``arrays()``."""
-        st = self.states = SubjectStates()
-        slots = st.slots_for(np.asarray(data["keys"], dtype=np.int64))
-        for name, _, _ in SubjectStates.FIELDS:
-            getattr(st, name)[slots] = data[name]
+        st = self.states = SubjectStates.restored(data)[0]
         st.active = int((st.state == ACTIVE).sum())
