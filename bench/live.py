@@ -64,6 +64,15 @@ def fleet_files(folder: Path, publishers: int, each: int, run: int) -> list[tupl
     return out
 
 
+def _events(files: list[tuple[str, Path]]) -> int:
+    """Events in the fleet's files (one a line)."""
+    total = 0
+    for _, path in files:
+        with path.open("rb") as f:
+            total += sum(1 for _ in f)
+    return total
+
+
 def _publisher_exe() -> str:
     exe = shutil.which("mosquitto_pub")
     if exe is None:
@@ -91,7 +100,7 @@ def publish(port: int, files: list[tuple[str, Path]]) -> tuple[int, float]:
 
 def fleet_alone(port: int, files: list[tuple[str, Path]]) -> float:
     """Events/s the fleet publishes into the broker with nobody subscribed."""
-    events = sum(sum(1 for _ in p.open()) for _, p in files)
+    events = _events(files)
     _, secs = publish(port, files)
     return events / secs
 
@@ -155,7 +164,7 @@ def cityflux_live(port: int, url: str, files: list[tuple[str, Path]]) -> dict[st
     """cityflux under the live fleet."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE vehicle_tag_reads, dead_letters")
-    want = sum(sum(1 for _ in p.open()) for _, p in files)
+    want = _events(files)
     return asyncio.run(_cityflux(port, url, files, want))
 
 
@@ -171,7 +180,7 @@ def mqbridge_live(port: int, url: str, files: list[tuple[str, Path]]) -> dict[st
     except ImportError as exc:
         raise MissingToolError("mq-bridge missing: pip install 'cityflux[bench]'") from exc
     table = "mqb_tag_reads"
-    want = sum(sum(1 for _ in p.open()) for _, p in files)
+    want = _events(files)
     cid = f"mqb-{time.time_ns()}"
     peer = subprocess.Popen(
         [sys.executable, "-m", "bench.mqbridge_peer", str(port), url, table, cid],
