@@ -17,6 +17,8 @@ import math
 import re
 from collections.abc import Callable
 
+import orjson
+
 from core.frames import Decoded, FrameBatch, Reject
 from decoders.base import Decoder, TableSpec
 from decoders.limits import (
@@ -37,6 +39,21 @@ RELATIVE_TIME_LIMIT = 2**28
 # LwM2M 1.1 (Core §7.4.4) names resources by their path, which starts with "/".
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*\Z")
 _LWM2M_PATH = re.compile(r"(/[0-9]{1,5}){1,4}\Z")
+# Integers outside int64 are floats to orjson, ints to json.loads. A JSON number of 19 digits or
+# more starts the text or follows "[", "," or ":" (white space and "-" between): with digits
+# mapped to "0", those three, white space and "-" to ":", the rest to "x", it shows as ":" and
+# 19 zeros, or 19 zeros at the start (text inside strings can only add false alarms).
+_WIDE_INT_MAP = bytes(
+    0x30 if 0x30 <= b <= 0x39 else 0x3A if b in b"[,: \t\r\n-" else 0x78 for b in range(256)
+)
+_WIDE_INT = b":" + b"0" * 19
+
+
+def _may_hold_wide_int(payload: bytes) -> bool:
+    t = payload.translate(_WIDE_INT_MAP)
+    return _WIDE_INT in t or t.startswith(_WIDE_INT[1:])
+
+
 MAX_TIME_S = 7_258_118_400  # 2200-01-01: anything later is a device clock error
 
 
@@ -166,9 +183,16 @@ def decode_packs(batch: FrameBatch, load: Callable[[bytes], object]) -> Decoded:
 
 def load_json(payload: bytes, what: str) -> object:
     """A JSON document, or ``PackError`` with the reject reason; depth is checked first
-    (``json.loads`` recurses once per level)."""
+    (``json.loads`` recurses once per level). orjson parses what it accepts (a subset of what
+    ``json.loads`` accepts, to the same values); anything else goes to ``json.loads``, so the
+    documents accepted and the reasons given are the standard parser's."""
     if json_depth_exceeds(payload):
         raise PackError(too_deep(what))
+    if not _may_hold_wide_int(payload):  # orjson would make integers past 64 bits floats
+        try:
+            return orjson.loads(payload)  # strict RFC 8259 and UTF-8, in Rust: the usual frame
+        except orjson.JSONDecodeError:
+            pass  # NaN, ±Infinity, or not JSON: the standard parser decides, and says why
     try:
         doc = json.loads(payload.decode("utf-8"))  # RFC 8428 §6: UTF-8 only
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -15,11 +15,13 @@ cityflux defines one event that gateways emit (a JSON object, or an array of the
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 
 from core.frames import Decoded, FrameBatch, Reject
 from decoders.base import Decoder, TableSpec
 from decoders.limits import (
+    MAX_TEXT,
     LimitError,
     check_int,
     check_length,
@@ -33,6 +35,11 @@ from decoders.tables import VEHICLE_TAG_READS
 from decoders.tagreads import TagRead, build
 
 _HEX = frozenset("0123456789ABCDEF")
+_HEX_RE = re.compile(r"[0-9A-Fa-f]+\Z")  # ASCII only: str.isdigit-like classes are not used
+
+
+# epoch milliseconds whose µs timestamptz surely holds (the full range is checked otherwise)
+_MS_MIN, _MS_MAX = -(2**40), 2**42
 
 
 class EventError(ValueError):
@@ -40,6 +47,8 @@ class EventError(ValueError):
 
 
 def _time_us(value: object, key: str) -> int:
+    if type(value) is int and _MS_MIN <= value <= _MS_MAX:
+        return value * 1000  # epoch milliseconds well inside timestamptz: the usual case
     if isinstance(value, bool) or value is None:
         raise EventError(f"'{key}' must be an RFC 3339 time or epoch milliseconds")
     if isinstance(value, float) and not math.isfinite(value):
@@ -61,6 +70,8 @@ def _time_us(value: object, key: str) -> int:
 
 
 def _hex(value: object, key: str) -> str:
+    if type(value) is str and _HEX_RE.match(value) and len(value) <= MAX_TEXT:
+        return value.upper()  # the usual case: one C match
     if not isinstance(value, str) or not value:
         raise EventError(f"'{key}' must be a hex string")
     check_length(key, value)  # before the per-character check
