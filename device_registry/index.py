@@ -140,8 +140,18 @@ class DeviceIndex:
     def resolve(self, devices: BytesArray) -> Int32Array:
         """Internal id per external id; ``UNKNOWN`` (-1) or ``DISABLED`` (-2) otherwise.
 
-        Rows repeat devices (a frame's readings, a device's frames): large batches are
-        reduced to their distinct hashes first, so the index is searched once per device."""
+        Rows repeat devices (a frame's readings, a device's frames): rows in runs of one
+        device (a frame's readings) are resolved once per run, and large batches are reduced
+        to their distinct hashes first, so the index is searched once per device."""
+        n = devices.shape[0]
+        if n > 2:
+            heads = np.flatnonzero(devices[1:] != devices[:-1]) + 1
+            if heads.shape[0] < n // 2:  # runs of two rows or more on average
+                starts = np.concatenate(([0], heads))
+                return np.repeat(self._distinct(devices[starts]), np.diff(starts, append=n))
+        return self._distinct(devices)
+
+    def _distinct(self, devices: BytesArray) -> Int32Array:
         hashes = hash_ids(devices)
         if devices.shape[0] > _DEDUPE_ABOVE and len(self._main) > _BIG_INDEX:
             distinct, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)

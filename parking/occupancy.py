@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,9 @@ from storage.writer import TableWrite
 
 AConn = psycopg.AsyncConnection[Any]
 log = logging.getLogger(__name__)
-PRESENCE_METRIC = re.compile(rb"(?:presence|/?3302/0/5500)\Z")
+# env_readings metrics that are occupancy reports: SenML "presence", IPSO Presence (3302)
+# Digital Input State (5500) as LwM2M names it, with or without the leading "/"
+PRESENCE_METRICS = np.array([b"presence", b"3302/0/5500", b"/3302/0/5500"], dtype=np.bytes_)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -85,12 +86,9 @@ def reports(writes: Sequence[TableWrite]) -> Reports:
             ext.append(w.rows.devices[known])
             frames.append(w.rows.frame_index[known])
         elif w.spec.name == ENV_READINGS.name and len(w.rows):
-            metric = cols["metric"]
-            names = np.unique(metric)
-            wanted = [n for n in names.tolist() if PRESENCE_METRIC.match(n)]
-            if not wanted:
+            pick = np.isin(cols["metric"], PRESENCE_METRICS)
+            if not pick.any():
                 continue
-            pick = np.isin(metric, wanted)
             dev.append(cols["device_id"][pick].astype(np.int64))
             t.append(cols["time"][pick].astype(np.int64))
             occ.append(cols["value"][pick] != 0)

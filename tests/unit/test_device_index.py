@@ -80,3 +80,19 @@ def test_copy_text_parses_vectorised_and_with_escapes() -> None:
     escaped = parse_copy_text(b"a\\\\b\t7\tt\n")
     assert (escaped.keys.tolist(), escaped.ids.tolist()) == ([b"a\\b"], [7])
     assert parse_copy_text(b"").keys.shape == (0,)
+
+
+def test_rows_in_runs_of_one_device_resolve_as_each_row_alone() -> None:
+    # a frame's readings are consecutive rows of one device: the index searches once per run
+    keys = np.array([b"a", b"b", b"c", b"d"])
+    idx = DeviceIndex(
+        keys, np.array([1, 2, 3, 4], dtype=np.int32), np.array([True, True, False, True])
+    )
+    rng = np.random.default_rng(7)
+    pool = np.array([b"a", b"b", b"c", b"d", b"zz", b""])
+    runs = rng.integers(0, pool.shape[0], 400)
+    rows = np.repeat(pool[runs], rng.integers(1, 9, 400))  # mostly runs, some rows alone
+    alone = np.concatenate([idx.resolve(rows[i : i + 1]) for i in range(rows.shape[0])])
+    got = idx.resolve(rows)
+    assert got.tolist() == alone.tolist()
+    assert {UNKNOWN, DISABLED, 1, 2, 4} <= set(got.tolist())
