@@ -30,6 +30,7 @@ state) starts it: frames lost before it cannot be seen.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -86,7 +87,8 @@ class GapDetector:
         self._slot: dict[int, int] = {}
         self._high = np.zeros(1024, dtype=np.int64)
         self._seen = np.zeros(1024, dtype=np.uint64)
-        self._dirty: set[int] = set()
+        self._keys = np.zeros(1024, dtype=np.int64)  # slot -> key
+        self._dirty = np.zeros(1024, dtype=np.bool_)  # by slot: changed since state()
         self._cand: dict[int, int] = {}
         """A device's jump waiting for its next frame to confirm it (see ``_probation``)."""
 
@@ -101,18 +103,34 @@ class GapDetector:
             code = self._streams[stream] = len(self._streams)
         return code
 
+    def _lookup(self, keys: list[int]) -> npt.NDArray[np.int64]:
+        """Slots of these keys, -1 for a key without one (one C-level pass over the dict)."""
+        return np.fromiter(
+            map(self._slot.get, keys, repeat(-1, len(keys))), dtype=np.int64, count=len(keys)
+        )
+
     def _slots_for(self, keys: list[int]) -> npt.NDArray[np.int64]:
         """Slots of these keys, new ones appended (their state is set by the caller)."""
-        out = np.empty(len(keys), dtype=np.int64)
-        for j, key in enumerate(keys):
-            slot = self._slot.get(key)
+        out = self._lookup(keys)
+        for j in np.flatnonzero(out < 0).tolist():
+            key = keys[j]
+            slot = self._slot.get(key)  # a key twice in ``keys`` has its slot by now
             if slot is None:
                 slot = self._slot[key] = len(self._slot)
                 if slot >= self._high.shape[0]:
-                    self._high = np.resize(self._high, 2 * self._high.shape[0])
-                    self._seen = np.resize(self._seen, 2 * self._seen.shape[0])
+                    self._grow()
+                self._keys[slot] = key
             out[j] = slot
         return out
+
+    def _grow(self) -> None:
+        size = 2 * self._high.shape[0]
+        self._high = np.resize(self._high, size)
+        self._seen = np.resize(self._seen, size)
+        self._keys = np.resize(self._keys, size)
+        dirty = np.zeros(size, dtype=np.bool_)
+        dirty[: self._dirty.shape[0]] = self._dirty
+        self._dirty = dirty
 
     def seed(self, stream: str, device_ids: I32, highs: I64, seen: U64) -> None:
         """Take the saved state of these devices (at start, from ``device_frame_state``)."""
@@ -125,16 +143,17 @@ class GapDetector:
     def changed(self, stream: str, device_ids: I32) -> None:
         """Mark these devices' state changed again (saving it failed)."""
         code = self._code(stream)
-        self._dirty.update(((device_ids.astype(np.int64) << _STREAM_BITS) | code).tolist())
+        keys = ((device_ids.astype(np.int64) << _STREAM_BITS) | code).tolist()
+        self._dirty[self._slots_for(keys)] = True
 
     def state(self) -> list[tuple[str, I32, I64, U64]]:
         """(stream, devices, highest, window) of the devices changed since the last call."""
-        if not self._dirty:
+        slots = np.flatnonzero(self._dirty)
+        if not slots.shape[0]:
             return []
+        self._dirty[slots] = False
         names = {c: s for s, c in self._streams.items()}
-        keys = np.fromiter(self._dirty, dtype=np.int64, count=len(self._dirty))
-        self._dirty = set()
-        slots = np.array([self._slot[int(k)] for k in keys.tolist()], dtype=np.int64)
+        keys = self._keys[slots]
         codes = keys & ((1 << _STREAM_BITS) - 1)
         out = []
         for code in np.unique(codes).tolist():
@@ -149,6 +168,20 @@ class GapDetector:
             )
         return out
 
+    def _waiting(self, k: I64) -> list[int]:
+        """The keys of a batch (``k`` sorted) that have a jump waiting in ``_cand``; from the
+        smaller side, as waiting jumps may be few or many."""
+        n = k.shape[0]
+        if not n:
+            return []
+        if len(self._cand) < n:
+            cand = np.fromiter(self._cand, dtype=np.int64, count=len(self._cand))
+            at = np.minimum(np.searchsorted(k, cand), n - 1)
+            waiting: list[int] = cand[k[at] == cand].tolist()
+            return waiting
+        heads = k[np.concatenate([[True], k[1:] != k[:-1]])]
+        return [key for key in heads.tolist() if key in self._cand]
+
     def _probation(self, k: I64, x: I64, modulus: int) -> tuple[I64, I64]:
         """Frames (sorted by key, arrival order kept) without the jumps nothing confirms.
 
@@ -160,9 +193,7 @@ class GapDetector:
         of the batch waits for its next batch (``_cand``), where it goes first."""
         w = self.window
         if self._cand:
-            extra = [
-                (key, self._cand.pop(key)) for key in np.unique(k).tolist() if key in self._cand
-            ]
+            extra = [(key, self._cand.pop(key)) for key in self._waiting(k)]
             if extra:
                 k = np.concatenate([np.array([a for a, _ in extra], dtype=np.int64), k])
                 x = np.concatenate([np.array([b for _, b in extra], dtype=np.int64), x])
@@ -177,9 +208,9 @@ class GapDetector:
             first = np.concatenate([[True], kk[1:] != kk[:-1]])
             prev = np.empty(kk.shape[0], dtype=np.int64)
             prev[1:] = xx[:-1]
-            slots = [self._slot.get(int(key)) for key in kk[first].tolist()]
-            known = np.array([s is not None for s in slots], dtype=np.bool_)
-            high = np.array([0 if s is None else int(self._high[s]) for s in slots], np.int64)
+            slots = self._lookup(kk[first].tolist())
+            known = slots >= 0
+            high = np.where(known, self._high[np.maximum(slots, 0)], 0)
             base = high % modulus if modulus else high
             prev[first] = np.where(known, base, xx[first])
             d = xx - prev
@@ -222,8 +253,9 @@ class GapDetector:
         starts = np.flatnonzero(at_start)
         group = np.cumsum(at_start) - 1
         uk = k[starts]
-        known = np.array([int(key) in self._slot for key in uk.tolist()], dtype=np.bool_)
-        slots = self._slots_for(uk.tolist())
+        ukl = uk.tolist()
+        known = self._lookup(ukl) >= 0
+        slots = self._slots_for(ukl)
         high0 = np.where(known, self._high[slots], 0)
         seen0 = np.where(known, self._seen[slots], np.uint64(0))
 
@@ -309,7 +341,7 @@ class GapDetector:
         last_seg = np.concatenate([seg_group[1:] != seg_group[:-1], [True]])
         self._high[slots[seg_group[last_seg]]] = h1[last_seg]
         self._seen[slots[seg_group[last_seg]]] = shifted[last_seg]
-        self._dirty.update(uk.tolist())
+        self._dirty[slots] = True
         out.counted_ids = (uk >> _STREAM_BITS).astype(np.int32)
         groups = uk.shape[0]
         out.received = np.bincount(seg_group[us[accepted]], minlength=groups).astype(np.int64)

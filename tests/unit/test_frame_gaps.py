@@ -155,6 +155,22 @@ def test_a_reboot_last_in_its_batch_is_confirmed_by_the_next_batch() -> None:
     assert gaps(observe(det, [(1, 4)])) == []
 
 
+def test_reboots_waiting_for_their_next_frame_are_found_from_either_side() -> None:
+    """Waiting jumps are matched to a batch's devices from the smaller side: fewer waiting
+    than frames (searched in the batch) or more (the batch's devices looked up)."""
+    det = GapDetector()
+    observe(det, [(d, 40_000) for d in range(1, 6)])
+    assert observe(det, [(d, 0) for d in range(1, 6)]).restarts == 0  # five wait
+    found = observe(det, [(2, 1)])  # one frame, five waiting
+    assert (found.restarts, found.received.tolist()) == (1, [2])
+    found = observe(det, [(9, 5), (3, 1), (4, 1), (4, 3), (8, 1), (7, 2)])  # 4 wait, 6 frames
+    assert found.restarts == 2
+    assert gaps(found) == [(4, 2, 2, 1)]
+    assert found.counted_ids.tolist() == [3, 4, 7, 8, 9]
+    assert found.received.tolist() == [2, 3, 1, 1, 1]
+    assert sorted(det.state()[0][1].tolist()) == [1, 2, 3, 4, 5, 7, 8, 9]  # every one seen
+
+
 def test_a_jump_back_within_the_window_is_late_not_a_reboot() -> None:
     det = GapDetector()
     observe(det, [(1, 1000)])
