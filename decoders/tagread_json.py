@@ -18,6 +18,9 @@ import math
 import re
 from datetime import datetime
 
+import msgspec
+from msgspec import UNSET, UnsetType
+
 from core.frames import Decoded, FrameBatch, Reject
 from decoders.base import Decoder, TableSpec
 from decoders.limits import (
@@ -27,8 +30,10 @@ from decoders.limits import (
     check_length,
     check_text,
     check_time_us,
+    json_depth_exceeds,
     not_finite,
     out_of_range,
+    text_problem,
 )
 from decoders.senml_json import PackError, load_json
 from decoders.tables import VEHICLE_TAG_READS
@@ -129,6 +134,85 @@ def _event(ev: object, hint: str, frame: int) -> TagRead:
     )
 
 
+class _Usual(msgspec.Struct):
+    """The shape of the usual event, checked in C by msgspec: a frame whose events all have it
+    (and pass the checks of ``_usual``) skips the per-field checks of ``_event``; any other
+    frame takes the checked path, which decides and gives the reason, so both paths accept
+    the same frames with the same values (``tests/unit/test_tag_reads.py``)."""
+
+    epc: str
+    first_seen: int
+    reader: str | UnsetType = UNSET
+    tid: str | None = None
+    plate: str | None = None
+    antenna: int | None = None
+    rssi: int | None = None
+    last_seen: int | None = None
+    count: int | None = None
+
+
+_USUAL = msgspec.json.Decoder(_Usual | list[_Usual])
+_I16, _I32 = (-(2**15), 2**15 - 1), (-(2**31), 2**31 - 1)
+
+
+def _usual(payload: bytes, hint: str, frame: int) -> list[TagRead] | None:
+    """The frame's reads if every event has the usual shape and passes every check; None
+    sends the frame to the checked path (and is never a verdict)."""
+    if json_depth_exceeds(payload):
+        return None
+    if not payload.isascii():
+        try:
+            payload.decode("utf-8")  # msgspec skips unknown fields without checking them
+        except UnicodeDecodeError:
+            return None
+    try:
+        doc = _USUAL.decode(payload)
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+    events = doc if isinstance(doc, list) else [doc]
+    if not events:
+        return None
+    out = []
+    for ev in events:
+        reader = hint if ev.reader is UNSET else ev.reader
+        if not reader or (hint and reader != hint) or len(reader) > MAX_TEXT:
+            return None
+        if not hint and (not reader.isascii() or "\0" in reader):
+            return None
+        epc, tid, plate = ev.epc, ev.tid, ev.plate
+        if not (_HEX_RE.match(epc) and len(epc) <= MAX_TEXT):
+            return None
+        if tid is not None and not (_HEX_RE.match(tid) and len(tid) <= MAX_TEXT):
+            return None
+        if plate is not None and (len(plate) > MAX_TEXT or text_problem(plate)):
+            return None
+        first, last = ev.first_seen, ev.last_seen
+        if not _MS_MIN <= first <= _MS_MAX or (last is not None and not _MS_MIN <= last <= _MS_MAX):
+            return None
+        antenna, rssi, count = ev.antenna, ev.rssi, ev.count
+        if (
+            (antenna is not None and not _I16[0] <= antenna <= _I16[1])
+            or (rssi is not None and not _I16[0] <= rssi <= _I16[1])
+            or (count is not None and not _I32[0] <= count <= _I32[1])
+        ):
+            return None
+        out.append(
+            TagRead(
+                first * 1000,
+                reader,
+                epc.upper(),
+                None if tid is None else tid.upper(),
+                plate,
+                antenna,
+                rssi,
+                None if last is None else last * 1000,
+                count,
+                frame,
+            )
+        )
+    return out
+
+
 class TagReadJsonDecoder:
     """Decoder for canonical tag-read events (one object or an array per frame)."""
 
@@ -140,7 +224,12 @@ class TagReadJsonDecoder:
         """Every event becomes a row; a frame with one bad event is rejected whole."""
         reads: list[TagRead] = []
         rejects: list[Reject] = []
+        hints = batch.device_hints
         for i, payload in enumerate(batch.payloads):
+            usual = _usual(payload, hints[i], i)
+            if usual is not None:
+                reads += usual
+                continue
             try:
                 doc = load_json(payload, "event")
             except PackError as exc:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -27,26 +28,54 @@ class TagRead(NamedTuple):
     frame: int
 
 
-def _text(values: list[str | None]) -> tuple[npt.NDArray[np.bytes_], npt.NDArray[np.bool_]]:
+def _text(values: Sequence[str | None]) -> tuple[npt.NDArray[np.bytes_], npt.NDArray[np.bool_]]:
+    n = len(values)
+    if not n:
+        return np.empty(0, dtype="S1"), np.zeros(0, dtype=np.bool_)
+    nones = values.count(None)
+    if nones == n:  # a field nobody sent
+        return np.zeros(n, dtype="S1"), np.ones(n, dtype=np.bool_)
+    if not nones:
+        try:  # ASCII (the usual EPC, TID, reader): numpy encodes it in one call
+            return np.array(values, dtype=np.bytes_), np.zeros(n, dtype=np.bool_)
+        except UnicodeEncodeError:
+            pass
     null = np.array([v is None for v in values], dtype=np.bool_)
     enc = [(v or "").encode() for v in values]
-    return (np.array(enc, dtype=np.bytes_) if enc else np.empty(0, dtype="S1")), null
+    return np.array(enc, dtype=np.bytes_), null
+
+
+def _ints(
+    values: Sequence[int | None], dtype: str
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
+    n, nones = len(values), values.count(None)
+    if nones == n:  # a field nobody sent
+        return np.zeros(n, dtype=dtype), np.ones(n, dtype=np.bool_)
+    if nones:
+        return nullable_column(values, dtype)
+    return np.array(values, dtype=dtype), np.zeros(n, dtype=np.bool_)
 
 
 def build(reads: list[TagRead]) -> TableRows:
     """The reads as one ``vehicle_tag_reads`` batch."""
-    antenna, antenna_null = nullable_column([r.antenna for r in reads], "i2")
-    rssi, rssi_null = nullable_column([r.rssi for r in reads], "i2")
-    last, last_null = nullable_column([r.last_seen_us for r in reads], "i8")
-    count, count_null = nullable_column([r.seen_count for r in reads], "i4")
-    tid, tid_null = _text([r.tid for r in reads])
-    plate, plate_null = _text([r.plate for r in reads])
-    epc, _ = _text([r.epc for r in reads])
-    readers, _ = _text([r.reader for r in reads])
+    if reads:
+        first, readers, epcs, tids, plates, antennas, rssis, lasts, counts, frames = zip(
+            *reads, strict=True
+        )
+    else:
+        first = readers = epcs = tids = plates = antennas = rssis = lasts = counts = frames = ()
+    antenna, antenna_null = _ints(antennas, "i2")
+    rssi, rssi_null = _ints(rssis, "i2")
+    last, last_null = _ints(lasts, "i8")
+    count, count_null = _ints(counts, "i4")
+    tid, tid_null = _text(tids)
+    plate, plate_null = _text(plates)
+    epc, _ = _text(epcs)
+    devices, _ = _text(readers)
     return TableRows(
         table=VEHICLE_TAG_READS.name,
         columns={
-            "time": np.array([r.first_seen_us for r in reads], dtype=np.int64),
+            "time": np.array(first, dtype=np.int64),
             "epc": epc,
             "tid": tid,
             "plate": plate,
@@ -55,8 +84,8 @@ def build(reads: list[TagRead]) -> TableRows:
             "last_seen": last,
             "read_count": count,
         },
-        devices=readers,
-        frame_index=np.array([r.frame for r in reads], dtype=np.int32),
+        devices=devices,
+        frame_index=np.array(frames, dtype=np.int32),
         nulls={
             "tid": tid_null,
             "plate": plate_null,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.frames import FrameBatch
 from decoders.llrp import DECODER as LLRP
@@ -120,3 +122,151 @@ def test_a_reader_named_only_by_the_event_must_be_text_postgresql_takes() -> Non
         (1, "bad_text: reader is not valid UTF-8"),
     ]
     assert out.rows["vehicle_tag_reads"].devices.tolist() == [b"G-1"]
+
+
+# -- the usual-shape path and the checked path give the same verdicts and values ----------
+
+_TEXT = st.text(alphabet=st.sampled_from("0aF9gZ-粤\x00 \ud800"), max_size=6) | st.sampled_from(
+    ["E2003412", "e28011", "", "Ａ1", "G-0101", "ﬀ", "x" * 300]
+)
+_NUM = (
+    st.integers(-40_000, 40_000)
+    | st.integers(-(2**70), 2**70)
+    | st.sampled_from(
+        [0, 1, -1, 2**15, -(2**15) - 1, 2**31, 2**42, 2**42 + 1, -(2**40) - 1, 1_767_225_600_000]
+    )
+)
+_VALUE = (
+    st.none() | st.booleans() | _NUM | _TEXT | st.floats(allow_nan=True) | st.just([]) | st.just({})
+)
+_KEYS = ("epc", "first_seen", "reader", "tid", "plate", "antenna", "rssi", "last_seen", "count")
+_EVENT = st.dictionaries(st.sampled_from((*_KEYS, "other")), _VALUE, max_size=9)
+_USUAL_EVENT = st.fixed_dictionaries(
+    {"epc": st.sampled_from(["E2003412", "e28011600000000000001f2a"]), "first_seen": _NUM},
+    optional={
+        "reader": _TEXT,
+        "tid": st.none() | _TEXT,
+        "plate": st.none() | _TEXT,
+        "antenna": st.none() | _NUM,
+        "rssi": st.none() | _NUM,
+        "last_seen": st.none() | _NUM,
+        "count": st.none() | _NUM,
+    },
+)
+
+
+def _rows(out: object) -> list[tuple[object, ...]]:
+    r = out.rows["vehicle_tag_reads"]  # type: ignore[attr-defined]
+    cols = [r.columns[c].tolist() for c in r.columns]
+    nulls = [r.nulls[c].tolist() for c in sorted(r.nulls)]
+    return list(zip(*cols, *nulls, r.devices.tolist(), r.frame_index.tolist(), strict=True))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(_EVENT, _USUAL_EVENT, st.lists(_USUAL_EVENT, max_size=3)),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sampled_from(["G-0101", ""]),
+    st.booleans(),
+)
+def test_usual_and_checked_paths_agree_on_every_frame(
+    events: list[object], hint: str, escaped: bool
+) -> None:
+    from decoders import tagread_json
+
+    frames = [json.dumps(e, ensure_ascii=escaped).encode("utf-8", "surrogatepass") for e in events]
+    fast = JSON_EVENTS.decode_batch(_batch("tagread-json", *frames, hint=hint))
+    usual = tagread_json._usual
+    try:
+        tagread_json._usual = lambda *_: None  # type: ignore[assignment]
+        checked = JSON_EVENTS.decode_batch(_batch("tagread-json", *frames, hint=hint))
+    finally:
+        tagread_json._usual = usual
+    assert [(x.index, x.reason) for x in fast.rejects] == [
+        (x.index, x.reason) for x in checked.rejects
+    ]
+    assert _rows(fast) == _rows(checked)
+
+
+_BASE = {"epc": "e2003412", "first_seen": 1_767_225_600_000, "antenna": 1, "rssi": -50}
+_ONE_OFF = [
+    {},
+    {"reader": "G-0101"},
+    {"reader": "G-9"},
+    {"reader": ""},
+    {"reader": None},
+    {"reader": "G" * 300},
+    {"reader": "站-1"},
+    {"reader": "G\x00"},
+    {"reader": "\ud800"},
+    {"epc": "XYZ"},
+    {"epc": "ﬀ"},
+    {"epc": "E" * 300},
+    {"epc": ""},
+    {"tid": "e280"},
+    {"tid": "nothex"},
+    {"tid": "F" * 300},
+    {"plate": "粤B12345"},
+    {"plate": "a\x00"},
+    {"plate": "\ud800"},
+    {"plate": "P" * 300},
+    {"plate": 5},
+    {"first_seen": 2**42 + 1},
+    {"first_seen": -(2**40) - 1},
+    {"first_seen": 10**20},
+    {"first_seen": 1.5},
+    {"first_seen": True},
+    {"first_seen": "2026-01-01T08:00:00Z"},
+    {"last_seen": 1_767_225_600_100},
+    {"last_seen": 2**63},
+    {"antenna": 40_000},
+    {"antenna": True},
+    {"rssi": -40_000},
+    {"rssi": 1.0},
+    {"count": 40_000},
+    {"count": 2**31},
+    {"count": None},
+]
+
+
+@pytest.mark.parametrize("change", _ONE_OFF, ids=repr)
+@pytest.mark.parametrize("hint", ["G-0101", ""])
+@pytest.mark.parametrize("escaped", [True, False])
+def test_each_check_of_the_usual_path_agrees_with_the_checked_path(
+    change: dict[str, object], hint: str, escaped: bool
+) -> None:
+    from decoders import tagread_json
+
+    event = _BASE | change
+    frames = [
+        json.dumps(e, ensure_ascii=escaped).encode("utf-8", "surrogatepass")
+        for e in (event, [event, _BASE])
+    ]
+    fast = JSON_EVENTS.decode_batch(_batch("tagread-json", *frames, hint=hint))
+    usual = tagread_json._usual
+    try:
+        tagread_json._usual = lambda *_: None  # type: ignore[assignment]
+        checked = JSON_EVENTS.decode_batch(_batch("tagread-json", *frames, hint=hint))
+    finally:
+        tagread_json._usual = usual
+    assert [(x.index, x.reason) for x in fast.rejects] == [
+        (x.index, x.reason) for x in checked.rejects
+    ]
+    assert _rows(fast) == _rows(checked)
+
+
+def test_the_usual_event_takes_the_usual_path() -> None:
+    from decoders.tagread_json import _usual
+
+    frame = b'{"reader":"G-1","antenna":1,"epc":"e280","rssi":-50,"first_seen":1767225600000}'
+    reads = _usual(frame, "G-1", 7)
+    assert reads is not None
+    assert (reads[0].epc, reads[0].first_seen_us, reads[0].frame) == ("E280", 1767225600000000, 7)
+    assert _usual(b'{"epc":"e280","first_seen":1767225600000,"x":"\xff"}', "G-1", 0) is None
+    deep = b'{"epc":"e280","first_seen":1,"x":' + b"[" * 40 + b"]" * 40 + b"}"
+    assert _usual(deep, "G-1", 0) is None  # unknown fields are skipped, not unchecked
+    out = JSON_EVENTS.decode_batch(_batch("tagread-json", deep))
+    assert [x.reason for x in out.rejects] == ["too_deep: event nested over 32 levels"]
