@@ -93,6 +93,7 @@ def _med(values: list[float]) -> float:
 
 def run(quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Every figure; a dict with the issue's keys first, details below."""
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     runs = 1 if quick else 3
     n_single = 20_000 if quick else 200_000
     n_multi = 10_000 if quick else 60_000
@@ -104,7 +105,7 @@ def run(quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, A
     single = workloads.single_reading(n_single)
     multi = workloads.multi_reading(n_multi)
     k = workloads.MULTI_READINGS
-    d: dict[str, Any] = {"runs": {}}
+    d: dict[str, Any] = {"runs": {}, "missing": {}}
     per_run: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cityflux-bench-") as tmp_s:
         tmp = Path(tmp_s)
@@ -117,17 +118,25 @@ def run(quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, A
                 log(f"run {r + 1}/{runs}: C client, cityflux drain, raw COPY ({writers} conns)")
                 one: dict[str, Any] = {}
                 for qos in (1, 0):
-                    one[f"c_client_qos{qos}"] = limits.c_client_rate(
-                        broker.port, single, qos, f"{r}"
-                    )
+                    try:
+                        one[f"c_client_qos{qos}"] = limits.c_client_rate(
+                            broker.port, single, qos, f"{r}"
+                        )
+                    except limits.MissingToolError as exc:
+                        one[f"c_client_qos{qos}"] = None
+                        d["missing"]["C client"] = str(exc)
                     one[f"single_qos{qos}"] = _drain(broker.port, url, single, qos, 1, f"s{r}")
                     one[f"multi_qos{qos}"] = _drain(broker.port, url, multi, qos, k, f"m{r}")
                 one["raw_copy"] = limits.raw_copy_rate(url, copy_rows[r], writers)
                 per_run.append(one)
             log(f"live: {live_pubs} C publishers × {live_each:,}, cityflux and mq-bridge")
-            d["live"] = live.run(broker.port, url, live_pubs, live_each, runs)
+            try:
+                d["live"] = live.run(broker.port, url, live_pubs, live_each, runs)
+            except limits.MissingToolError as exc:  # the fleet itself is mosquitto_pub
+                d["live"] = live.not_run(live_pubs, live_each)
+                d["missing"]["live fleet"] = str(exc)
             log("CoAP: cityflux listener vs libcoap's C server, same client load")
-            d["coap"] = _coap(url, n_coap, runs)
+            d["coap"] = _coap(url, n_coap, runs, broker.port)
             d["listener_qos1"] = median_of(
                 runs, lambda: mqtt_rates.listener_rate(broker.port, single, 1, "l")
             )
@@ -161,10 +170,10 @@ def run(quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, A
             broker.stop()
             drop()
     d["runs"] = per_run
-    return _summary(d, quick, runs, writers)
+    return _summary(d, quick, runs, writers, started)
 
 
-def _coap(url: str, n: int, runs: int) -> dict[str, Any]:
+def _coap(url: str, n: int, runs: int, mqtt_port: int) -> dict[str, Any]:
     """cityflux's CoAP listener and libcoap's server, alternated, same client load."""
     ours, theirs = [], []
     for r in range(runs):
@@ -172,7 +181,7 @@ def _coap(url: str, n: int, runs: int) -> dict[str, Any]:
             theirs.append(limits.libcoap_rate(n, window=1000))
         except limits.MissingToolError as exc:
             theirs.append({"per_s": None, "error": str(exc)})
-        ours.append(coap_rates.cityflux_rate(url, n, r, window=1000))
+        ours.append(coap_rates.cityflux_rate(url, n, r, window=1000, mqtt_port=mqtt_port))
     limit = [t["per_s"] for t in theirs if t.get("per_s")]
     med_ours = _med([o["per_s"] for o in ours])
     med_limit = _med(limit) if limit else None
@@ -185,16 +194,22 @@ def _coap(url: str, n: int, runs: int) -> dict[str, Any]:
     }
 
 
-def _summary(d: dict[str, Any], quick: bool, runs: int, writers: int) -> dict[str, Any]:
+def _summary(
+    d: dict[str, Any], quick: bool, runs: int, writers: int, started: str
+) -> dict[str, Any]:
     pr = d["runs"]
 
-    def med(key: str, field: str | None = None) -> float:
-        return _med([r[key] if field is None else r[key][field] for r in pr])
+    def med(key: str, field: str | None = None) -> float | None:
+        values = [r[key] if field is None else r[key][field] for r in pr]
+        return None if None in values else _med(values)  # None: a limit not installed
 
     def ratio(
-        num: Callable[[dict[str, Any]], float], den: Callable[[dict[str, Any]], float]
-    ) -> float:
-        return _med([num(r) / den(r) for r in pr])  # each run against its own limit
+        num: Callable[[dict[str, Any]], float], den: Callable[[dict[str, Any]], float | None]
+    ) -> float | None:
+        pairs = [(num(r), den(r)) for r in pr]
+        if any(limit is None for _, limit in pairs):
+            return None
+        return _med([ours / limit for ours, limit in pairs if limit])  # each run, its own limit
 
     drains = [r[f"{w}_qos{q}"] for r in pr for w in ("single", "multi") for q in (0, 1)]
     lost = sum(x["lost_frames"] for x in drains) + d["live"]["lost"] + d["coap"]["lost"]
@@ -236,7 +251,8 @@ def _summary(d: dict[str, Any], quick: bool, runs: int, writers: int) -> dict[st
         "machine": _machine(),
         "command": "cityflux bench" + (" --quick" if quick else ""),
         "runs_per_figure": runs,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started": started,
+        "missing": d["missing"],
         "detail": d,
     }
 
@@ -246,26 +262,26 @@ def _x(v: float | None, fmt: str = ".2f") -> str:
 
 
 def render(res: dict[str, Any]) -> str:
-    """The figures and ratios as a short text report."""
+    """The figures and ratios as a short text report; a limit or peer not installed is n/a."""
     d = res["detail"]
     lines = [
         f"machine: {res['machine']}",
         f"command: {res['command']}   runs: {res['runs_per_figure']} (medians; ratios per run)",
         "drain (preloaded session)                     rate          limit (same run)    ratio",
         f"  single-reading QoS 1  {res['e2e_msgs_per_s']:>12,.0f} msg/s  C client "
-        f"{res['c_client_msgs_per_s']:>9,.0f}   {res['drain_vs_c_client']:.2f}",
+        f"{_x(res['c_client_msgs_per_s'], '>9,.0f')}   {_x(res['drain_vs_c_client'])}",
         f"  single-reading QoS 0  {res['e2e_msgs_per_s_qos0']:>12,.0f} msg/s  C client "
-        f"{res['c_client_msgs_per_s_qos0']:>9,.0f}   {res['drain_vs_c_client_qos0']:.2f}",
+        f"{_x(res['c_client_msgs_per_s_qos0'], '>9,.0f')}   {_x(res['drain_vs_c_client_qos0'])}",
         f"  multi-reading QoS 1   {res['e2e_readings_per_s']:>12,.0f} rows/s raw COPY×"
         f"{res['raw_copy_connections']} {res['raw_copy_rows_per_s']:>9,.0f}   "
         f"{res['multi_vs_raw_copy']:.2f}",
         f"  acknowledged (PUBACKs the service wrote, QoS 1): {res['acknowledged']:,} of "
         f"{res['sent_qos1']:,}",
         f"live ({d['live']['publishers']} C publishers at their maximum, typed tag-read JSON)",
-        f"  cityflux {res['live_events_per_s']:>10,.0f} events/s   mq-bridge "
+        f"  cityflux {_x(res['live_events_per_s'], '>10,.0f')} events/s   mq-bridge "
         f"{_x(res['mq_bridge_events_per_s'], ',.0f')}   ratio {_x(res['live_vs_mq_bridge'])}   "
-        f"fleet alone {res['fleet_alone_events_per_s']:,.0f} (cityflux "
-        f"{res['live_vs_fleet_alone']:.2f} of it)",
+        f"fleet alone {_x(res['fleet_alone_events_per_s'], ',.0f')} (cityflux "
+        f"{_x(res['live_vs_fleet_alone'])} of it)",
         "CoAP (confirmable, 1,000 outstanding, 32 sockets)",
         f"  cityflux {res['coap_req_per_s']:>10,.0f} req/s   libcoap coap-server "
         f"{_x(res['libcoap_req_per_s'], ',.0f')}   ratio {_x(res['coap_vs_libcoap'])}",
@@ -276,6 +292,8 @@ def render(res: dict[str, Any]) -> str:
         f"{_x(res['esphome_msgs_per_s'], ',.1f')} msg/s",
         f"lost (acknowledged or answered, not stored): {res['lost']}",
     ]
+    for what, why in res.get("missing", {}).items():
+        lines.append(f"n/a: {what}: {why}")
     if "decoders" in d:
         lines.append("decoders alone (frames/s, batches of 10,000)")
         lines += [f"  {name:<13} {r:>12,.0f}" for name, r in d["decoders"].items()]

@@ -18,6 +18,7 @@ import multiprocessing
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -83,10 +84,19 @@ def bare_rate(n: int, window: int = 100) -> dict[str, Any]:
     return out
 
 
-async def _cityflux(url: str, n: int, run: int, window: int) -> dict[str, Any]:
+async def _cityflux(
+    url: str, n: int, run: int, window: int, mqtt_port: int | None
+) -> dict[str, Any]:
+    # the service always runs its MQTT listener: given a broker, it subscribes to a topic
+    # nobody publishes to (without one it retries a closed port, and says so in the log)
     settings = load_settings(
         None,
-        mqtt={"host": "127.0.0.1", "port": free_port(), "client_id": f"coapbench-{run}"},
+        mqtt={
+            "host": "127.0.0.1",
+            "port": mqtt_port or free_port(),
+            "client_id": f"coapbench-{run}-{time.time_ns()}",
+            "topics": ["coapbench/idle/#"],
+        },
         coap={"mode": "open", "port": 0},
         database={"url": url, "timescaledb": "off"},
         pipeline={"unknown_devices": "auto-provision"},
@@ -121,9 +131,11 @@ async def _cityflux(url: str, n: int, run: int, window: int) -> dict[str, Any]:
     return out
 
 
-def cityflux_rate(url: str, n: int, run: int, window: int = 1000) -> dict[str, Any]:
+def cityflux_rate(
+    url: str, n: int, run: int, window: int = 1000, mqtt_port: int | None = None
+) -> dict[str, Any]:
     """Requests/s of cityflux's CoAP path, every 2.04 only after its commit; and the loss."""
-    return asyncio.run(_cityflux(url, n, run, window))
+    return asyncio.run(_cityflux(url, n, run, window, mqtt_port))
 
 
 def run(url: str, n: int, runs: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from storage.embedded import free_port
 from storage.pgbinary import encode_rows
 from storage.writer import TableWrite
 
-from .common import create_session, end_session, preload
+from .common import create_session, empty, end_session, preload
 
 TOPIC = "bench/up/#"
 COAP_SERVERS = ("coap-server", "coap-server-notls", "coap-server-openssl", "coap-server-gnutls")
@@ -77,8 +77,7 @@ def raw_copy_rate(url: str, batches: Sequence[TableWrite], connections: int) -> 
     sql = f"COPY {spec.name} ({names}) FROM STDIN (FORMAT binary)"
     payloads = [encode_rows(cols, b.rows.columns) for b in batches]
     rows = sum(len(b.rows) for b in batches)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {spec.name}")
+    empty(url, spec.name)
     conns = [psycopg.connect(url) for _ in range(connections)]
     ready = threading.Barrier(connections + 1)
 

@@ -35,7 +35,7 @@ import psycopg
 
 from ingest.settings import load_settings
 
-from .common import end_session
+from .common import empty, end_session
 from .limits import MissingToolError
 from .mqbridge_peer import last_insert_us
 
@@ -162,8 +162,7 @@ async def _cityflux(
 
 def cityflux_live(port: int, url: str, files: list[tuple[str, Path]]) -> dict[str, Any]:
     """cityflux under the live fleet."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE vehicle_tag_reads, dead_letters")
+    empty(url, "vehicle_tag_reads", "dead_letters")
     want = _events(files)
     return asyncio.run(_cityflux(port, url, files, want))
 
@@ -182,6 +181,7 @@ def mqbridge_live(port: int, url: str, files: list[tuple[str, Path]]) -> dict[st
     table = "mqb_tag_reads"
     want = _events(files)
     cid = f"mqb-{time.time_ns()}"
+    empty(url)  # a checkpoint, as before cityflux's run (the peer makes its own table)
     peer = subprocess.Popen(
         [sys.executable, "-m", "bench.mqbridge_peer", str(port), url, table, cid],
         stdin=subprocess.PIPE,
@@ -257,4 +257,20 @@ def run(port: int, url: str, publishers: int, each: int, runs: int) -> dict[str,
         "lost": sum(r["lost"] for r in out["cityflux"]),
         "mq_bridge_lost": sum(r.get("lost", 0) for r in out["mq_bridge"]),
         "runs": out,
+    }
+
+
+def not_run(publishers: int, each: int) -> dict[str, Any]:
+    """The live figures when the fleet cannot run (no ``mosquitto_pub``): none, nothing lost."""
+    return {
+        "publishers": publishers,
+        "events_per_publisher": each,
+        "fleet_alone_events_per_s": None,
+        "cityflux_events_per_s": None,
+        "mq_bridge_events_per_s": None,
+        "cityflux_vs_mq_bridge": None,
+        "cityflux_vs_fleet_alone": None,
+        "lost": 0,
+        "mq_bridge_lost": 0,
+        "runs": {"fleet_alone": [], "cityflux": [], "mq_bridge": []},
     }

@@ -21,7 +21,7 @@ from ingest.mqtt_v5 import Mqtt5Listener
 from ingest.pipeline import Pausable
 from ingest.settings import load_settings
 
-from .common import Drain, create_session, drain_preloaded, end_session, preload
+from .common import Drain, create_session, drain_preloaded, empty, end_session, preload
 
 TOPIC = "bench/up/#"
 
@@ -118,8 +118,8 @@ def e2e_rate(port: int, pg_url: str, msgs: Sequence[tuple[str, bytes]], qos: int
     """Frames/s from MQTT to committed rows, with what was stored (env_readings and the dead
     letters are emptied first, so the count is this run's)."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        if conn.execute("SELECT to_regclass('env_readings')").fetchone() != (None,):
-            conn.execute("TRUNCATE env_readings, dead_letters")
+        exists = conn.execute("SELECT to_regclass('env_readings')").fetchone() != (None,)
+    empty(pg_url, *(("env_readings", "dead_letters") if exists else ()))
     cid = f"e2e-{tag}-{time.time_ns()}"
     create_session(port, cid, TOPIC, qos)
     preload(port, list(msgs))

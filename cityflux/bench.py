@@ -18,13 +18,18 @@ def bench(
     plot_to: Annotated[
         Path | None, typer.Option(help="where --plot writes (default bench/results/history.png)")
     ] = None,
+    results: Annotated[
+        Path | None,
+        typer.Option(help="folder for latest.json/.txt and history.jsonl (default bench/results)"),
+    ] = None,
 ) -> None:
     """Measure cityflux against the machine's limits and peers (bench/README.md): a private
     mosquitto, a fresh database on the local PostgreSQL (or a throwaway cluster). Every run
     appends its figures to bench/results/history.jsonl."""
     from bench.__main__ import main as run_bench
 
+    where = ["--results", str(results)] if results else []
     if plot:
-        run_bench(["--plot", *([str(plot_to)] if plot_to else [])])
+        run_bench([*where, "--plot", *([str(plot_to)] if plot_to else [])])
         return
-    run_bench([*(["--quick"] if quick else []), *(["--json"] if as_json else [])])
+    run_bench([*where, *(["--quick"] if quick else []), *(["--json"] if as_json else [])])

@@ -76,8 +76,9 @@ def test_quick_bench_prints_every_figure_and_loses_nothing(pg_server: str, tmp_p
     assert entry["figures"]["lost"] == 0
     assert entry["commit"]
     png = tmp_path / "history.png"
-    subprocess.run(
-        [sys.executable, "-m", "bench", "--results", str(tmp_path), "--plot", str(png)],
+    subprocess.run(  # through the command line, as a user runs it
+        [sys.executable, "-m", "cityflux", "bench", "--results", str(tmp_path), "--plot"]
+        + ["--plot-to", str(png)],
         check=True,
         timeout=120,
     )

@@ -79,3 +79,46 @@ def test_raw_copy_runs_on_as_many_connections_as_the_service_will_have(
     assert bench_main.pipeline_writers() == 3
     monkeypatch.delenv("CITYFLUX_DATABASE__WRITERS")
     assert bench_main.pipeline_writers() == 2
+
+
+def _fabricated_run(c_client: float | None) -> dict[str, Any]:
+    drain = {"msgs_per_s": 900.0, "readings_per_s": 900.0, "lost_frames": 0}
+    return {
+        "c_client_qos1": c_client,
+        "c_client_qos0": c_client,
+        "single_qos1": drain | {"acknowledged": 10, "sent": 10},
+        "single_qos0": drain,
+        "multi_qos1": drain | {"readings_per_s": 7200.0, "acknowledged": 5, "sent": 5},
+        "multi_qos0": drain | {"readings_per_s": 7200.0},
+        "raw_copy": 8000.0,
+    }
+
+
+def test_a_limit_not_installed_is_na_with_the_package_never_a_traceback() -> None:
+    """No mosquitto-clients: no C client to drain against and no fleet for the live mode;
+    the report says n/a and which package, and the figures that ran are still there."""
+    from bench import live
+
+    d: dict[str, Any] = {
+        "runs": [_fabricated_run(None)],
+        "missing": {
+            "C client": "mosquitto_sub not found (Debian package mosquitto-clients)",
+            "live fleet": "mosquitto_pub not found (Debian package mosquitto-clients)",
+        },
+        "live": live.not_run(4, 100),
+        "coap": {"cityflux_req_per_s": 50.0, "libcoap_req_per_s": None, "ratio": None, "lost": 0},
+        "listener_qos1": (1000.0, [1000.0]),
+        "naive": (10.0, [10.0]),
+        "esphome": {"msgs_per_s": None},
+    }
+    res = bench_main._summary(d, True, 1, 2, "2026-12-02T20:00:00Z")
+    assert res["drain_vs_c_client"] is None
+    assert res["live_vs_mq_bridge"] is None
+    assert res["multi_vs_raw_copy"] == 0.9
+    assert res["started"] == "2026-12-02T20:00:00Z"
+    text = bench_main.render(res)
+    assert "msg/s  C client n/a   n/a" in text
+    assert "n/a: C client: mosquitto_sub not found (Debian package mosquitto-clients)" in text
+    assert "cityflux n/a events/s   mq-bridge n/a   ratio n/a" in text
+    d["runs"] = [_fabricated_run(1000.0)]
+    assert bench_main._summary(d, True, 1, 2, "")["drain_vs_c_client"] == 0.9
