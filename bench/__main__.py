@@ -94,7 +94,7 @@ def _med(values: list[float]) -> float:
 def run(quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Every figure; a dict with the issue's keys first, details below."""
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    runs = 1 if quick else 3
+    runs = 1 if quick else 5  # the VM swings ±20 % run to run: medians of five
     n_single = 20_000 if quick else 200_000
     n_multi = 10_000 if quick else 60_000
     n_naive = 3_000 if quick else 10_000

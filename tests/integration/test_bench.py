@@ -77,8 +77,10 @@ def test_quick_bench_prints_every_figure_and_loses_nothing(pg_server: str, tmp_p
     assert entry["commit"]
     png = tmp_path / "history.png"
     subprocess.run(  # through the command line, as a user runs it
-        [sys.executable, "-m", "cityflux", "bench", "--results", str(tmp_path), "--plot"]
-        + ["--plot-to", str(png)],
+        [
+            *(sys.executable, "-m", "cityflux", "bench", "--results", str(tmp_path)),
+            *("--plot", "--plot-to", str(png)),
+        ],
         check=True,
         timeout=120,
     )
