@@ -162,6 +162,24 @@ def _rows(out: object) -> list[tuple[object, ...]]:
     return list(zip(*cols, *nulls, r.devices.tolist(), r.frame_index.tolist(), strict=True))
 
 
+def _assert_both_paths_agree(frames: list[bytes], hint: str) -> None:
+    """The batch decoded as it is (usual shapes on the fast path) and with every frame sent
+    down the checked path: the same rejects with the same reasons, the same rows."""
+    from decoders import tagread_json
+
+    fast = JSON_EVENTS.decode_batch(_batch("tagread-json", *frames, hint=hint))
+    usual = tagread_json._usual
+    try:
+        tagread_json._usual = lambda *_: None  # type: ignore[assignment]
+        checked = JSON_EVENTS.decode_batch(_batch("tagread-json", *frames, hint=hint))
+    finally:
+        tagread_json._usual = usual
+    assert [(x.index, x.reason) for x in fast.rejects] == [
+        (x.index, x.reason) for x in checked.rejects
+    ]
+    assert _rows(fast) == _rows(checked)
+
+
 @settings(max_examples=500, deadline=None)
 @given(
     st.lists(
@@ -175,20 +193,8 @@ def _rows(out: object) -> list[tuple[object, ...]]:
 def test_usual_and_checked_paths_agree_on_every_frame(
     events: list[object], hint: str, escaped: bool
 ) -> None:
-    from decoders import tagread_json
-
     frames = [json.dumps(e, ensure_ascii=escaped).encode("utf-8", "surrogatepass") for e in events]
-    fast = JSON_EVENTS.decode_batch(_batch("tagread-json", *frames, hint=hint))
-    usual = tagread_json._usual
-    try:
-        tagread_json._usual = lambda *_: None  # type: ignore[assignment]
-        checked = JSON_EVENTS.decode_batch(_batch("tagread-json", *frames, hint=hint))
-    finally:
-        tagread_json._usual = usual
-    assert [(x.index, x.reason) for x in fast.rejects] == [
-        (x.index, x.reason) for x in checked.rejects
-    ]
-    assert _rows(fast) == _rows(checked)
+    _assert_both_paths_agree(frames, hint)
 
 
 _BASE = {"epc": "e2003412", "first_seen": 1_767_225_600_000, "antenna": 1, "rssi": -50}
@@ -238,24 +244,12 @@ _ONE_OFF = [
 def test_each_check_of_the_usual_path_agrees_with_the_checked_path(
     change: dict[str, object], hint: str, escaped: bool
 ) -> None:
-    from decoders import tagread_json
-
     event = _BASE | change
     frames = [
         json.dumps(e, ensure_ascii=escaped).encode("utf-8", "surrogatepass")
         for e in (event, [event, _BASE])
     ]
-    fast = JSON_EVENTS.decode_batch(_batch("tagread-json", *frames, hint=hint))
-    usual = tagread_json._usual
-    try:
-        tagread_json._usual = lambda *_: None  # type: ignore[assignment]
-        checked = JSON_EVENTS.decode_batch(_batch("tagread-json", *frames, hint=hint))
-    finally:
-        tagread_json._usual = usual
-    assert [(x.index, x.reason) for x in fast.rejects] == [
-        (x.index, x.reason) for x in checked.rejects
-    ]
-    assert _rows(fast) == _rows(checked)
+    _assert_both_paths_agree(frames, hint)
 
 
 def test_the_usual_event_takes_the_usual_path() -> None:
