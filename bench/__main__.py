@@ -217,6 +217,14 @@ def _summary(
     sent = [r["single_qos1"]["sent"] + r["multi_qos1"]["sent"] for r in pr]
     lv, co = d["live"], d["coap"]
     esphome = d["esphome"].get("msgs_per_s")
+    missing = dict(d["missing"])  # limits and peers not installed, each with its package
+    for what, tried in (
+        ("libcoap", co.get("runs", {}).get("libcoap", [])),
+        ("mq-bridge", lv.get("runs", {}).get("mq_bridge", [])),
+    ):
+        errors = [t["error"] for t in tried if isinstance(t, dict) and t.get("error")]
+        if errors:
+            missing.setdefault(what, errors[0])
     return {
         "e2e_msgs_per_s": med("single_qos1", "msgs_per_s"),
         "c_client_msgs_per_s": med("c_client_qos1"),
@@ -252,7 +260,7 @@ def _summary(
         "command": "cityflux bench" + (" --quick" if quick else ""),
         "runs_per_figure": runs,
         "started": started,
-        "missing": d["missing"],
+        "missing": missing,
         "detail": d,
     }
 

@@ -33,6 +33,7 @@ from storage.writer import TableWrite
 from .common import create_session, empty, end_session, preload
 
 TOPIC = "bench/up/#"
+RECEIVE_MAXIMUM = 65_534  # what cityflux's MQTT 5 listener asks for by default
 COAP_SERVERS = ("coap-server", "coap-server-notls", "coap-server-openssl", "coap-server-gnutls")
 
 
@@ -50,6 +51,9 @@ def c_client_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: s
     preload(port, list(msgs))
     cmd = [exe, "-h", "127.0.0.1", "-p", str(port), "-V", "5", "-i", cid, "-c", "-x", "3600"]
     cmd += ["-q", str(qos), "-t", TOPIC, "-C", str(len(msgs))]
+    # with -C, mosquitto_sub asks for Receive Maximum 1 (QoS 1 stop-and-wait; 20 without -C);
+    # cityflux's listener asks for 65,534 (ingest/mqtt_v5.py): the same window for both
+    cmd += ["-D", "connect", "receive-maximum", str(RECEIVE_MAXIMUM)]
     first = 0.0
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = cast(BufferedReader, proc.stdout)
