@@ -47,7 +47,7 @@ from . import (
     peers,
     workloads,
 )
-from .common import BenchBroker, bench_database, median_of
+from .common import BenchBroker, MissingToolError, bench_database, median_of
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -110,8 +110,9 @@ def run(quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, A
     with tempfile.TemporaryDirectory(prefix="cityflux-bench-") as tmp_s:
         tmp = Path(tmp_s)
         url, drop = bench_database(tmp)
-        broker = BenchBroker(tmp / "broker")
+        broker: BenchBroker | None = None
         try:
+            broker = BenchBroker(tmp / "broker")  # inside: a broker that fails drops the database
             migrate(url, load_registry().tables(), TimescaleMode.OFF)
             copy_rows = [copy_rates.make_batches(n_multi * k, 40_000, r) for r in range(runs)]
             for r in range(runs):
@@ -122,7 +123,7 @@ def run(quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, A
                         one[f"c_client_qos{qos}"] = limits.c_client_rate(
                             broker.port, single, qos, f"{r}"
                         )
-                    except limits.MissingToolError as exc:
+                    except MissingToolError as exc:
                         one[f"c_client_qos{qos}"] = None
                         d["missing"]["C client"] = str(exc)
                     one[f"single_qos{qos}"] = _drain(broker.port, url, single, qos, 1, f"s{r}")
@@ -132,7 +133,7 @@ def run(quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, A
             log(f"live: {live_pubs} C publishers × {live_each:,}, cityflux and mq-bridge")
             try:
                 d["live"] = live.run(broker.port, url, live_pubs, live_each, runs)
-            except limits.MissingToolError as exc:  # the fleet itself is mosquitto_pub
+            except MissingToolError as exc:  # the fleet itself is mosquitto_pub
                 d["live"] = live.not_run(live_pubs, live_each)
                 d["missing"]["live fleet"] = str(exc)
             log("CoAP: cityflux listener vs libcoap's C server, same client load")
@@ -167,7 +168,8 @@ def run(quick: bool, log: Callable[[str], None] = lambda _: None) -> dict[str, A
                     "raw_1_conn": limits.raw_copy_rate(url, copy_rows[0], 1),
                 }
         finally:
-            broker.stop()
+            if broker is not None:
+                broker.stop()
             drop()
     d["runs"] = per_run
     return _summary(d, quick, runs, writers, started)
@@ -179,7 +181,7 @@ def _coap(url: str, n: int, runs: int, mqtt_port: int) -> dict[str, Any]:
     for r in range(runs):
         try:
             theirs.append(limits.libcoap_rate(n, window=1000))
-        except limits.MissingToolError as exc:
+        except MissingToolError as exc:
             theirs.append({"per_s": None, "error": str(exc)})
         ours.append(coap_rates.cityflux_rate(url, n, r, window=1000, mqtt_port=mqtt_port))
     limit = [t["per_s"] for t in theirs if t.get("per_s")]
@@ -322,13 +324,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--plot",
         nargs="?",
-        const=RESULTS / "history.png",
+        const=Path(),  # no path given: history.png beside the history it draws
         type=Path,
-        help="draw results/history.jsonl over commits as a PNG (no measuring)",
+        help="draw RESULTS/history.jsonl over commits as a PNG (default RESULTS/history.png)",
     )
     args = ap.parse_args(argv)
     if args.plot is not None:
-        print(history.plot(args.results / "history.jsonl", args.plot))
+        png = args.plot if args.plot != Path() else args.results / "history.png"
+        print(history.plot(args.results / "history.jsonl", png))
         return
     t0 = time.monotonic()
 
@@ -336,7 +339,11 @@ def main(argv: list[str] | None = None) -> None:
         if not args.json:
             print(f"[{time.monotonic() - t0:5.1f} s] {msg}", file=sys.stderr, flush=True)
 
-    res = run(args.quick, say)
+    try:
+        res = run(args.quick, say)
+    except MissingToolError as exc:  # the broker itself: nothing can be measured
+        print(f"cityflux bench: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     args.results.mkdir(parents=True, exist_ok=True)
     name = "quick" if args.quick else "latest"
     # the history first: its commit is the checkout's, before this run rewrites the tracked

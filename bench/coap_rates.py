@@ -88,7 +88,8 @@ async def _cityflux(
     url: str, n: int, run: int, window: int, mqtt_port: int | None
 ) -> dict[str, Any]:
     # the service always runs its MQTT listener: given a broker, it subscribes to a topic
-    # nobody publishes to (without one it retries a closed port, and says so in the log)
+    # nobody publishes to, in a session the broker forgets when it leaves (without a broker
+    # it retries a closed port, and says so in the log)
     settings = load_settings(
         None,
         mqtt={
@@ -96,6 +97,7 @@ async def _cityflux(
             "port": mqtt_port or free_port(),
             "client_id": f"coapbench-{run}-{time.time_ns()}",
             "topics": ["coapbench/idle/#"],
+            "session_expiry_s": 0,
         },
         coap={"mode": "open", "port": 0},
         database={"url": url, "timescaledb": "off"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import threading
@@ -31,6 +32,10 @@ BENCH_BROKER_CONF = MOSQUITTO_CONF + "queue_qos0_messages true\n"
 DRAIN_TIMEOUT_S = 600.0
 
 
+class MissingToolError(RuntimeError):
+    """A program the bench needs is not installed; the message says which package has it."""
+
+
 class BenchBroker:
     """A private mosquitto that queues QoS 0 and 1 for offline persistent sessions."""
 
@@ -39,10 +44,16 @@ class BenchBroker:
         work.mkdir(parents=True, exist_ok=True)
         conf = work / "mosquitto.conf"
         conf.write_text(BENCH_BROKER_CONF.format(port=self.port))
-        self._proc = subprocess.Popen(
-            ["mosquitto", "-c", str(conf)], stderr=(work / "mosquitto.log").open("wb")
-        )
+        exe = shutil.which("mosquitto")
+        if exe is None:
+            raise MissingToolError(
+                "the bench runs its own broker: mosquitto not found (Debian package mosquitto)"
+            )
+        log = work / "mosquitto.log"
+        self._proc = subprocess.Popen([exe, "-c", str(conf)], stderr=log.open("wb"))
         time.sleep(0.3)
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"mosquitto exited with {self._proc.returncode}: {log.read_text()}")
 
     def stop(self) -> None:
         """Terminate it."""

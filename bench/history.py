@@ -80,12 +80,25 @@ def plot(path: Path, png: Path) -> Path:
         raise RuntimeError(f"{path}: no bench runs recorded yet (run `cityflux bench` first)")
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(entries) + 3), 4.5))
     xs = list(range(len(entries)))
+    # a --quick run (one run of smaller sizes) is noisier than a full one: drawn apart, hollow,
+    # and not joined to the line of full runs
+    quick = ["--quick" in (e.get("command") or "") for e in entries]
+    nan = float("nan")
     for key in RATIOS:
         ys = [e["figures"].get(key) for e in entries]
-        if any(y is not None for y in ys):
-            ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=key)
+        if all(y is None for y in ys):
+            continue
+        full = [nan if y is None or q else y for y, q in zip(ys, quick, strict=True)]
+        (line,) = ax.plot(xs, full, marker="o", label=key)
+        fast = [nan if y is None or not q else y for y, q in zip(ys, quick, strict=True)]
+        color = line.get_color()
+        ax.plot(xs, fast, marker="o", linestyle="none", markerfacecolor="none", color=color)
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xticks(xs, [f"{e['commit']}\n{(e.get('time') or '')[:10]}" for e in entries])
+    ticks = [
+        f"{e['commit']}\n{(e.get('time') or '')[:10]}" + ("\nquick" if q else "")
+        for e, q in zip(entries, quick, strict=True)
+    ]
+    ax.set_xticks(xs, ticks)
     ax.set_ylabel("ratio to the same-run limit or peer")
     ax.set_title("cityflux bench: figures over commits")
     ax.legend(loc="best", fontsize="small")

@@ -30,15 +30,11 @@ from storage.embedded import free_port
 from storage.pgbinary import encode_rows
 from storage.writer import TableWrite
 
-from .common import create_session, empty, end_session, preload
+from .common import MissingToolError, create_session, empty, end_session, preload
 
 TOPIC = "bench/up/#"
 RECEIVE_MAXIMUM = 65_534  # what cityflux's MQTT 5 listener asks for by default
 COAP_SERVERS = ("coap-server", "coap-server-notls", "coap-server-openssl", "coap-server-gnutls")
-
-
-class MissingToolError(RuntimeError):
-    """A limit's program is not installed; the message says which package has it."""
 
 
 def c_client_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: str) -> float:

@@ -35,8 +35,7 @@ import psycopg
 
 from ingest.settings import load_settings
 
-from .common import empty, end_session
-from .limits import MissingToolError
+from .common import MissingToolError, empty, end_session
 from .mqbridge_peer import last_insert_us
 
 TOPIC = "bench/up/gantry/{reader}/tagread-json"

@@ -13,10 +13,10 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     plot: Annotated[
         bool,
-        typer.Option(help="draw bench/results/history.jsonl over commits as a PNG; no measuring"),
+        typer.Option(help="draw RESULTS/history.jsonl over commits as a PNG; no measuring"),
     ] = False,
     plot_to: Annotated[
-        Path | None, typer.Option(help="where --plot writes (default bench/results/history.png)")
+        Path | None, typer.Option(help="where --plot writes (default RESULTS/history.png)")
     ] = None,
     results: Annotated[
         Path | None,
@@ -25,7 +25,7 @@ def bench(
 ) -> None:
     """Measure cityflux against the machine's limits and peers (bench/README.md): a private
     mosquitto, a fresh database on the local PostgreSQL (or a throwaway cluster). Every run
-    appends its figures to bench/results/history.jsonl."""
+    appends its figures to RESULTS/history.jsonl (RESULTS: --results, default bench/results)."""
     from bench.__main__ import main as run_bench
 
     where = ["--results", str(results)] if results else []

@@ -39,10 +39,11 @@ RELATIVE_TIME_LIMIT = 2**28
 # LwM2M 1.1 (Core §7.4.4) names resources by their path, which starts with "/".
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*\Z")
 _LWM2M_PATH = re.compile(r"(/[0-9]{1,5}){1,4}\Z")
-# Integers outside int64 are floats to orjson, ints to json.loads. A JSON number of 19 digits or
-# more starts the text or follows "[", "," or ":" (white space and "-" between): with digits
-# mapped to "0", those three, white space and "-" to ":", the rest to "x", it shows as ":" and
-# 19 zeros, or 19 zeros at the start (text inside strings can only add false alarms).
+# An integer below int64 or above uint64 is a float to orjson, an int to json.loads. Such a
+# JSON number has 19 digits or more and starts the text or follows "[", "," or ":" (white
+# space and "-" between): with digits mapped to "0", those three, white space and "-" to ":",
+# the rest to "x", it shows as ":" and 19 zeros, or 19 zeros at the start (text inside strings
+# can only add false alarms).
 _WIDE_INT_MAP = bytes(
     0x30 if 0x30 <= b <= 0x39 else 0x3A if b in b"[,: \t\r\n-" else 0x78 for b in range(256)
 )

@@ -122,3 +122,38 @@ def test_a_limit_not_installed_is_na_with_the_package_never_a_traceback() -> Non
     assert "cityflux n/a events/s   mq-bridge n/a   ratio n/a" in text
     d["runs"] = [_fabricated_run(1000.0)]
     assert bench_main._summary(d, True, 1, 2, "")["drain_vs_c_client"] == 0.9
+
+
+def test_plot_without_a_path_writes_beside_the_history_it_draws(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--results DIR --plot``: the PNG goes to DIR/history.png, never into the checkout;
+    a quick run is drawn apart from the full ones."""
+    lines = [
+        {"command": "cityflux bench", "commit": "aaa", "time": "2026-12-01T00:00:00Z"},
+        {"command": "cityflux bench --quick", "commit": "bbb", "time": "2026-12-02T00:00:00Z"},
+    ]
+    history = tmp_path / "history.jsonl"
+    history.write_text(
+        "".join(json.dumps(e | {"figures": {"drain_vs_c_client": 0.9}}) + "\n" for e in lines)
+    )
+    bench_main.main(["--results", str(tmp_path), "--plot"])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "history.png")
+    assert (tmp_path / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_mosquitto_says_which_package_and_drops_the_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import common
+
+    dropped: list[bool] = []
+    monkeypatch.setattr(
+        bench_main, "bench_database", lambda _tmp: ("", lambda: dropped.append(True))
+    )
+    monkeypatch.setattr(common.shutil, "which", lambda _name: None)
+    with pytest.raises(SystemExit) as stop:
+        bench_main.main(["--quick", "--results", str(tmp_path)])
+    assert stop.value.code == 2
+    assert dropped == [True]
+    assert "mosquitto not found (Debian package mosquitto)" in capsys.readouterr().err
