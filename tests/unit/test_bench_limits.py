@@ -1,4 +1,4 @@
-"""Review 17: the bench's limits get the same terms as cityflux, and every limit or peer not
+"""The bench's limits get the same terms as cityflux, and every limit or peer not
 installed is named with its package. No broker, no database: the measuring is faked."""
 
 from __future__ import annotations
