@@ -14,7 +14,13 @@ from decoders.tables import ENV_READINGS
 def nullable_column(
     values: Sequence[object], dtype: str
 ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.bool_]]:
-    """A column from values where None means NULL: the values (0 in NULL slots) and the mask."""
+    """A column from values where None means NULL: the values (0 in NULL slots) and the mask.
+    A column with no NULL, or only NULLs, is built without a pass per value."""
+    n, nones = len(values), values.count(None)
+    if not nones:
+        return np.array(values, dtype=dtype), np.zeros(n, dtype=np.bool_)
+    if nones == n:  # a field nobody sent
+        return np.zeros(n, dtype=dtype), np.ones(n, dtype=np.bool_)
     null = np.array([v is None for v in values], dtype=np.bool_)
     return np.array([0 if v is None else v for v in values], dtype=dtype), null
 

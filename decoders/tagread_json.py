@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
+from typing import TypeGuard
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -74,9 +75,14 @@ def _time_us(value: object, key: str) -> int:
     raise EventError(f"'{key}' must be an RFC 3339 time or epoch milliseconds")
 
 
+def _usual_hex(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is hex text within MAX_TEXT (the usual EPC or TID): one C match."""
+    return type(value) is str and _HEX_RE.match(value) is not None and len(value) <= MAX_TEXT
+
+
 def _hex(value: object, key: str) -> str:
-    if type(value) is str and _HEX_RE.match(value) and len(value) <= MAX_TEXT:
-        return value.upper()  # the usual case: one C match
+    if _usual_hex(value):
+        return value.upper()  # the usual case
     if not isinstance(value, str) or not value:
         raise EventError(f"'{key}' must be a hex string")
     check_length(key, value)  # before the per-character check
@@ -180,9 +186,7 @@ def _usual(payload: bytes, hint: str, frame: int) -> list[TagRead] | None:
         if not hint and (not reader.isascii() or "\0" in reader):
             return None
         epc, tid, plate = ev.epc, ev.tid, ev.plate
-        if not (_HEX_RE.match(epc) and len(epc) <= MAX_TEXT):
-            return None
-        if tid is not None and not (_HEX_RE.match(tid) and len(tid) <= MAX_TEXT):
+        if not _usual_hex(epc) or (tid is not None and not _usual_hex(tid)):
             return None
         if plate is not None and (len(plate) > MAX_TEXT or text_problem(plate)):
             return None

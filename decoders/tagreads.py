@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -45,17 +45,6 @@ def _text(values: Sequence[str | None]) -> tuple[npt.NDArray[np.bytes_], npt.NDA
     return np.array(enc, dtype=np.bytes_), null
 
 
-def _ints(
-    values: Sequence[int | None], dtype: str
-) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
-    n, nones = len(values), values.count(None)
-    if nones == n:  # a field nobody sent
-        return np.zeros(n, dtype=dtype), np.ones(n, dtype=np.bool_)
-    if nones:
-        return nullable_column(values, dtype)
-    return np.array(values, dtype=dtype), np.zeros(n, dtype=np.bool_)
-
-
 def build(reads: list[TagRead]) -> TableRows:
     """The reads as one ``vehicle_tag_reads`` batch."""
     if reads:
@@ -64,10 +53,10 @@ def build(reads: list[TagRead]) -> TableRows:
         )
     else:
         first = readers = epcs = tids = plates = antennas = rssis = lasts = counts = frames = ()
-    antenna, antenna_null = _ints(antennas, "i2")
-    rssi, rssi_null = _ints(rssis, "i2")
-    last, last_null = _ints(lasts, "i8")
-    count, count_null = _ints(counts, "i4")
+    antenna, antenna_null = nullable_column(antennas, "i2")
+    rssi, rssi_null = nullable_column(rssis, "i2")
+    last, last_null = nullable_column(lasts, "i8")
+    count, count_null = nullable_column(counts, "i4")
     tid, tid_null = _text(tids)
     plate, plate_null = _text(plates)
     epc, _ = _text(epcs)
