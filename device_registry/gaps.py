@@ -109,9 +109,12 @@ class GapDetector:
             map(self._slot.get, keys, repeat(-1, len(keys))), dtype=np.int64, count=len(keys)
         )
 
-    def _slots_for(self, keys: list[int]) -> npt.NDArray[np.int64]:
-        """Slots of these keys, new ones appended (their state is set by the caller)."""
-        out = self._lookup(keys)
+    def _slots_for(
+        self, keys: list[int], found: npt.NDArray[np.int64] | None = None
+    ) -> npt.NDArray[np.int64]:
+        """Slots of these keys, new ones appended (their state is set by the caller);
+        ``found``: their ``_lookup``, when the caller has it already."""
+        out = self._lookup(keys) if found is None else found.copy()
         for j in np.flatnonzero(out < 0).tolist():
             key = keys[j]
             slot = self._slot.get(key)  # a key twice in ``keys`` has its slot by now
@@ -254,8 +257,9 @@ class GapDetector:
         group = np.cumsum(at_start) - 1
         uk = k[starts]
         ukl = uk.tolist()
-        known = self._lookup(ukl) >= 0
-        slots = self._slots_for(ukl)
+        found = self._lookup(ukl)
+        known = found >= 0
+        slots = self._slots_for(ukl, found)
         high0 = np.where(known, self._high[slots], 0)
         seen0 = np.where(known, self._seen[slots], np.uint64(0))
 
