@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from decoders.registry import load_registry
-from ingest.settings import load_settings
 from storage.migrate import TimescaleMode, migrate
 
 from . import (
@@ -47,7 +46,7 @@ from . import (
     peers,
     workloads,
 )
-from .common import BenchBroker, MissingToolError, bench_database, median_of
+from .common import BenchBroker, MissingToolError, bench_database, median_of, service_settings
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -83,8 +82,7 @@ def pipeline_writers() -> int:
     """The writer connections the drained service will have: its settings are loaded as the
     drains load them (the environment's ``CITYFLUX_DATABASE__WRITERS`` included), so the raw
     COPY limit runs on as many connections, not on the default's."""
-    url = "postgresql://bench@127.0.0.1/bench"  # any: only the writers are read
-    return load_settings(None, database={"url": url, "timescaledb": "off"}).database.writers
+    return service_settings().database.writers
 
 
 def _med(values: list[float]) -> float:

@@ -61,6 +61,16 @@ class BenchBroker:
         self._proc.wait(10)
 
 
+def service_settings() -> Settings:
+    """The settings a drained service will have, loaded as the drains load them (the
+    environment's ``CITYFLUX_*`` included), for the limits to take the same terms: the raw
+    COPY's connections, the C client's QoS 1 window. The database URL is a placeholder."""
+    from ingest.settings import load_settings
+
+    url = "postgresql://bench@127.0.0.1/bench"  # any: only the other sections are read
+    return load_settings(None, database={"url": url, "timescaledb": "off"})
+
+
 def empty(url: str, *tables: str) -> None:
     """Empty these tables and checkpoint, so every timed run (cityflux's and its limit's
     alike) starts with no write-ahead log owed: a checkpoint falling inside one run and not

@@ -26,14 +26,21 @@ from typing import Any, cast
 
 import psycopg
 
+from ingest.mqtt_v5 import receive_maximum
 from storage.embedded import free_port
 from storage.pgbinary import encode_rows
 from storage.writer import TableWrite
 
-from .common import MissingToolError, create_session, empty, end_session, preload
+from .common import (
+    MissingToolError,
+    create_session,
+    empty,
+    end_session,
+    preload,
+    service_settings,
+)
 
 TOPIC = "bench/up/#"
-RECEIVE_MAXIMUM = 65_534  # what cityflux's MQTT 5 listener asks for by default
 COAP_SERVERS = ("coap-server", "coap-server-notls", "coap-server-openssl", "coap-server-gnutls")
 
 
@@ -47,13 +54,13 @@ def c_client_rate(port: int, msgs: Sequence[tuple[str, bytes]], qos: int, tag: s
     preload(port, list(msgs))
     cmd = [exe, "-h", "127.0.0.1", "-p", str(port), "-V", "5", "-i", cid, "-c", "-x", "3600"]
     cmd += ["-q", str(qos), "-t", TOPIC, "-C", str(len(msgs))]
-    # with -C, mosquitto_sub asks for Receive Maximum 1 (QoS 1 stop-and-wait; 20 without -C);
-    # cityflux's listener asks for 65,534 (ingest/mqtt_v5.py): the same window for both
-    cmd += ["-D", "connect", "receive-maximum", str(RECEIVE_MAXIMUM)]
-    first = 0.0
+    # with -C, mosquitto_sub asks for Receive Maximum 1 (QoS 1 stop-and-wait; 20 without -C):
+    # it asks for the window cityflux's listener asks for with the drains' settings
+    window = receive_maximum(service_settings().mqtt.receive_maximum)
+    cmd += ["-D", "connect", "receive-maximum", str(window)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = cast(BufferedReader, proc.stdout)
-    chunk = out.read1(65536)  # the first messages printed
+    chunk = out.read1(1)  # the first byte printed: the clock starts
     first = time.perf_counter()
     got = before = chunk.count(b"\n")  # in before the clock started: not counted in the rate
     while chunk:

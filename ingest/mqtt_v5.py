@@ -37,7 +37,15 @@ from ingest.topics import Refusal, UplinkTopic, downlink, parse_uplink, refused
 
 log = logging.getLogger(__name__)
 TRANSPORT = "mqtt"
+# mqtt5 leaves Receive Maximum out at 65,535 (the MQTT 5 default), and then Mosquitto 2.0
+# falls back to its max_inflight_messages (20): the most we can ask for is 65,534
+MAX_RECEIVE_MAXIMUM = 65_534
 _TOPIC_CACHE = 200_000  # parsed uplink topics remembered (a topic per device and format)
+
+
+def receive_maximum(configured: int) -> int:
+    """The Receive Maximum the listener asks the broker for (MAX_RECEIVE_MAXIMUM at most)."""
+    return min(configured, MAX_RECEIVE_MAXIMUM)
 
 
 class Mqtt5Listener(MqttSource, asyncio.Protocol):
@@ -87,9 +95,7 @@ class Mqtt5Listener(MqttSource, asyncio.Protocol):
                 clean_start=cfg.session_expiry_s == 0,
                 keep_alive=cfg.keepalive_s,
                 session_expiry_interval=cfg.session_expiry_s,
-                # mqtt5 leaves Receive Maximum out at 65,535 (the MQTT 5 default), and then
-                # Mosquitto 2.0 falls back to its max_inflight_messages (20): say 65,534
-                receive_max=min(cfg.receive_maximum, 65_534),
+                receive_max=receive_maximum(cfg.receive_maximum),
             ).write()
         )
         if self._paused:
