@@ -46,7 +46,14 @@ from . import (
     peers,
     workloads,
 )
-from .common import BenchBroker, MissingToolError, bench_database, median_of, service_settings
+from .common import (
+    BenchBroker,
+    MissingToolError,
+    bench_database,
+    median_of,
+    paired_ratio,
+    service_settings,
+)
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -188,7 +195,7 @@ def _coap(url: str, n: int, runs: int, mqtt_port: int) -> dict[str, Any]:
     return {
         "cityflux_req_per_s": med_ours,
         "libcoap_req_per_s": med_limit,
-        "ratio": med_ours / med_limit if med_limit else None,
+        "ratio": paired_ratio(ours, theirs, "per_s"),  # run by run, as every ratio
         "lost": sum(o["lost"] for o in ours),
         "runs": {"cityflux": ours, "libcoap": theirs},
     }

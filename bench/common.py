@@ -174,6 +174,15 @@ async def drain_preloaded(settings: Settings, n: int, **fields: Any) -> Drain:
     return Drain(elapsed, st.stored_frames, acked)
 
 
+def paired_ratio(
+    ours: list[dict[str, Any]], theirs: list[dict[str, Any]], key: str
+) -> float | None:
+    """The median of ``ours[i][key] / theirs[i][key]`` over the runs both measured (each run
+    against the one beside it), or None when the other side never ran."""
+    ratios = [a[key] / b[key] for a, b in zip(ours, theirs, strict=True) if b.get(key)]
+    return statistics.median(ratios) if ratios else None
+
+
 def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
     """Median and all values of ``runs`` calls."""
     values = [fn() for _ in range(runs)]

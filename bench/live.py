@@ -35,7 +35,7 @@ import psycopg
 
 from ingest.settings import load_settings
 
-from .common import MissingToolError, empty, end_session
+from .common import MissingToolError, empty, end_session, paired_ratio
 from .mqbridge_peer import last_insert_us
 
 TOPIC = "bench/up/gantry/{reader}/tagread-json"
@@ -251,7 +251,8 @@ def run(port: int, url: str, publishers: int, each: int, runs: int) -> dict[str,
         "fleet_alone_events_per_s": fleet,
         "cityflux_events_per_s": ours,
         "mq_bridge_events_per_s": peer,
-        "cityflux_vs_mq_bridge": ours / peer if peer else None,
+        # run by run (each cityflux run against the mq-bridge run beside it), as every ratio
+        "cityflux_vs_mq_bridge": paired_ratio(out["cityflux"], out["mq_bridge"], "events_per_s"),
         "cityflux_vs_fleet_alone": ours / fleet,
         "lost": sum(r["lost"] for r in out["cityflux"]),
         "mq_bridge_lost": sum(r.get("lost", 0) for r in out["mq_bridge"]),

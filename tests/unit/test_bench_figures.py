@@ -157,3 +157,15 @@ def test_no_mosquitto_says_which_package_and_drops_the_database(
     assert stop.value.code == 2
     assert dropped == [True]
     assert "mosquitto not found (Debian package mosquitto)" in capsys.readouterr().err
+
+
+def test_live_and_coap_ratios_are_medians_of_run_by_run_ratios() -> None:
+    """As the drains: each run against the one beside it, then the median (1.0 here); the
+    ratio of the two medians (2 / 3) would pair runs that never ran together."""
+    from bench.common import paired_ratio
+
+    ours = [{"r": 1.0}, {"r": 2.0}, {"r": 9.0}]
+    theirs = [{"r": 1.0}, {"r": 8.0}, {"r": 3.0}]
+    assert paired_ratio(ours, theirs, "r") == 1.0
+    assert paired_ratio(ours, [{"r": None}, {"r": 8.0}, {"r": 3.0}], "r") == 1.625
+    assert paired_ratio(ours, [{"error": "x"}] * 3, "r") is None
